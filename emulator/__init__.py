@@ -1,0 +1,1 @@
+"""sapphire: emulator (to be built; see the issues)."""

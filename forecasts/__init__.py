@@ -1,0 +1,1 @@
+"""sapphire: forecasts (to be built; see the issues)."""

@@ -1,0 +1,1 @@
+"""sapphire: training_sets (to be built; see the issues)."""
