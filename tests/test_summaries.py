@@ -1,0 +1,281 @@
+"""Kernel-regression summaries: NumPy reference, closed forms, masking, gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sapphire  # noqa: F401  (enables float64)
+from sapphire.config import DEFAULT_CONFIG
+from sapphire.observations import Observations
+from sapphire.summaries import (
+    RELATION_NAMES,
+    KernelRegression,
+    kernel_regression,
+    relation_coordinates,
+    scott_bandwidth,
+    summary_statistics,
+)
+
+
+def numpy_kernel_regression(x, y, centres, valid=None):
+    """Plain NumPy reference: drop invalid points, Scott bandwidth (ddof=1), Gaussian NW."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    if valid is not None:
+        x, y = x[valid], y[valid]
+    n = x.size
+    h = np.std(x, ddof=1) * n ** (-0.2)
+    out = {k: [] for k in ("mean", "scatter", "n_eff", "stderr")}
+    for c in np.asarray(centres, float):
+        k = np.exp(-0.5 * ((c - x) / h) ** 2)
+        w = k / k.sum()
+        mean = np.sum(w * y)
+        scatter = np.sqrt(np.sum(w * (y - mean) ** 2))
+        n_eff = 1.0 / np.sum(w**2)
+        out["mean"].append(mean)
+        out["scatter"].append(scatter)
+        out["n_eff"].append(n_eff)
+        out["stderr"].append(scatter / np.sqrt(n_eff))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _random_data(seed, n=300):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(9.0, 12.0, n)
+    y = 0.5 * x - 3.0 + 0.2 * np.sin(3 * x) + rng.normal(0.0, 0.25, n)
+    return x, y
+
+
+def test_matches_numpy_reference():
+    x, y = _random_data(1)
+    centres = np.linspace(9.0, 12.0, 9)
+    got = kernel_regression(x, y, centres, np.ones(x.size, bool))
+    assert isinstance(got, KernelRegression)
+    ref = numpy_kernel_regression(x, y, centres)
+    for field in ("mean", "scatter", "n_eff", "stderr"):
+        np.testing.assert_allclose(getattr(got, field), ref[field], rtol=1e-11, err_msg=field)
+        assert getattr(got, field).shape == centres.shape
+
+
+def test_matches_numpy_reference_with_mask():
+    x, y = _random_data(2)
+    valid = np.random.default_rng(3).uniform(size=x.size) > 0.3
+    centres = np.linspace(9.2, 11.8, 9)
+    got = kernel_regression(x, y, centres, valid)
+    ref = numpy_kernel_regression(x, y, centres, valid)
+    for field in ("mean", "scatter", "n_eff", "stderr"):
+        np.testing.assert_allclose(getattr(got, field), ref[field], rtol=1e-11, err_msg=field)
+
+
+def test_scott_bandwidth_uses_valid_points_only():
+    x, _ = _random_data(4)
+    valid = x < 11.0
+    expected = np.std(x[valid], ddof=1) * valid.sum() ** (-0.2)
+    x_nan = np.where(valid, x, np.nan)
+    np.testing.assert_allclose(scott_bandwidth(x_nan, valid), expected, rtol=1e-13)
+
+
+def test_exact_line_symmetric_about_centre():
+    c, a, b = 10.7, -2.0, 0.8
+    offsets = np.array([0.05, 0.2, 0.3, 0.7, 1.1, 1.5])
+    x = np.concatenate([c - offsets, c + offsets])
+    y = a + b * x
+    got = kernel_regression(x, y, np.array([c]), np.ones(x.size, bool))
+    np.testing.assert_allclose(got.mean, a + b * c, rtol=0, atol=1e-13)
+
+
+def test_constant_y_gives_zero_scatter_and_finite_gradient():
+    x, _ = _random_data(5)
+    y = np.full(x.size, 1.7)
+    centres = np.linspace(9.5, 11.5, 9)
+    got = kernel_regression(x, y, centres, np.ones(x.size, bool))
+    np.testing.assert_allclose(got.mean, 1.7, rtol=1e-14)
+    np.testing.assert_allclose(got.scatter, 0.0, atol=1e-14)
+    np.testing.assert_allclose(got.stderr, 0.0, atol=1e-14)
+    # y = 0 exactly: the scatter is exactly zero and its gradient must stay finite (safe sqrt)
+    zero = jnp.zeros(x.size)
+    valid = np.ones(x.size, bool)
+    assert np.all(kernel_regression(x, zero, centres, valid).scatter == 0.0)
+    grad = jax.jit(jax.grad(lambda yy: jnp.sum(kernel_regression(x, yy, centres, valid).scatter)))(
+        zero
+    )
+    assert np.all(np.isfinite(grad))
+
+
+def test_gaussian_noise_recovers_sigma():
+    rng = np.random.default_rng(6)
+    n, sigma = 20000, 0.3
+    x = rng.uniform(0.0, 1.0, n)
+    y = 2.0 + rng.normal(0.0, sigma, n)
+    centres = np.array([0.3, 0.5, 0.7])
+    got = kernel_regression(x, y, centres, np.ones(n, bool))
+    n_eff = np.asarray(got.n_eff)
+    assert np.all(n_eff > 1000)
+    # standard error of a standard deviation estimate ~ sigma / sqrt(2 n_eff); allow 5 of them
+    assert np.all(np.abs(got.scatter - sigma) < 5 * sigma / np.sqrt(2 * n_eff))
+    assert np.all(np.abs(got.mean - 2.0) < 5 * sigma / np.sqrt(n_eff))
+    np.testing.assert_allclose(got.stderr, got.scatter / np.sqrt(n_eff), rtol=1e-12)
+
+
+def test_far_away_centre_is_finite():
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    y = np.array([5.0, 6.0, 7.0, 8.0])
+    got = kernel_regression(x, y, np.array([-1e3, 1e3]), np.ones(4, bool))
+    for field in got:
+        assert np.all(np.isfinite(field))
+    np.testing.assert_allclose(got.mean, [5.0, 8.0])
+    np.testing.assert_allclose(got.n_eff, [1.0, 1.0])
+
+
+def test_masked_points_have_no_influence_even_if_nan():
+    x, y = _random_data(7, n=120)
+    valid = np.ones(x.size, bool)
+    valid[::4] = False
+    x_bad = np.where(valid, x, np.nan)
+    y_bad = np.where(valid, y, np.nan)
+    y_bad[1::8] = np.where(valid[1::8], y_bad[1::8], np.inf)
+    centres = np.linspace(9.5, 11.5, 5)
+    got = kernel_regression(x_bad, y_bad, centres, valid)
+    ref = kernel_regression(x[valid], y[valid], centres, np.ones(valid.sum(), bool))
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+    def loss(xx, yy):
+        r = kernel_regression(xx, yy, centres, valid)
+        return jnp.sum(r.mean) + jnp.sum(r.scatter) + jnp.sum(r.stderr) + jnp.sum(r.n_eff)
+
+    gx, gy = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x_bad), jnp.asarray(y_bad))
+    assert np.all(np.isfinite(gx)) and np.all(np.isfinite(gy))
+    np.testing.assert_array_equal(gx[~valid], 0.0)
+    np.testing.assert_array_equal(gy[~valid], 0.0)
+
+
+def test_fewer_than_two_valid_points_gives_nan():
+    x = np.array([1.0, 2.0, 3.0])
+    got = kernel_regression(x, x, np.array([2.0]), np.array([False, True, False]))
+    assert np.all(np.isnan(got.mean))
+
+
+def _central_fd(f, v, eps):
+    v = np.asarray(v, float)
+    out = np.empty_like(v)
+    for i in range(v.size):
+        vp, vm = v.copy(), v.copy()
+        vp[i] += eps
+        vm[i] -= eps
+        out[i] = (f(vp) - f(vm)) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("wrt", ["x", "y"])
+def test_gradient_matches_finite_differences(wrt):
+    x, y = _random_data(8, n=25)
+    valid = np.ones(x.size, bool)
+    valid[3] = False
+    centres = np.array([9.6, 10.5, 11.4])
+    coef = np.array([[1.0, -0.7, 0.4], [0.3, 1.2, -0.5], [2.0, 0.6, 1.1]])  # mean, scatter, stderr
+
+    def scalar(xx, yy):
+        r = kernel_regression(xx, yy, centres, valid)
+        return coef[0] @ r.mean + coef[1] @ r.scatter + 10.0 * coef[2] @ r.stderr
+
+    if wrt == "x":
+        f = jax.jit(lambda v: scalar(v, jnp.asarray(y)))
+        v0 = x
+    else:
+        f = jax.jit(lambda v: scalar(jnp.asarray(x), v))
+        v0 = y
+    g = np.asarray(jax.grad(f)(jnp.asarray(v0)))
+    fd = _central_fd(lambda v: float(f(jnp.asarray(v))), v0, 1e-5)
+    scale = np.max(np.abs(g))
+    assert scale > 0
+    assert np.max(np.abs(g - fd)) / scale < 1e-6
+    assert g[3] == 0.0
+
+
+def test_jit_and_vmap():
+    x, y = _random_data(9, n=80)
+    centres = np.linspace(9.5, 11.5, 4)
+    valid = np.ones(x.size, bool)
+    ys = np.stack([y, y + 1.0, 2.0 * y])
+    batched = jax.jit(jax.vmap(lambda yy: kernel_regression(x, yy, centres, valid)))(ys)
+    for i in range(3):
+        single = kernel_regression(x, ys[i], centres, valid)
+        np.testing.assert_allclose(batched.mean[i], single.mean, rtol=1e-13)
+        np.testing.assert_allclose(batched.stderr[i], single.stderr, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+def _population(seed=10, n=400):
+    rng = np.random.default_rng(seed)
+    log_mh = rng.uniform(10.0, 12.5, n)
+    log_state = rng.normal(size=(n, 7))
+    log_state[:, 0] = log_mh - 2.3 + 0.2 * rng.normal(size=n)
+    log_state[:, 2] = log_state[:, 0] - 0.4 * (log_state[:, 0] - 9.0) + 0.1 * rng.normal(size=n)
+    log_state[:, 3] = log_state[:, 2] - 2.0 + 0.1 * (log_state[:, 0] - 9.0)
+    valid = rng.uniform(size=n) > 0.05
+    return log_mh, log_state, valid
+
+
+def test_relation_coordinates_closed_form():
+    log_mh, log_state, _ = _population()
+    coords = relation_coordinates(log_mh, log_state)
+    assert tuple(coords) == RELATION_NAMES
+    np.testing.assert_allclose(coords["smhm"][0], log_mh)
+    np.testing.assert_allclose(coords["smhm"][1], log_state[:, 0] - log_mh)
+    np.testing.assert_allclose(coords["gas_ratio"][0], log_state[:, 0])
+    np.testing.assert_allclose(coords["gas_ratio"][1], log_state[:, 2] - log_state[:, 0])
+    np.testing.assert_allclose(coords["mzr"][0], log_state[:, 0])
+    z_ism = 10 ** (log_state[:, 3] - log_state[:, 2])
+    np.testing.assert_allclose(coords["mzr"][1], 8.69 + np.log10(z_ism / 0.0134), rtol=1e-13)
+    # solar metallicity gives the solar abundance
+    solar = log_state.copy()
+    solar[:, 3] = solar[:, 2] + np.log10(DEFAULT_CONFIG.solar_metallicity)
+    np.testing.assert_allclose(relation_coordinates(log_mh, solar)["mzr"][1], 8.69, rtol=1e-14)
+    # constants come from the config
+    other = dataclasses.replace(DEFAULT_CONFIG, solar_oxygen_abundance=8.5, solar_metallicity=0.02)
+    shifted = relation_coordinates(log_mh, log_state, other)["mzr"][1]
+    np.testing.assert_allclose(
+        shifted - coords["mzr"][1], (8.5 - 8.69) - np.log10(0.02 / 0.0134), rtol=1e-12
+    )
+
+
+def test_summary_statistics_order_and_values():
+    obs = Observations.default()
+    log_mh, log_state, valid = _population()
+    log_state = np.where(valid[:, None], log_state, np.nan)
+    mean, stderr = summary_statistics(log_mh, log_state, valid, obs)
+    assert mean.shape == stderr.shape == (obs.n_summary,)
+    coords = relation_coordinates(log_mh, log_state)
+    for rel in obs.relations:
+        x, y = coords[rel.name]
+        ref = kernel_regression(x, y, rel.x, valid)
+        np.testing.assert_allclose(mean[obs.slices[rel.name]], ref.mean, rtol=1e-14)
+        np.testing.assert_allclose(stderr[obs.slices[rel.name]], ref.stderr, rtol=1e-14)
+    assert np.all(np.isfinite(mean)) and np.all(stderr > 0)
+
+    sub = obs.select(["mzr", "smhm"])
+    m_sub, _ = summary_statistics(log_mh, log_state, valid, sub)
+    np.testing.assert_allclose(m_sub[sub.slices["smhm"]], mean[obs.slices["smhm"]], rtol=1e-14)
+    np.testing.assert_allclose(m_sub[sub.slices["mzr"]], mean[obs.slices["mzr"]], rtol=1e-14)
+
+
+def test_summary_statistics_grad_with_failed_halos():
+    obs = Observations.default()
+    log_mh, log_state, valid = _population(11)
+    log_state = np.where(valid[:, None], log_state, np.nan)
+    weights = 1.0 / obs.sigma
+
+    def loss(ls):
+        m, s = summary_statistics(log_mh, ls, valid, obs)
+        return jnp.sum(weights * m) + jnp.sum(s)
+
+    g = jax.jit(jax.grad(loss))(jnp.asarray(log_state))
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(g[~valid], 0.0)
+    assert np.any(g[valid] != 0.0)
