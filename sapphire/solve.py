@@ -20,6 +20,7 @@ Strategy (measurements in docs/design.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Literal, NamedTuple
 
 import diffrax
@@ -51,6 +52,7 @@ class SolverSettings:
     max_steps: int = 16384
     group_size: int = 64
     stiffness_threshold: float = 1000.0
+    implicit_solver: SolverName = "kvaerno3"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +77,24 @@ class HaloSolution(NamedTuple):
     implicit: jax.Array  # bool: solved with the implicit solver
 
 
+class HaloSensitivity(NamedTuple):
+    """Per-halo solution together with its exact parameter Jacobian."""
+
+    solution: HaloSolution
+    jacobian: jax.Array  # (n_save, 7, 8): d log10 X / d theta
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.mean(x**2))
+
+
+def _state_and_sensitivity_norm(tree: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Error norm of the augmented system: the worse of the state's and the sensitivities'
+    RMS, so that neither can hide behind the other."""
+    y, sensitivity = tree
+    return jnp.maximum(_rms(y), _rms(sensitivity))
+
+
 def _solve_halo(
     theta: jax.Array,
     forcing: HaloForcing,
@@ -82,17 +102,54 @@ def _solve_halo(
     solver_name: str,
     settings: SolverSettings,
     config: ModelConfig,
-) -> HaloSolution:
-    """Solve one halo from its start time to t0; save at t0 or at ``save_times``."""
+    with_sensitivity: bool = False,
+) -> HaloSolution | HaloSensitivity:
+    """Solve one halo from its start time to t0; save at t0 or at ``save_times``.
+
+    With ``with_sensitivity`` the explicit solver integrates the forward-sensitivity system
+    dS/dt = (df/dy) S + df/dtheta alongside the state, under ONE error control that watches
+    both (see docs/design.md: the tangents of an explicit solver near its stability limit are
+    otherwise unwatched and can be wildly wrong while the state is fine).  The implicit
+    solver's tangents are stable; there the Jacobian is forward-mode AD through the solve.
+    """
+    if with_sensitivity and solver_name != "tsit5":
+
+        def primal(th):
+            sol = _solve_halo(th, forcing, save_times, solver_name, settings, config)
+            return sol.log_state, sol
+
+        jac, sol = jax.jacfwd(primal, has_aux=True)(theta)
+        return HaloSensitivity(sol, jnp.where(sol.success, jac, jnp.nan))
+
     t_end = cosmology.present_age(config.cosmology)
     t_start = forcing.t_start
 
-    def vector_field(t, y, args):
+    def state_field(t, y, th):
         mhalo, mhalo_rate = forcing(t)
-        return log_state_derivative(t, y, theta, mhalo, mhalo_rate, config)
+        return log_state_derivative(t, y, th, mhalo, mhalo_rate, config)
 
     mhalo_start, _ = forcing(t_start)
     y0 = initial_log_state(mhalo_start, cosmology.redshift_at_age(t_start, config.cosmology), config)
+    if with_sensitivity:
+
+        def vector_field(t, ys, args):
+            y, sensitivity = ys
+            dy, tangent = jax.linearize(lambda y_, th_: state_field(t, y_, th_), y, theta)
+            directions = (sensitivity.T, jnp.eye(theta.shape[0], dtype=y.dtype))
+            return dy, jax.vmap(tangent, out_axes=1)(*directions)
+
+        # The initial state does not depend on theta.
+        y0 = (y0, jnp.zeros((N_STATE, theta.shape[0]), dtype=y0.dtype))
+        controller = diffrax.PIDController(
+            rtol=settings.rtol, atol=settings.atol, norm=_state_and_sensitivity_norm
+        )
+    else:
+
+        def vector_field(t, y, args):
+            return state_field(t, y, theta)
+
+        controller = diffrax.PIDController(rtol=settings.rtol, atol=settings.atol)
+
     if save_times is None:
         saveat = diffrax.SaveAt(t1=True)
     else:
@@ -105,14 +162,18 @@ def _solve_halo(
         dt0=None,
         y0=y0,
         saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=settings.rtol, atol=settings.atol),
+        stepsize_controller=controller,
         max_steps=settings.max_steps,
         throw=False,
         adjoint=diffrax.ForwardMode(),
     )
     success = sol.result == diffrax.RESULTS.successful
-    ys = jnp.where(success, sol.ys, jnp.nan)
-    return HaloSolution(ys, success, sol.stats["num_steps"], jnp.asarray(solver_name != "tsit5"))
+    implicit = jnp.asarray(solver_name != "tsit5")
+    if with_sensitivity:
+        ys, sensitivity = sol.ys
+        solution = HaloSolution(jnp.where(success, ys, jnp.nan), success, sol.stats["num_steps"], implicit)
+        return HaloSensitivity(solution, jnp.where(success, sensitivity, jnp.nan))
+    return HaloSolution(jnp.where(success, sol.ys, jnp.nan), success, sol.stats["num_steps"], implicit)
 
 
 def stiffness_estimate(theta: jax.Array, forcing: HaloForcing, config: ModelConfig) -> jax.Array:
@@ -132,29 +193,29 @@ def stiffness_estimate(theta: jax.Array, forcing: HaloForcing, config: ModelConf
     return jnp.max(jnp.where(times >= forcing.t_start, rate, 0.0))
 
 
-def _solve_batch(theta, forcings, save_times, solver_name, settings, config) -> HaloSolution:
-    return jax.vmap(_solve_halo, in_axes=(None, 0, None, None, None, None))(
-        theta, forcings, save_times, solver_name, settings, config
+def _solve_batch(theta, forcings, save_times, solver_name, settings, config, with_sensitivity):
+    return jax.vmap(_solve_halo, in_axes=(None, 0, None, None, None, None, None))(
+        theta, forcings, save_times, solver_name, settings, config, with_sensitivity
     )
 
 
-def solve_population(
+def _solve_population(
     theta: jax.Array,
     forcings: HaloForcing,
-    save_times: jax.Array | None = None,
-    settings: SolverSettings = SolverSettings(),
-    config: ModelConfig = DEFAULT_CONFIG,
-) -> HaloSolution:
-    """Solve every halo of a stacked ``HaloForcing`` (pure JAX: jit/vmap/jacfwd-able)."""
+    save_times: jax.Array | None,
+    settings: SolverSettings,
+    config: ModelConfig,
+    with_sensitivity: bool,
+) -> HaloSolution | HaloSensitivity:
     if settings.solver != "auto":
-        return _solve_batch(theta, forcings, save_times, settings.solver, settings, config)
+        return _solve_batch(theta, forcings, save_times, settings.solver, settings, config, with_sensitivity)
 
     n_halo = forcings.t_start.shape[0]
     group = min(settings.group_size, n_halo)
     n_groups = -(-n_halo // group)
     padded = n_groups * group
     stiffness = jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(theta, forcings, config)
-    # Sort by stiffness, then by start time (cost), and pad with copies of the last halo.
+    # Sort by stiffness, then by start time (a proxy for cost); pad with copies of the last.
     order = jnp.lexsort((forcings.t_start, stiffness))
     order = jnp.concatenate([order, jnp.full((padded - n_halo,), order[-1])])
     grouped = jax.tree.map(lambda a: a[order].reshape((n_groups, group) + a.shape[1:]), forcings)
@@ -164,8 +225,8 @@ def solve_population(
         forcing_group, is_stiff = args
         return jax.lax.cond(
             is_stiff,
-            lambda f: _solve_batch(theta, f, save_times, "kvaerno5", settings, config),
-            lambda f: _solve_batch(theta, f, save_times, "tsit5", settings, config),
+            lambda f: _solve_batch(theta, f, save_times, settings.implicit_solver, settings, config, with_sensitivity),
+            lambda f: _solve_batch(theta, f, save_times, "tsit5", settings, config, with_sensitivity),
             forcing_group,
         )
 
@@ -173,3 +234,47 @@ def solve_population(
     flat = jax.tree.map(lambda a: a.reshape((padded,) + a.shape[2:]), solved)
     inverse = jnp.argsort(order[:n_halo])
     return jax.tree.map(lambda a: a[:n_halo][inverse], flat)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _solve_population_differentiable(settings, config, theta, forcings, save_times):
+    return _solve_population(theta, forcings, save_times, settings, config, False)
+
+
+@_solve_population_differentiable.defjvp
+def _solve_population_jvp(settings, config, primals, tangents):
+    theta, forcings, save_times = primals
+    theta_dot = tangents[0]  # the halo forcing and save times are not differentiated
+    result = _solve_population(theta, forcings, save_times, settings, config, True)
+    solution = result.solution
+    log_state_dot = jnp.einsum("h...j,j->h...", result.jacobian, theta_dot)
+    no_tangent = [np.zeros(a.shape, dtype=jax.dtypes.float0) for a in solution[1:]]
+    return solution, HaloSolution(log_state_dot, *no_tangent)
+
+
+def solve_population(
+    theta: jax.Array,
+    forcings: HaloForcing,
+    save_times: jax.Array | None = None,
+    settings: SolverSettings = SolverSettings(),
+    config: ModelConfig = DEFAULT_CONFIG,
+) -> HaloSolution:
+    """Solve every halo of a stacked ``HaloForcing`` at parameters ``theta`` (8,).
+
+    Pure JAX: jit-, vmap- and differentiable (forward and reverse mode) in ``theta``.  Its
+    derivative is supplied by the error-controlled sensitivity solve
+    (:func:`solve_population_with_jacobian`), not by differentiating the primal solve.
+    ``log_state`` is (n_halo, 1, 7) at t0, or (n_halo, n_save, 7) at ``save_times``.
+    """
+    return _solve_population_differentiable(settings, config, theta, forcings, save_times)
+
+
+def solve_population_with_jacobian(
+    theta: jax.Array,
+    forcings: HaloForcing,
+    save_times: jax.Array | None = None,
+    settings: SolverSettings = SolverSettings(),
+    config: ModelConfig = DEFAULT_CONFIG,
+) -> HaloSensitivity:
+    """Solve every halo and return d log10 X / d theta, shape (n_halo, n_save, 7, 8)."""
+    return _solve_population(theta, forcings, save_times, settings, config, True)
