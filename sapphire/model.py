@@ -23,7 +23,7 @@ from .config import DEFAULT_CONFIG, ModelConfig
 from .halos import HaloForcing, HaloPopulation
 from .physics import N_STATE, STATE_NAMES, Rates, cgm_profile_integrals, compute_rates, free_fall_time
 from .prior import DEFAULT_PRIOR, Prior
-from .solve import HaloSolution, SolverName, SolverSettings, solve_population
+from .solve import HaloSolution, SolverName, SolverSettings, solve_population, solve_population_with_jacobian
 
 
 class Evolution(NamedTuple):
@@ -82,3 +82,132 @@ def _diagnostics(rates: Rates, log_state: jax.Array, config: ModelConfig) -> dic
         "f_prev": rates.f_prev,
         "f_uv": rates.f_uv,
     }
+
+
+def _halo_diagnostics(theta, forcing: HaloForcing, times, log_state, config: ModelConfig):
+    """Diagnostics of one halo at each save time (vmapped over time)."""
+
+    def at_time(t, y):
+        mhalo, rate = forcing(t)
+        return _diagnostics(compute_rates(t, y, theta, mhalo, rate, config), y, config)
+
+    return jax.vmap(at_time)(times, log_state)
+
+
+@functools.partial(jax.jit, static_argnames=("settings", "config", "with_jacobian"))
+def _evolve(theta, forcings, save_times, settings, config, with_jacobian):
+    if with_jacobian:
+        result = solve_population_with_jacobian(theta, forcings, save_times, settings, config)
+        solution, jacobian = result.solution, result.jacobian
+    else:
+        solution, jacobian = solve_population(theta, forcings, save_times, settings, config), None
+    t_end = cosmology.present_age(config.cosmology)
+    times = jnp.full((1,), t_end) if save_times is None else save_times
+    per_halo_times = jnp.clip(times[None, :], forcings.t_start[:, None], t_end)
+    diagnostics = jax.vmap(_halo_diagnostics, in_axes=(None, 0, 0, 0, None))(
+        theta, forcings, per_halo_times, solution.log_state, config
+    )
+    exists = times[None, :] >= forcings.t_start[:, None] - 1e-12
+    log_mhalo = jnp.log10(diagnostics.pop("mhalo"))
+    mask = lambda a: jnp.where(exists.reshape(exists.shape + (1,) * (a.ndim - 2)), a, jnp.nan)
+    return (
+        jax.tree.map(mask, solution.log_state),
+        jnp.where(exists, log_mhalo, jnp.nan),
+        solution,
+        {k: mask(v) for k, v in diagnostics.items()},
+        None if jacobian is None else mask(jacobian),
+    )
+
+
+class Model:
+    """The exact, differentiable galaxy model: ``evolve`` halos and take exact Jacobians.
+
+    ``solver``: "auto" (default: Tsit5, with Kvaerno3 for groups of halos whose estimated
+    stiffness exceeds ``stiffness_threshold``), or one of "tsit5", "kvaerno3", "kvaerno5"
+    for every halo.  ``rtol``/``atol`` apply to the log10 states (dex).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        solver: SolverName = "auto",
+        rtol: float = 1e-5,
+        atol: float = 1e-6,
+        max_steps: int = 16384,
+        prior: Prior = DEFAULT_PRIOR,
+        **solver_options,
+    ) -> None:
+        self.config = config or DEFAULT_CONFIG
+        self.settings = SolverSettings(solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, **solver_options)
+        if solver not in ("auto", "tsit5", "kvaerno3", "kvaerno5"):
+            raise ValueError(f"unknown solver {solver!r}; choose auto, tsit5, kvaerno3 or kvaerno5")
+        if not (0 < rtol < 1 and atol > 0 and max_steps > 0):
+            raise ValueError(f"need 0 < rtol < 1, atol > 0, max_steps > 0; got {rtol}, {atol}, {max_steps}")
+        self.prior = prior
+
+    def __repr__(self) -> str:
+        return f"Model(settings={self.settings}, f_rad={self.config.f_rad})"
+
+    # ---- input checks -------------------------------------------------------------
+    def check_theta(self, theta) -> jax.Array:
+        """theta (8,) inside the prior box, as float64; ``ValueError`` naming the culprit."""
+        if isinstance(theta, jax.core.Tracer):
+            if theta.shape != (self.prior.ndim,):
+                raise ValueError(f"theta must have shape ({self.prior.ndim},); got {theta.shape}")
+            return theta
+        arr = self.prior.validate(theta)
+        if arr.ndim != 1:
+            raise ValueError(f"theta must have shape ({self.prior.ndim},); got {arr.shape}")
+        return jnp.asarray(arr)
+
+    @staticmethod
+    def check_halos(halos) -> HaloPopulation:
+        if not isinstance(halos, HaloPopulation):
+            raise ValueError(f"halos must be a sapphire.HaloPopulation, got {type(halos).__name__}")
+        return halos
+
+    def check_times(self, times) -> jax.Array:
+        arr = np.asarray(times, dtype=np.float64)
+        t_end = cosmology.present_age(self.config.cosmology)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"times must be a non-empty 1-D array of cosmic times in Gyr; got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"times contains a non-finite value: {arr[~np.isfinite(arr)][0]}")
+        if np.any(np.diff(arr) <= 0):
+            raise ValueError("times must be strictly increasing")
+        if arr[0] <= 0 or arr[-1] > t_end + 1e-9:
+            raise ValueError(f"times must lie in (0, t0 = {t_end:.4f}] Gyr; got [{arr[0]}, {arr[-1]}]")
+        return jnp.asarray(np.minimum(arr, t_end))
+
+    # ---- public API ---------------------------------------------------------------
+    def evolve(self, theta, halos: HaloPopulation, times=None) -> Evolution:
+        """Evolve every halo from its start to z = 0 (or save at ``times`` [Gyr])."""
+        return self._run(theta, halos, times, with_jacobian=False)[0]
+
+    def jacobian(self, theta, halos: HaloPopulation) -> jax.Array:
+        """Exact d log10 X(z=0) / d theta, shape (n_halo, 7, 8); NaN rows for failed solves."""
+        return self.evolve_with_jacobian(theta, halos)[1]
+
+    def evolve_with_jacobian(self, theta, halos: HaloPopulation, times=None) -> tuple[Evolution, jax.Array]:
+        """``evolve`` and the Jacobian of its log states, from one sensitivity solve."""
+        return self._run(theta, halos, times, with_jacobian=True)
+
+    def _run(self, theta, halos, times, with_jacobian):
+        theta = self.check_theta(theta)
+        halos = self.check_halos(halos)
+        save_times = None if times is None else self.check_times(times)
+        log_state, log_mhalo, solution, diagnostics, jacobian = _evolve(
+            theta, halos.forcing(), save_times, self.settings, self.config, with_jacobian
+        )
+        squeeze = (lambda a: a[:, 0]) if times is None else (lambda a: a)
+        t_out = np.array([cosmology.present_age(self.config.cosmology)]) if times is None else np.asarray(save_times)
+        evolution = Evolution(
+            times=t_out if times is not None else t_out[0],
+            log_state=squeeze(log_state),
+            log_mhalo=squeeze(log_mhalo),
+            success=solution.success,
+            num_steps=solution.num_steps,
+            implicit=solution.implicit,
+            diagnostics={k: squeeze(v) for k, v in diagnostics.items()},
+        )
+        return evolution, (None if jacobian is None else squeeze(jacobian))

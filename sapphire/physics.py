@@ -207,7 +207,10 @@ def compute_rates(
     f_uv = uv_suppression(mhalo, redshift, config)
     raw_inflow = cosmo.baryon_fraction * f_uv * mhalo_rate
     raw_inflow_energy = e_vir_specific * raw_inflow
-    f_prev = 1.0 / (1.0 + outflow_energy_rate / jnp.maximum(raw_inflow_energy, 1e-300))
+    # f_prev = 1 / (1 + Edot_out / Edot_in,raw), written so that a halo that has stopped
+    # growing (Edot_in,raw = 0) gives f_prev = 0 with a finite derivative (the naive
+    # quotient overflows to inf, and its tangent becomes 0 * inf = NaN).
+    f_prev = raw_inflow_energy / (raw_inflow_energy + outflow_energy_rate + 1e-300)
     inflow_rate = raw_inflow * f_prev
     inflow_energy_rate = e_vir_specific * inflow_rate
 

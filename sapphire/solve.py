@@ -28,6 +28,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optimistix as optx
 
 from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
@@ -58,13 +59,37 @@ class SolverSettings:
         return dataclasses.asdict(self)
 
 
+class FiniteVeryChord(diffrax.VeryChord):
+    """diffrax's VeryChord root finder, returning a finite point when it fails.
+
+    Why: diffrax's implicit Runge-Kutta steps call ``optx.root_find(..., throw=False)``
+    and simply reject the step when the chord iteration diverges.  But the root's
+    derivative is taken by the implicit function theorem (optimistix ``ImplicitAdjoint``),
+    whose tangent ``lineax.linear_solve`` throws on non-finite input unconditionally.  A
+    diverged iterate (inf/NaN) therefore raised "A linear solver received non-finite input"
+    under forward-mode AD, although that step -- and its tangent -- is discarded.  Returning
+    zero (a finite stage increment) for a FAILED root keeps that discarded tangent
+    computation finite; a converged root is returned untouched, so accepted steps, their
+    values and their derivatives are unchanged.
+    """
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        failed = result != optx.RESULTS.successful
+        y = jax.tree.map(lambda leaf: jnp.where(failed, jnp.zeros_like(leaf), leaf), y)
+        return super().postprocess(fn, y, aux, args, options, state, tags, result)
+
+
+def _implicit_root_finder() -> diffrax.VeryChord:
+    return diffrax.with_stepsize_controller_tols(FiniteVeryChord)()
+
+
 def _make_solver(name: str) -> diffrax.AbstractSolver:
     if name == "tsit5":
         return diffrax.Tsit5()
     if name == "kvaerno3":
-        return diffrax.Kvaerno3()
+        return diffrax.Kvaerno3(root_finder=_implicit_root_finder())
     if name == "kvaerno5":
-        return diffrax.Kvaerno5()
+        return diffrax.Kvaerno5(root_finder=_implicit_root_finder())
     raise ValueError(f"unknown solver {name!r}; choose tsit5, kvaerno3, kvaerno5 or auto")
 
 
