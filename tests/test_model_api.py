@@ -1,0 +1,144 @@
+"""Public API of the engine: shapes, histories, bad input, CLI."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import sapphire
+from sapphire import cosmology
+from sapphire.physics import N_STATE
+
+N_HALOS = 6
+
+
+@pytest.fixture(scope="module")
+def halos():
+    return sapphire.HaloPopulation.from_diffmah(N_HALOS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return sapphire.Model()
+
+
+@pytest.fixture(scope="module")
+def centre_run(model, halos):
+    return model.evolve_with_jacobian(sapphire.DEFAULT_PRIOR.centre, halos)
+
+
+def test_evolve_shapes_and_success(centre_run):
+    out, jac = centre_run
+    assert out.log_state.shape == (N_HALOS, N_STATE)
+    assert out.log_mhalo.shape == (N_HALOS,)
+    assert jac.shape == (N_HALOS, N_STATE, 8)
+    assert bool(np.all(out.success)) and out.n_failed == 0
+    assert np.all(np.isfinite(out.log_state)) and np.all(np.isfinite(jac))
+    assert np.all(np.asarray(out.num_steps) > 10)
+    for key in ("sfr", "oxygen_abundance", "log_gas_ratio", "log_smhm", "baryon_fraction", "t_cool_over_t_ff_r0"):
+        assert out.diagnostics[key].shape == (N_HALOS,)
+        assert np.all(np.isfinite(out.diagnostics[key])), key
+
+
+def test_diagnostics_consistent_with_states(centre_run, halos):
+    out, _ = centre_run
+    ls = np.asarray(out.log_state)
+    np.testing.assert_allclose(out.diagnostics["log_smhm"], ls[:, 0] - np.asarray(out.log_mhalo), atol=1e-12)
+    np.testing.assert_allclose(out.diagnostics["log_gas_ratio"], ls[:, 2] - ls[:, 0], atol=1e-12)
+    np.testing.assert_allclose(out.log_mhalo, halos.log_mhalo_z0, atol=1e-6)
+    # baryons cannot exceed the cosmic fraction by much (inflow carries f_b, outflows remove)
+    assert np.all(np.asarray(out.diagnostics["baryon_fraction"]) <= sapphire.DEFAULT_CONFIG.baryon_fraction * 1.05)
+
+
+def test_evolve_matches_jacobian_run(model, halos, centre_run):
+    out, _ = centre_run
+    plain = model.evolve(sapphire.DEFAULT_PRIOR.centre, halos)
+    # the sensitivity solve takes its own steps: same answer within the tolerance
+    np.testing.assert_allclose(plain.log_state, out.log_state, atol=2e-3)
+
+
+def test_histories(model, halos, centre_run):
+    t0 = cosmology.present_age()
+    times = np.array([0.05, 2.0, 6.0, t0])
+    hist = model.evolve(sapphire.DEFAULT_PRIOR.centre, halos, times=times)
+    assert hist.log_state.shape == (N_HALOS, 4, N_STATE)
+    # before every halo starts (t = 0.05 Gyr < grid start) entries are NaN, by design
+    assert np.all(np.isnan(hist.log_state[:, 0]))
+    exists = times[None, :] >= np.asarray(halos.t_start)[:, None]
+    assert np.all(np.isfinite(np.asarray(hist.log_state)[exists]))
+    # stellar mass only grows
+    stars = np.where(exists, np.asarray(hist.log_state[..., 0]), -np.inf)
+    assert np.all(np.diff(stars[:, 1:], axis=1) >= -1e-9)
+    np.testing.assert_allclose(hist.log_state[:, -1], centre_run[0].log_state, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "theta, match",
+    [
+        (np.zeros(7), "shape"),
+        (np.full((2, 2), 0.0), "shape"),
+        (np.r_[2.5, np.full(7, -1.0)], "A_etaM = 2.5 lies outside"),
+        (np.r_[np.full(7, -0.25), 0.0], None),  # inside the box: fine
+        (np.r_[np.nan, np.full(7, -1.0)], "non-finite A_etaM"),
+    ],
+)
+def test_bad_theta(model, halos, theta, match):
+    if match is None:
+        sapphire.DEFAULT_PRIOR.validate(theta)
+        return
+    with pytest.raises(ValueError, match=match):
+        model.evolve(theta, halos)
+
+
+def test_bad_halos_and_times(model, halos):
+    with pytest.raises(ValueError, match="HaloPopulation"):
+        model.evolve(sapphire.DEFAULT_PRIOR.centre, np.ones((3, 4)))
+    with pytest.raises(ValueError, match="increasing"):
+        model.evolve(sapphire.DEFAULT_PRIOR.centre, halos, times=[3.0, 2.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        model.evolve(sapphire.DEFAULT_PRIOR.centre, halos, times=[1.0, np.inf])
+    with pytest.raises(ValueError, match="t0"):
+        model.evolve(sapphire.DEFAULT_PRIOR.centre, halos, times=[1.0, 20.0])
+    with pytest.raises(ValueError, match="solver"):
+        sapphire.Model(solver="euler")
+
+
+def test_step_cap_is_flagged_not_returned(halos):
+    capped = sapphire.Model(max_steps=8)
+    out = capped.evolve(sapphire.DEFAULT_PRIOR.centre, halos)
+    assert not np.any(np.asarray(out.success))
+    assert out.n_failed == N_HALOS
+    assert np.all(np.isnan(out.log_state))
+
+
+def test_differentiable_inside_user_transformations(model, halos):
+    """jax.grad (reverse mode) and jax.jacfwd through the solve agree with model.jacobian."""
+    from sapphire.solve import solve_population
+
+    forcing = halos.forcing()
+    theta = np.asarray(sapphire.DEFAULT_PRIOR.centre)
+
+    def total_stars(th):
+        sol = solve_population(th, forcing, None, model.settings, model.config)
+        return sol.log_state[:, -1, 0].sum()
+
+    grad = jax.jit(jax.grad(total_stars))(theta)
+    jac = model.jacobian(theta, halos)
+    np.testing.assert_allclose(grad, np.asarray(jac)[:, 0, :].sum(axis=0), rtol=1e-10, atol=1e-12)
+
+
+def test_cli_evolve(tmp_path):
+    out = tmp_path / "run.npz"
+    result = subprocess.run(
+        [sys.executable, "-m", "sapphire.cli", "evolve", "--halos", "4", "--jacobian", "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "failed solves: 0" in result.stdout
+    data = np.load(out)
+    assert data["log_state"].shape == (4, 7) and data["jacobian"].shape == (4, 7, 8)
+    bad = subprocess.run([sys.executable, "-m", "sapphire.cli", "evolve", "--theta", "9,0,0,0,0,0,0,0"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "outside the prior box" in bad.stderr
