@@ -9,7 +9,7 @@ Strategy (measurements in docs/design.md):
   solving because eta_M and t_dep are power laws of V_vir(t) and z(t).  Halos are sorted
   by it and cut into fixed-size groups; each group runs the explicit solver (Tsit5) unless
   one of its members is stiff, in which case the whole group runs the implicit one
-  (Kvaerno5).  ``lax.cond`` picks per group, so an ordinary batch never pays for the
+  (Kvaerno3).  ``lax.cond`` picks per group, so an ordinary batch never pays for the
   implicit solver and the shapes stay static (jit, grad, vmap all work).
 * Jacobians are forward-mode (``jax.jacfwd`` through ``diffrax.ForwardMode``): 8 tangents
   ride along the primal solve; they are the exact derivatives of the computed solution.
@@ -51,7 +51,7 @@ class SolverSettings:
     rtol: float = 1e-5
     atol: float = 1e-6
     max_steps: int = 16384
-    group_size: int = 64
+    group_size: int | None = None  # None: 64 on CPU, 8192 on accelerators
     stiffness_threshold: float = 1000.0
     implicit_solver: SolverName = "kvaerno3"
 
@@ -236,7 +236,8 @@ def _solve_population(
         return _solve_batch(theta, forcings, save_times, settings.solver, settings, config, with_sensitivity)
 
     n_halo = forcings.t_start.shape[0]
-    group = min(settings.group_size, n_halo)
+    default_group = 64 if jax.default_backend() == "cpu" else 8192
+    group = min(settings.group_size or default_group, n_halo)
     n_groups = -(-n_halo // group)
     padded = n_groups * group
     stiffness = jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(theta, forcings, config)

@@ -1,0 +1,90 @@
+"""Engine speed, measured side by side in one process.
+
+    python benchmarks/bench_engine.py [--halos 256] [--repeats 3] [--gpu-sizes 10000,100000]
+
+Reports halo solves per second for: a straightforward vmap of Tsit5 over the batch (the
+baseline), the default engine (solver="auto": stiffness-grouped), the stiff corner, and the
+Jacobian/solve cost ratio.  Timings exclude compilation (each function is called once
+first) and take the best of ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import sapphire
+from sapphire.solve import SolverSettings, solve_population, solve_population_with_jacobian
+
+STIFF_CORNER = np.array([2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0])
+
+
+def best_time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench(n_halos: int, repeats: int) -> dict:
+    halos = sapphire.HaloPopulation.from_diffmah(n_halos, seed=0)
+    forcing = halos.forcing()
+    config = sapphire.DEFAULT_CONFIG
+    centre = np.asarray(sapphire.DEFAULT_PRIOR.centre)
+    rows = {}
+
+    def solve_fn(settings):
+        return jax.jit(lambda th, f: solve_population(th, f, None, settings, config).log_state)
+
+    def jac_fn(settings):
+        return jax.jit(lambda th, f: solve_population_with_jacobian(th, f, None, settings, config).jacobian)
+
+    baseline = SolverSettings(solver="tsit5")
+    default = SolverSettings()
+    rows["baseline_vmap_tsit5_centre_s"] = best_time(solve_fn(baseline), centre, forcing, repeats=repeats)
+    rows["engine_centre_s"] = best_time(solve_fn(default), centre, forcing, repeats=repeats)
+    rows["engine_stiff_corner_s"] = best_time(solve_fn(default), STIFF_CORNER, forcing, repeats=repeats)
+    rows["engine_jacobian_centre_s"] = best_time(jac_fn(default), centre, forcing, repeats=repeats)
+    rows["engine_jacobian_stiff_corner_s"] = best_time(jac_fn(default), STIFF_CORNER, forcing, repeats=max(1, repeats - 1))
+    rows["n_halos"] = n_halos
+    rows["baseline_solves_per_s"] = n_halos / rows["baseline_vmap_tsit5_centre_s"]
+    rows["engine_solves_per_s"] = n_halos / rows["engine_centre_s"]
+    rows["speedup_vs_baseline"] = rows["baseline_vmap_tsit5_centre_s"] / rows["engine_centre_s"]
+    rows["stiff_over_centre"] = rows["engine_stiff_corner_s"] / rows["engine_centre_s"]
+    rows["jacobian_over_solve_centre"] = rows["engine_jacobian_centre_s"] / rows["engine_centre_s"]
+    rows["jacobian_over_solve_stiff"] = rows["engine_jacobian_stiff_corner_s"] / rows["engine_stiff_corner_s"]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--halos", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extra-sizes", default="", help="comma-separated extra batch sizes (e.g. 10000,100000 on a GPU)")
+    parser.add_argument("--out", default="benchmarks/results/bench_engine.json")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    machine = f"{platform.node()} {platform.processor() or platform.machine()} | jax {jax.__version__} on {device.platform}:{device.device_kind}"
+    sizes = [args.halos] + [int(s) for s in args.extra_sizes.split(",") if s]
+    results = {"machine": machine, "runs": []}
+    for n in sizes:
+        row = bench(n, args.repeats if n <= 4096 else 1)
+        results["runs"].append(row)
+        print(f"\n== {n} halos on {machine}")
+        for key, value in row.items():
+            print(f"  {key:34s} {value:10.4g}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
