@@ -25,13 +25,16 @@ from sapphire.solve import SolverSettings, solve_population, solve_population_wi
 STIFF_CORNER = np.array([2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0])
 
 
-def best_time(fn, *args, repeats: int) -> float:
+def best_time(fn, *args, repeats: int, label: str = "") -> float:
+    start = time.perf_counter()
     jax.block_until_ready(fn(*args))
+    print(f"  [{label}] first call (incl. compilation) {time.perf_counter() - start:.2f} s", flush=True)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
+    print(f"  [{label}] best of {repeats}: {min(times):.4f} s", flush=True)
     return min(times)
 
 
@@ -50,11 +53,11 @@ def bench(n_halos: int, repeats: int) -> dict:
 
     baseline = SolverSettings(solver="tsit5")
     default = SolverSettings()
-    rows["baseline_vmap_tsit5_centre_s"] = best_time(solve_fn(baseline), centre, forcing, repeats=repeats)
-    rows["engine_centre_s"] = best_time(solve_fn(default), centre, forcing, repeats=repeats)
-    rows["engine_stiff_corner_s"] = best_time(solve_fn(default), STIFF_CORNER, forcing, repeats=repeats)
-    rows["engine_jacobian_centre_s"] = best_time(jac_fn(default), centre, forcing, repeats=repeats)
-    rows["engine_jacobian_stiff_corner_s"] = best_time(jac_fn(default), STIFF_CORNER, forcing, repeats=max(1, repeats - 1))
+    rows["baseline_vmap_tsit5_centre_s"] = best_time(solve_fn(baseline), centre, forcing, repeats=repeats, label="baseline_vmap_tsit5_centre_s")
+    rows["engine_centre_s"] = best_time(solve_fn(default), centre, forcing, repeats=repeats, label="engine_centre_s")
+    rows["engine_stiff_corner_s"] = best_time(solve_fn(default), STIFF_CORNER, forcing, repeats=repeats, label="engine_stiff_corner_s")
+    rows["engine_jacobian_centre_s"] = best_time(jac_fn(default), centre, forcing, repeats=repeats, label="engine_jacobian_centre_s")
+    rows["engine_jacobian_stiff_corner_s"] = best_time(jac_fn(default), STIFF_CORNER, forcing, repeats=max(1, repeats - 1), label="engine_jacobian_stiff_corner_s")
     rows["n_halos"] = n_halos
     rows["baseline_solves_per_s"] = n_halos / rows["baseline_vmap_tsit5_centre_s"]
     rows["engine_solves_per_s"] = n_halos / rows["engine_centre_s"]
