@@ -57,7 +57,8 @@ def scale_factor_at_age(t: ArrayLike, cosmo: Cosmology = PLANCK15) -> Array:
     t = jnp.asarray(t, dtype=float)
     h0 = cosmo.hubble_constant_per_gyr
     ol, om = cosmo.omega_lambda, cosmo.omega_matter
-    return (math.sqrt(om / ol) * jnp.sinh(1.5 * h0 * math.sqrt(ol) * t)) ** (2.0 / 3.0)
+    # exp/log form: XLA lowers a float power to a slower pow
+    return jnp.exp(2.0 / 3.0 * jnp.log(math.sqrt(om / ol) * jnp.sinh(1.5 * h0 * math.sqrt(ol) * t)))
 
 
 def redshift_at_age(t: ArrayLike, cosmo: Cosmology = PLANCK15) -> Array:
@@ -120,7 +121,7 @@ def virial_radius(mhalo: ArrayLike, z: ArrayLike, cosmo: Cosmology = PLANCK15) -
     """
     mhalo = jnp.asarray(mhalo, dtype=float)
     rho = virial_overdensity(z, cosmo) * critical_density(z, cosmo)
-    return (3.0 * mhalo / (4.0 * math.pi * rho)) ** (1.0 / 3.0)
+    return jnp.cbrt(3.0 * mhalo / (4.0 * math.pi * rho))
 
 
 def virial_velocity(mhalo: ArrayLike, z: ArrayLike, cosmo: Cosmology = PLANCK15) -> Array:

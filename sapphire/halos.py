@@ -131,6 +131,9 @@ def common_time_grid(
     return times
 
 
+_LN10 = math.log(10.0)
+
+
 class HaloForcing(eqx.Module):
     """Smooth forcing of ONE halo: ``(M_h [Msun], dM_h/dt [Msun/Gyr]) = forcing(t [Gyr])``.
 
@@ -156,7 +159,7 @@ class HaloForcing(eqx.Module):
         """
         t = jnp.clip(t, self.times[0], self.times[-1])
         y = self.interpolation.evaluate(t)
-        return 10.0 ** y[..., 0], y[..., 1] ** 2
+        return jnp.exp(_LN10 * y[..., 0]), y[..., 1] ** 2
 
 
 def _spline_coefficients(
