@@ -3,7 +3,7 @@
 
 Usage::
 
-    python benchmarks/validate_engine.py                 # full run (~20 min on 2 CPU cores)
+    python benchmarks/validate_engine.py                 # full run (26.5 min measured on the shared 2-core box, load ~3-4)
     python benchmarks/validate_engine.py --quick         # smaller run (~3 min)
     python benchmarks/validate_engine.py --out results.json
 

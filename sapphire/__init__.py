@@ -16,6 +16,7 @@ from .config import DEFAULT_CONFIG, PLANCK15, Cosmology, ModelConfig  # noqa: E4
 from .halos import HaloForcing, HaloPopulation  # noqa: E402
 from .model import Evolution, Model  # noqa: E402
 from .observations import Observations, Relation  # noqa: E402
+from .likelihood import LikelihoodResult, Summaries, log_likelihood, log_likelihood_and_grad  # noqa: E402
 from .physics import STATE_NAMES  # noqa: E402
 from .prior import DEFAULT_PRIOR, PARAMETER_NAMES, Prior  # noqa: E402
 from .solve import SolverSettings  # noqa: E402
@@ -26,4 +27,5 @@ __all__ = [
     "DEFAULT_CONFIG", "DEFAULT_PRIOR", "PARAMETER_NAMES", "PLANCK15", "STATE_NAMES", "Cosmology",
     "Evolution", "HaloForcing", "HaloPopulation", "Model", "ModelConfig", "Observations", "Prior",
     "Relation", "SolverSettings", "__version__",
+    "LikelihoodResult", "Summaries", "log_likelihood", "log_likelihood_and_grad",
 ]

@@ -96,6 +96,239 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     return 0 if success.all() else 3
 
 
+def _model_from_args(args: argparse.Namespace):
+    import sapphire
+
+    try:
+        return sapphire.Model(solver=args.solver, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps)
+    except ValueError as err:
+        raise SystemExit(f"solver options: {err}")
+
+
+def _append_halos(first, second):
+    """One population with the halos of ``first`` followed by those of ``second`` (same grid)."""
+    import jax.numpy as jnp
+
+    import sapphire
+    from sapphire.halos import _set_provenance
+
+    if first.n_times != second.n_times or not np.allclose(np.asarray(first.times), np.asarray(second.times)):
+        raise ValueError("can only append halos on the same time grid")
+    cat = lambda a, b: jnp.concatenate([a, b], axis=0)
+    return sapphire.HaloPopulation(
+        times=first.times,
+        log_mhalo=cat(first.log_mhalo, second.log_mhalo),
+        mhalo_rate=cat(first.mhalo_rate, second.mhalo_rate),
+        t_start=cat(first.t_start, second.t_start),
+        coeffs=tuple(cat(a, b) for a, b in zip(first.coeffs, second.coeffs)),
+        provenance=_set_provenance(
+            first.provenance, n_halos=first.n_halos + second.n_halos, appended=second.fingerprint()
+        ),
+    )
+
+
+def _json_ready(value):
+    """NaN/inf -> None (strict JSON), numpy -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(_json_ready(payload), indent=1, allow_nan=False))
+
+
+def _check_counts(args: argparse.Namespace, min_halos: int) -> None:
+    if args.halos < min_halos:
+        raise SystemExit(f"--halos must be >= {min_halos}, got {args.halos}")
+    if args.draws < 0 or (args.draws == 0 and not getattr(args, "corners", False)):
+        raise SystemExit(f"--draws must be >= 1 (or 0 with --corners), got {args.draws}")
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """Jacobian heat map of a Milky-Way-mass halo (prior centre) and the ensemble view of the
+    parameter sensitivity versus halo mass over a Latin hypercube of the prior; JSON of which
+    parameter dominates per mass bin."""
+    import sapphire
+    from sapphire import plots
+    from sapphire.likelihood import latin_hypercube
+    from tqdm import tqdm
+
+    _check_counts(args, 2)
+    if args.bins < 1:
+        raise SystemExit(f"--bins must be >= 1, got {args.bins}")
+    prior = sapphire.DEFAULT_PRIOR
+    model = _model_from_args(args)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sample = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
+    mw = sapphire.HaloPopulation.from_diffmah(1, logm_min=11.99, logm_max=12.01, seed=args.seed)
+    halos = _append_halos(sample, mw)  # one compiled shape: the MW halo rides along as the last halo
+    thetas = np.vstack([prior.centre[None, :], latin_hypercube(prior, args.draws, args.seed)])
+
+    jacobians, successes = [], []
+    started = time.perf_counter()
+    for theta in tqdm(thetas, desc="sensitivity (centre + draws)", unit="draw", disable=args.quiet):
+        out, jac = model.evolve_with_jacobian(theta, halos)
+        jacobians.append(np.asarray(jac))
+        successes.append(np.asarray(out.success))
+        log_mhalo = np.asarray(out.log_mhalo)
+    elapsed = time.perf_counter() - started
+    jac = np.stack(jacobians)  # (1 + K, N + 1, 7, 8)
+    success = np.stack(successes)
+    failed_per_draw = (~success).sum(axis=1)
+
+    mw_jac = jac[0, -1]
+    plots.jacobian_heatmap(
+        mw_jac,
+        title=f"Milky-Way-mass halo (log Mh(z=0) = {log_mhalo[-1]:.2f}), prior centre",
+        path=out_dir / "jacobian_mw.png",
+    )
+    ensemble = jac[1:, : args.halos] if args.draws > 0 else jac[:, : args.halos]
+    bins = np.linspace(args.logm_min, args.logm_max, args.bins + 1)
+    plots.sensitivity_vs_mass(log_mhalo[: args.halos], ensemble, bins, path=out_dir / "sensitivity_vs_mass.png")
+
+    width = prior.width
+    quantities = {}
+    for name, values in plots.relation_sensitivities(ensemble).items():
+        centres, medians, counts = plots.binned_sensitivity(log_mhalo[: args.halos], values, bins)
+        _, scaled, _ = plots.binned_sensitivity(log_mhalo[: args.halos], values * width, bins)
+        pick = lambda m: [prior.names[int(np.argmax(row))] if np.isfinite(row).any() else None for row in m]
+        quantities[name] = {
+            "median_abs": medians,
+            "dominant": pick(medians),
+            "median_abs_times_prior_width": scaled,
+            "dominant_per_prior_width": pick(scaled),
+            "counts": counts,
+        }
+    payload = {
+        "description": (
+            "Median |d q / d theta| over halos (in log10 Mh(z=0) bins) and Latin-hypercube prior draws, "
+            "q = log10 M_*, log10 M_ISM/M_*, 12 + log(O/H); 'dominant' = parameter with the largest median "
+            "|derivative|, 'dominant_per_prior_width' = largest median |derivative| x prior width."
+        ),
+        "parameters": list(prior.names),
+        "prior_width": width,
+        "bin_edges": bins,
+        "bin_centres": 0.5 * (bins[:-1] + bins[1:]),
+        "quantities": quantities,
+        "mw_halo": {"log_mhalo": float(log_mhalo[-1]), "theta": prior.centre, "state_names": list(sapphire.STATE_NAMES),
+                    "jacobian": mw_jac},
+        "thetas": thetas,
+        "failed_per_draw": failed_per_draw,
+        "n_halos": args.halos,
+        "seed": args.seed,
+        "seconds": elapsed,
+        "solver": model.settings.to_dict(),
+        "halo_fingerprint": halos.fingerprint(),
+        "sapphire_version": sapphire.__version__,
+    }
+    _write_json(out_dir / "sensitivity.json", payload)
+
+    print(f"{len(thetas)} solves (prior centre + {args.draws} draws) x {halos.n_halos} halos in {elapsed:.1f} s; "
+          f"failed halos per draw: {failed_per_draw.tolist()}")
+    header = f"{'log Mh bin':>13} {'n':>5} " + " ".join(f"{q:>17}" for q in quantities)
+    print("dominant parameter (largest median |d q/d theta|; per prior width in brackets)")
+    print(header)
+    for b in range(args.bins):
+        cells = " ".join(f"{str(v['dominant'][b]):>8} [{str(v['dominant_per_prior_width'][b]):>7}]" for v in quantities.values())
+        print(f"{bins[b]:6.2f}-{bins[b + 1]:5.2f} {int(quantities['log_mstar']['counts'][b]):5d} {cells}")
+    print(f"wrote {out_dir / 'jacobian_mw.png'}, {out_dir / 'sensitivity_vs_mass.png'}, {out_dir / 'sensitivity.json'}")
+    return 0
+
+
+def cmd_ppc(args: argparse.Namespace) -> int:
+    """Prior predictive check: the three relations over a Latin hypercube of the prior (and its
+    corners), against the default data."""
+    import sapphire
+    from sapphire import plots
+    from sapphire.likelihood import latin_hypercube, predictive_coverage
+    from tqdm import tqdm
+
+    _check_counts(args, 2)
+    prior = sapphire.DEFAULT_PRIOR
+    model = _model_from_args(args)
+    obs = sapphire.Observations.default()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
+    thetas = latin_hypercube(prior, args.draws, args.seed)
+    kinds = ["lhs"] * len(thetas)
+    if args.corners:
+        thetas = np.vstack([thetas, prior.corners()])
+        kinds += ["corner"] * (2**prior.ndim)
+
+    means, stderrs, failed = [], [], []
+    started = time.perf_counter()
+    progress = tqdm(thetas, desc="prior predictive", unit="draw", disable=args.quiet)
+    for theta in progress:
+        s = model.summaries(theta, halos, obs)
+        means.append(np.asarray(s.mean))
+        stderrs.append(np.asarray(s.stderr))
+        failed.append(s.n_failed)
+        progress.set_postfix(failed=int(np.sum(failed)))
+    elapsed = time.perf_counter() - started
+    means, stderrs, failed = np.stack(means), np.stack(stderrs), np.asarray(failed)
+
+    coverage = predictive_coverage(obs, means)
+    n_draw = len(thetas)
+    plots.prior_predictive_bands(
+        obs, means, path=out_dir / "ppc.png",
+        title=f"Prior predictive: {args.draws} Latin-hypercube draws" + (" + 256 corners" if args.corners else "")
+        + f", {args.halos} halos",
+    )
+    payload = {
+        **coverage,
+        "n_lhs": args.draws,
+        "corners": bool(args.corners),
+        "n_halos": args.halos,
+        "seed": args.seed,
+        "failed_per_draw": failed,
+        "draws_with_failures": int(np.sum(failed > 0)),
+        "failed_halos_total": int(failed.sum()),
+        "seconds": elapsed,
+        "solver": model.settings.to_dict(),
+        "observations": obs.fingerprint(),
+        "halo_fingerprint": halos.fingerprint(),
+        "sapphire_version": sapphire.__version__,
+    }
+    _write_json(out_dir / "ppc.json", payload)
+    np.savez_compressed(out_dir / "ppc_draws.npz", thetas=thetas, kind=np.array(kinds), mean=means, stderr=stderrs,
+                        n_failed=failed, names=np.array(sapphire.likelihood.summary_names(obs)))
+
+    print(f"{n_draw} draws x {args.halos} halos in {elapsed:.1f} s; draws with failed halos: "
+          f"{payload['draws_with_failures']} (failed halo solves in total: {payload['failed_halos_total']})")
+    print(f"{'relation':>10} {'points':>6} {'in envelope':>12} {'in 2.5-97.5':>12}")
+    for name, frac in coverage["fractions"].items():
+        print(f"{name:>10} {frac['n_points']:6d} {frac['inside_envelope']:12.2f} {frac['inside_band']:12.2f}")
+    outside = [p for p in coverage["points"] if not p["inside_envelope"]]
+    for p in outside:
+        lo, hi = p["envelope"]
+        print(f"  outside envelope: {p['relation']} x = {p['x']:.2f}: y = {p['y']:.3f}, envelope [{lo}, {hi}]")
+    print(f"wrote {out_dir / 'ppc.png'}, {out_dir / 'ppc.json'}, {out_dir / 'ppc_draws.npz'}")
+    return 0
+
+
+def _add_solver_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", default="auto", choices=["auto", "tsit5", "kvaerno3", "kvaerno5"])
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-6)
+    p.add_argument("--max-steps", type=int, default=16384)
+    p.add_argument("--logm-min", type=float, default=10.0)
+    p.add_argument("--logm-max", type=float, default=12.5)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sapphire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write states (and Jacobians) to this .npz")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("sensitivity", help="Jacobian heat map (MW-mass halo) and sensitivity versus halo mass over prior draws")
+    p.add_argument("--halos", type=int, default=64, help="diffmah halos (default 64; a MW-mass halo is added)")
+    p.add_argument("--draws", type=int, default=32, help="Latin-hypercube prior draws (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
+    p.add_argument("--bins", type=int, default=5, help="halo-mass bins (default 5)")
+    p.add_argument("--out", default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)")
+    _add_solver_options(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("ppc", help="prior predictive bands of the three relations with the data")
+    p.add_argument("--draws", type=int, default=200, help="Latin-hypercube prior draws (default 200)")
+    p.add_argument("--halos", type=int, default=64, help="diffmah halos (default 64)")
+    p.add_argument("--corners", action="store_true", help="add the 256 corners of the prior box")
+    p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
+    p.add_argument("--out", default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
+    _add_solver_options(p)
+    p.set_defaults(func=cmd_ppc)
     return parser
 
 

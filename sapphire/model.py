@@ -192,6 +192,33 @@ class Model:
         """``evolve`` and the Jacobian of its log states, from one sensitivity solve."""
         return self._run(theta, halos, times, with_jacobian=True)
 
+    # ---- summaries of the population (issue 3; implementation in sapphire.likelihood) ----
+    def summaries(self, theta, halos: HaloPopulation, obs=None):
+        """Kernel-regression summaries of the z = 0 relations, matched to ``obs``.
+
+        Returns ``sapphire.Summaries`` (NamedTuple): ``mean`` and ``stderr`` (obs.n_summary,),
+        relations in ``obs.relations`` order, each at its observed x (``names``, e.g.
+        ``"smhm@10.25"``; ``obs.slices`` gives each relation's slice); ``n_failed`` (halos whose
+        solve failed: excluded from the regressions) and per-halo ``success``.  One plain
+        solve (the compiled function of ``evolve``).  ``obs=None``: ``Observations.default()``.
+        """
+        from .likelihood import model_summaries
+
+        return model_summaries(self, theta, halos, obs)
+
+    def summary_jacobian(self, theta, halos: HaloPopulation, obs=None, *, with_stderr: bool = False):
+        """Exact d mean / d theta of ``summaries``, shape (obs.n_summary, 8).
+
+        The kernel regression differentiated in the log states (``jax.linearize``) and
+        contracted with the state Jacobian of the error-controlled sensitivity solve (one solve,
+        the compiled function of ``jacobian``); failed halos carry no weight and no derivative.
+        ``with_stderr=True`` returns ``(d mean / d theta, d stderr / d theta)`` from the same
+        solve.  Rows of summaries that are NaN (< 2 valid halos) are NaN.
+        """
+        from .likelihood import model_summary_jacobian
+
+        return model_summary_jacobian(self, theta, halos, obs, with_stderr)
+
     def _run(self, theta, halos, times, with_jacobian):
         theta = self.check_theta(theta)
         halos = self.check_halos(halos)

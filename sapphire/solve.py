@@ -274,7 +274,12 @@ def _solve_population_jvp(settings, config, primals, tangents):
     theta_dot = tangents[0]  # the halo forcing and save times are not differentiated
     result = _solve_population(theta, forcings, save_times, settings, config, True)
     solution = result.solution
-    log_state_dot = jnp.einsum("h...j,j->h...", result.jacobian, theta_dot)
+    # Failed halos carry NaN Jacobians; zero them inside the (linear) tangent map, or its
+    # transpose (reverse mode) would multiply NaN by a zero cotangent and poison jax.grad
+    # even when the caller masks those halos.  Their primal outputs stay NaN.
+    success = solution.success.reshape(solution.success.shape + (1,) * (result.jacobian.ndim - 1))
+    safe_jacobian = jnp.where(success, result.jacobian, 0.0)
+    log_state_dot = jnp.einsum("h...j,j->h...", safe_jacobian, theta_dot)
     no_tangent = [np.zeros(a.shape, dtype=jax.dtypes.float0) for a in solution[1:]]
     return solution, HaloSolution(log_state_dot, *no_tangent)
 

@@ -36,8 +36,9 @@ N_HALOS = 6  # log10 M_h(z=0) stratified in [10, 12.5], ascending
 STIFF_CORNER = np.array([2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0])  # MODEL.md section 9
 CENTRE = DEFAULT_PRIOR.centre
 TIGHT = dict(rtol=1e-10, atol=1e-10, max_steps=400_000)  # stiff corner: ~2.5e4 Kvaerno3 steps
-#: FD step: the plateau of the step scan in benchmarks/validate_engine.py (chosen there by
-#: the agreement of FD(h) with FD(h/3), not with AD) lies at h ~ 1e-3 for rtol 1e-10.
+#: FD step: the step scan of benchmarks/validate_engine.py (which picks, per parameter, the
+#: step where FD(h) and FD(h/3) agree best -- never by agreement with AD) chose 1e-3 or 3e-4
+#: at rtol 1e-10 for every (draw, parameter), never 3e-3.
 FD_STEP = 1e-3
 CFG = DEFAULT_CONFIG
 

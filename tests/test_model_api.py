@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -142,3 +143,20 @@ def test_cli_evolve(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sapphire.cli", "evolve", "--theta", "9,0,0,0,0,0,0,0"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "outside the prior box" in bad.stderr
+
+
+def test_reverse_mode_finite_when_some_halos_fail(halos):
+    """A failed halo is NaN in value, but must not poison jax.grad of a masked sum."""
+    from sapphire.solve import SolverSettings, solve_population
+
+    settings = SolverSettings(solver="tsit5", max_steps=60)
+    forcing = halos.forcing()
+
+    def masked_sum(th):
+        sol = solve_population(th, forcing, None, settings, sapphire.DEFAULT_CONFIG)
+        states = sol.log_state[:, -1, 0]
+        return jnp.sum(jnp.where(sol.success, states, 0.0)), sol.success
+
+    (_, success), grad = jax.value_and_grad(masked_sum, has_aux=True)(jnp.asarray(sapphire.DEFAULT_PRIOR.centre))
+    assert 0 < int(np.sum(~np.asarray(success))) < N_HALOS or not np.all(success)
+    assert np.all(np.isfinite(np.asarray(grad)))
