@@ -13,6 +13,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from .config import DEFAULT_CONFIG, PLANCK15, Cosmology, ModelConfig  # noqa: E402
+from .devices import set_host_device_count  # noqa: E402
 from .halos import HaloForcing, HaloPopulation  # noqa: E402
 from .model import Evolution, Model  # noqa: E402
 from .observations import Observations, Relation  # noqa: E402
@@ -26,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_CONFIG", "DEFAULT_PRIOR", "PARAMETER_NAMES", "PLANCK15", "STATE_NAMES", "Cosmology",
     "Evolution", "HaloForcing", "HaloPopulation", "Model", "ModelConfig", "Observations", "Prior",
-    "Relation", "SolverSettings", "__version__",
+    "Relation", "SolverSettings", "__version__", "set_host_device_count",
     "LikelihoodResult", "Summaries", "log_likelihood", "log_likelihood_and_grad",
 ]

@@ -369,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Use every core: batches are split over host devices (sapphire/devices.py).  Must run
+    # before JAX initialises; SAPPHIRE_CPU_DEVICES=1 turns it off.
+    import os
+
+    from .devices import set_host_device_count
+
+    set_host_device_count(int(os.environ.get("SAPPHIRE_CPU_DEVICES", "0")) or None)
     return args.func(args)
 
 

@@ -240,7 +240,7 @@ def model_summaries(model, theta, halos, obs) -> Summaries:
     obs = _check_obs(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    mean, stderr, success = _summary_function(model.settings, model.config, obs, theta, halos.forcing())
+    mean, stderr, success = _summary_function(model.settings, model.config, obs, theta, model.device_forcing(halos, theta))
     return Summaries(
         mean=mean,
         stderr=stderr,
@@ -255,7 +255,7 @@ def model_summary_jacobian(model, theta, halos, obs, with_stderr: bool = False):
     obs = _check_obs(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    _, _, _, jac_mean, jac_stderr = _summaries_with_jacobian(theta, halos.forcing(), model.settings, model.config, obs)
+    _, _, _, jac_mean, jac_stderr = _summaries_with_jacobian(theta, model.device_forcing(halos, theta), model.settings, model.config, obs)
     return (jac_mean, jac_stderr) if with_stderr else jac_mean
 
 
@@ -333,7 +333,7 @@ def log_likelihood(
     :func:`log_likelihood_and_grad`.  Bad input raises ``ValueError`` naming it.
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
-    mean, stderr, success = _summary_function(c.model.settings, c.model.config, c.obs, c.theta, c.halos.forcing())
+    mean, stderr, success = _summary_function(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos, c.theta))
     value = gaussian_log_likelihood(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale
     )
@@ -362,7 +362,7 @@ def log_likelihood_and_grad(
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
     mean, stderr, success, jac_mean, jac_stderr = _summaries_with_jacobian(
-        c.theta, c.halos.forcing(), c.model.settings, c.model.config, c.obs
+        c.theta, c.model.device_forcing(c.halos, c.theta), c.model.settings, c.model.config, c.obs
     )
     value, (grad_mean, grad_stderr) = _gaussian_value_and_grad(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale

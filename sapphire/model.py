@@ -20,10 +20,11 @@ import numpy as np
 
 from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
+from .devices import shard_halos
 from .halos import HaloForcing, HaloPopulation
 from .physics import N_STATE, STATE_NAMES, Rates, cgm_profile_integrals, compute_rates, free_fall_time
 from .prior import DEFAULT_PRIOR, Prior
-from .solve import HaloSolution, SolverName, SolverSettings, solve_population, solve_population_with_jacobian
+from .solve import stiffness_estimate, HaloSolution, SolverName, SolverSettings, solve_population, solve_population_with_jacobian
 
 
 class Evolution(NamedTuple):
@@ -92,6 +93,11 @@ def _halo_diagnostics(theta, forcing: HaloForcing, times, log_state, config: Mod
         return _diagnostics(compute_rates(t, y, theta, mhalo, rate, config), y, config)
 
     return jax.vmap(at_time)(times, log_state)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _batch_stiffness(theta, forcings, config):
+    return jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(theta, forcings, config)
 
 
 @functools.partial(jax.jit, static_argnames=("settings", "config", "with_jacobian"))
@@ -180,6 +186,20 @@ class Model:
         return jnp.asarray(np.minimum(arr, t_end))
 
     # ---- public API ---------------------------------------------------------------
+    def device_forcing(self, halos: HaloPopulation, theta=None) -> HaloForcing:
+        """The halos' stacked forcing, split over every local device when there are several
+        (see ``sapphire.set_host_device_count``) and the batch divides evenly.
+
+        Given a concrete ``theta`` whose batch holds a stiff halo, the forcing stays on one
+        device: the grouped explicit/implicit path does not partition well (measured on 2
+        CPU devices: stiff corner 3.6 s split vs 2.6-2.9 s on one device, 256 halos)."""
+        forcing = halos.forcing()
+        if theta is not None and not isinstance(theta, jax.core.Tracer) and self.settings.solver == "auto":
+            stiffness = _batch_stiffness(jnp.asarray(theta), forcing, self.config)
+            if bool(jnp.any(stiffness > self.settings.stiffness_threshold)):
+                return forcing
+        return shard_halos(forcing, halos.n_halos)
+
     def evolve(self, theta, halos: HaloPopulation, times=None) -> Evolution:
         """Evolve every halo from its start to z = 0 (or save at ``times`` [Gyr])."""
         return self._run(theta, halos, times, with_jacobian=False)[0]
@@ -224,7 +244,7 @@ class Model:
         halos = self.check_halos(halos)
         save_times = None if times is None else self.check_times(times)
         log_state, log_mhalo, solution, diagnostics, jacobian = _evolve(
-            theta, halos.forcing(), save_times, self.settings, self.config, with_jacobian
+            theta, self.device_forcing(halos, theta), save_times, self.settings, self.config, with_jacobian
         )
         squeeze = (lambda a: a[:, 0]) if times is None else (lambda a: a)
         t_out = np.array([cosmology.present_age(self.config.cosmology)]) if times is None else np.asarray(save_times)
