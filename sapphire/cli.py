@@ -55,14 +55,16 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         pieces.append(out)
     elapsed = time.perf_counter() - started
     n = [sl.stop - sl.start for sl in slices]
-    log_state = np.concatenate([np.asarray(p.log_state)[:k] for p, k in zip(pieces, n)])
-    log_mhalo = np.concatenate([np.asarray(p.log_mhalo)[:k] for p, k in zip(pieces, n)])
-    success = np.concatenate([np.asarray(p.success)[:k] for p, k in zip(pieces, n)])
-    num_steps = np.concatenate([np.asarray(p.num_steps)[:k] for p, k in zip(pieces, n)])
-    implicit = np.concatenate([np.asarray(p.implicit)[:k] for p, k in zip(pieces, n)])
-    diagnostics = {
-        key: np.concatenate([np.asarray(p.diagnostics[key])[:k] for p, k in zip(pieces, n)]) for key in pieces[0].diagnostics
-    }
+    def gather(get) -> np.ndarray:
+        """One array over all batches, dropping the padding of the last."""
+        return np.concatenate([np.asarray(get(p))[:k] for p, k in zip(pieces, n)])
+
+    log_state = gather(lambda p: p.log_state)
+    log_mhalo = gather(lambda p: p.log_mhalo)
+    success = gather(lambda p: p.success)
+    num_steps = gather(lambda p: p.num_steps)
+    implicit = gather(lambda p: p.implicit)
+    diagnostics = {key: gather(lambda p, key=key: p.diagnostics[key]) for key in pieces[0].diagnostics}
 
     print(f"theta = {dict(zip(prior.names, np.round(theta, 4).tolist()))}")
     print(f"{halos.n_halos} halos in {elapsed:.2f} s (incl. compilation); failed solves: {int((~success).sum())}; "

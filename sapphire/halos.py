@@ -573,6 +573,20 @@ class HaloPopulation(eqx.Module):
 _TIME_COLUMNS = ("time_gyr", "redshift")
 
 
+def _time_column(path: Path, names: list[str], required: tuple[str, ...], kind: str) -> str:
+    """The one time column ('time_gyr' or 'redshift') among ``names``; ``ValueError`` naming
+    what is missing (``required`` too) or ambiguous.  ``kind`` is "column" or "dataset"."""
+    time_cols = [c for c in _TIME_COLUMNS if c in names]
+    missing = [c for c in required if c not in names]
+    if not time_cols:
+        missing.append("time_gyr or redshift")
+    if missing:
+        raise ValueError(f"{path}: missing {kind}(s) {missing}; found {kind}s {names}")
+    if len(time_cols) > 1:
+        raise ValueError(f"{path}: give either a 'time_gyr' or a 'redshift' {kind}, not both")
+    return time_cols[0]
+
+
 def _read_csv(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
     """Rows grouped by halo_id (order of first appearance): [(label, time_or_z, mass)]."""
     with open(path, newline="") as f:
@@ -581,15 +595,7 @@ def _read_csv(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise ValueError(f"{path}: empty file (expected header halo_id,time_gyr,mhalo_msun)") from None
-        time_cols = [c for c in _TIME_COLUMNS if c in header]
-        missing = [c for c in ("halo_id", "mhalo_msun") if c not in header]
-        if not time_cols:
-            missing.append("time_gyr or redshift")
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found columns {header}")
-        if len(time_cols) > 1:
-            raise ValueError(f"{path}: give either a 'time_gyr' or a 'redshift' column, not both")
-        time_column = time_cols[0]
+        time_column = _time_column(path, header, ("halo_id", "mhalo_msun"), "column")
         i_id, i_t, i_m = header.index("halo_id"), header.index(time_column), header.index("mhalo_msun")
         groups: dict[str, tuple[list[float], list[float]]] = {}
         for line_no, row in enumerate(reader, start=2):
@@ -611,16 +617,7 @@ def _read_hdf5(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], st
     import h5py
 
     with h5py.File(path, "r") as f:
-        keys = list(f.keys())
-        time_cols = [c for c in _TIME_COLUMNS if c in f]
-        missing = [] if "mhalo_msun" in f else ["mhalo_msun"]
-        if not time_cols:
-            missing.append("time_gyr or redshift")
-        if missing:
-            raise ValueError(f"{path}: missing dataset(s) {missing}; found datasets {keys}")
-        if len(time_cols) > 1:
-            raise ValueError(f"{path}: give either a 'time_gyr' or a 'redshift' dataset, not both")
-        time_column = time_cols[0]
+        time_column = _time_column(path, list(f.keys()), ("mhalo_msun",), "dataset")
         x = np.asarray(f[time_column][()], dtype=np.float64)
         mass = np.asarray(f["mhalo_msun"][()], dtype=np.float64)
         ids = np.asarray(f["halo_id"][()]) if "halo_id" in f else None
