@@ -366,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
     _add_solver_options(p)
     p.set_defaults(func=cmd_ppc)
+
+    # The other packages' subcommands (imported here only: sapphire itself never imports them).
+    from training_sets.cli import register as register_training_sets
+
+    register_training_sets(sub, _add_solver_options)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""``sapphire generate`` and ``sapphire inspect`` (registered by sapphire/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import sapphire
+
+    from .design import read_design_table
+    from .generate import extend_store, generate
+
+    model = sapphire.Model(solver=args.solver, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps)
+    table = read_design_table(args.design, model.prior) if args.design else None
+    if args.extend:
+        n = extend_store(args.out, args.extend, args.seed)
+        print(f"{args.out}: design extended by {args.extend} points (seed {args.seed}) to {n}; computing them")
+        args.resume = True
+    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
+    try:
+        report = generate(
+            args.out, n_points=args.points, seed=args.seed if not args.extend else _first_seed(args.out), halos=halos,
+            model=model, chunk=args.chunk, save_states=args.save_states, design_table=table, resume=args.resume,
+            devices=args.devices, scheduler=args.scheduler, progress=not args.quiet,
+        )
+    except (FileExistsError, ValueError) as err:
+        raise SystemExit(f"sapphire generate: {err}")
+    print(
+        f"{report.path}: {report.computed} points computed in {report.seconds:.1f} s on {report.backend} "
+        f"({report.points_per_hour:,.0f} points/hour); store holds {report.n_points} points, "
+        f"{report.failed_points} with failed halo solves ({report.failed_halos} halos in total)"
+    )
+    return 0
+
+
+def _first_seed(path) -> int | None:
+    from .store import open_group
+
+    return open_group(path).attrs["design"]["batches"][0].get("seed")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_store
+
+    try:
+        summary = inspect_store(args.store, figure=args.figure)
+    except ValueError as err:
+        raise SystemExit(f"sapphire inspect: {err}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['path']}  (sapphire {summary['sapphire_version']}, content {summary['fingerprint']})")
+    print(f"  points: {summary['done']}/{summary['points']} done, chunk {summary['chunk']}, {summary['blocks_pending']} blocks pending")
+    print(f"  failures: {summary['points_with_failed_halos']} points with failed halos ({summary['failed_halos_total']} halos); "
+          f"{summary['done_but_not_finite']} done rows with non-finite values; {summary['valid_points']} valid points")
+    print(f"  halos: {summary['halos']} (fingerprint {summary['halo_fingerprint']}); design batches: "
+          + ", ".join(f"{b['kind']} seed {b.get('seed')} x{b['n_points']}" for b in summary["design"]))
+    for name, rng in summary["summary_ranges"].items():
+        print(f"  {name:>10}: " + ("no rows yet" if rng is None else f"[{rng[0]:.3f}, {rng[1]:.3f}]"))
+    if "figure" in summary:
+        print(f"  wrote {summary['figure']}")
+    return 0
+
+
+def register(sub, add_solver_options) -> None:
+    """Add the ``generate`` and ``inspect`` subcommands to the ``sapphire`` parser."""
+    p = sub.add_parser("generate", help="evaluate a Latin-hypercube design (summaries + exact Jacobians) into a Zarr store")
+    p.add_argument("out", help="the Zarr store to create (or finish with --resume)")
+    p.add_argument("--points", type=int, help="design points (Latin hypercube)")
+    p.add_argument("--halos", type=int, default=128, help="diffmah halos per design point (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the design (default 0)")
+    p.add_argument("--halo-seed", type=int, default=0, help="seed of the halo population (default 0)")
+    p.add_argument("--design", help="CSV table of design points (header = parameter names) instead of --points")
+    p.add_argument("--extend", type=int, help="append this many new design points (seeded by --seed) and compute them")
+    p.add_argument("--chunk", type=int, default=8, help="design points per work unit and Zarr chunk (default 8)")
+    p.add_argument("--devices", default="all", help="'all' local devices (default) or a count")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): workers evaluate and write blocks")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted store (same settings required)")
+    p.add_argument("--save-states", action="store_true", help="also store every halo's z = 0 log state")
+    add_solver_options(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("inspect", help="summarise a training-set store (coverage, failures, ranges) and plot its design")
+    p.add_argument("store")
+    p.add_argument("--figure", help="write the design's pairwise projections to this PNG")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_inspect)

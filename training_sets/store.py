@@ -1,0 +1,350 @@
+"""The training-set store: a Zarr v3 group of design points, summaries and exact gradients.
+
+Layout (``SCHEMA_VERSION`` 1), every array chunked along the design axis N in blocks of
+``chunk`` points (one block = one work unit: a worker writes whole blocks, never parts)::
+
+    theta             (N, 8)     float64   design points (physical parameter units)
+    summaries         (N, S)     float64   kernel-regression means (dex / 12+log O/H)
+    summary_stderr    (N, S)     float64   their standard errors
+    summary_jacobian  (N, S, 8)  float64   d summaries / d theta (exact)
+    n_failed          (N,)       int32     halos whose solve failed at that point (-1: not done)
+    done              (N,)       bool      row written completely
+    halo_log_state    (N, H, 7)  float64   optional: per-halo z = 0 log states
+    halos/            times, log_mhalo, mhalo_rate, t_start, coeff_{d,c,b,a}: the population
+
+Attributes (``attrs``): ``schema_version``, ``sapphire_version``, ``model_config``,
+``solver``, ``prior``, ``observations`` (with the kernel centres), ``summary_names``,
+``halos`` (fingerprint, size, provenance: seed, mass range), ``design`` (its batches: kind,
+seed, size), ``chunk``, ``save_states``.  ``history`` (one entry per run: start time, backend,
+devices) is the only attribute that is not a function of the inputs; :func:`store_digest`
+leaves it out, so two stores computed differently compare equal when their contents are.
+
+Crash safety: Zarr's local store writes each chunk file atomically (temporary file + rename),
+and a block's ``done`` flags are written after all its data.  A killed job therefore leaves
+every block either complete (``done``) or to be recomputed in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+import sapphire
+from sapphire.halos import HaloPopulation
+from sapphire.likelihood import summary_names
+from sapphire.observations import Observations
+from sapphire.prior import Prior
+
+SCHEMA_VERSION = 1
+DATA_ARRAYS = ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed")
+HALO_ARRAYS = ("times", "log_mhalo", "mhalo_rate", "t_start", "coeff_d", "coeff_c", "coeff_b", "coeff_a")
+# Attributes that must agree between a store and the run that writes into it.
+IDENTITY_KEYS = ("schema_version", "model_config", "solver", "prior", "observations", "halos", "chunk", "save_states")
+
+
+class StoreError(ValueError):
+    """A store that is missing, corrupt, of another schema, or made with other settings."""
+
+
+def _jsonable(value: Any) -> Any:
+    """Round-trip through JSON so that tuples become lists and comparisons are exact."""
+    return json.loads(json.dumps(value))
+
+
+def store_identity(model, halos: HaloPopulation, obs: Observations, chunk: int, save_states: bool) -> dict[str, Any]:
+    """The attributes that define what a store's rows mean: model constants, solver settings,
+    prior box, observations (kernel centres), halo population and chunking."""
+    return _jsonable(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "model_config": model.config.to_dict(),
+            "solver": model.settings.to_dict(),
+            "prior": model.prior.to_dict(),
+            "observations": obs.to_dict(),
+            "halos": {
+                "fingerprint": halos.fingerprint(),
+                "n_halos": halos.n_halos,
+                "n_times": halos.n_times,
+                "provenance": dict(halos.provenance),
+            },
+            "chunk": int(chunk),
+            "save_states": bool(save_states),
+        }
+    )
+
+
+def _check_chunk(chunk: int) -> int:
+    if int(chunk) != chunk or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+    return int(chunk)
+
+
+def create_store(
+    path: str | os.PathLike,
+    theta: np.ndarray,
+    model,
+    halos: HaloPopulation,
+    obs: Observations,
+    *,
+    design: Mapping[str, Any],
+    chunk: int = 8,
+    save_states: bool = False,
+) -> Path:
+    """Create a new store at ``path`` holding the design ``theta`` (N, 8), nothing computed
+    yet (``done`` all False).  ``design`` describes how ``theta`` was drawn (kind, seed, ...).
+    Refuses to overwrite an existing path."""
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; use --resume to continue it, or choose another path")
+    chunk = _check_chunk(chunk)
+    theta = model.prior.validate(np.atleast_2d(theta))
+    n, s, h = theta.shape[0], obs.n_summary, halos.n_halos
+    root = zarr.open_group(str(path), mode="w-")
+    attrs = store_identity(model, halos, obs, chunk, save_states)
+    attrs.update(
+        sapphire_version=sapphire.__version__,
+        summary_names=list(summary_names(obs)),
+        design={"batches": [_jsonable(dict(design, n_points=n))]},
+        history=[],
+    )
+    shapes = {
+        "theta": ((n, theta.shape[1]), "float64", np.nan),
+        "summaries": ((n, s), "float64", np.nan),
+        "summary_stderr": ((n, s), "float64", np.nan),
+        "summary_jacobian": ((n, s, theta.shape[1]), "float64", np.nan),
+        "n_failed": ((n,), "int32", -1),
+        "done": ((n,), "bool", False),
+    }
+    if save_states:
+        shapes["halo_log_state"] = ((n, h, 7), "float64", np.nan)
+    for name, (shape, dtype, fill) in shapes.items():
+        root.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype, fill_value=fill)
+    root["theta"][:] = theta
+    halo_group = root.create_group("halos")
+    for name, values in _halo_arrays(halos).items():
+        halo_group.create_array(name, data=values)
+    root.attrs.update(attrs)  # attributes last: a store without them is recognisably unfinished
+    return path
+
+
+def _halo_arrays(halos: HaloPopulation) -> dict[str, np.ndarray]:
+    d, c, b, a = (np.asarray(x) for x in halos.coeffs)
+    return {
+        "times": np.asarray(halos.times),
+        "log_mhalo": np.asarray(halos.log_mhalo),
+        "mhalo_rate": np.asarray(halos.mhalo_rate),
+        "t_start": np.asarray(halos.t_start),
+        "coeff_d": d, "coeff_c": c, "coeff_b": b, "coeff_a": a,
+    }
+
+
+def open_group(path: str | os.PathLike, mode: str = "r"):
+    """The store's Zarr group, after checking it exists and carries this schema's attributes."""
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"no training-set store at {path}")
+    try:
+        root = zarr.open_group(str(path), mode=mode)
+        attrs = dict(root.attrs)
+    except Exception as err:  # zarr raises several types for unreadable metadata
+        raise StoreError(f"{path} is not a readable Zarr group ({type(err).__name__}: {err})") from err
+    version = attrs.get("schema_version")
+    if version is None:
+        raise StoreError(f"{path} has no schema_version attribute: not a sapphire training set, or its creation was interrupted")
+    if version != SCHEMA_VERSION:
+        newer = "newer" if int(version) > SCHEMA_VERSION else "older"
+        raise StoreError(
+            f"{path} has schema version {version} ({newer} than this sapphire {sapphire.__version__}, "
+            f"which reads version {SCHEMA_VERSION})"
+        )
+    missing = [name for name in DATA_ARRAYS + ("done",) if name not in root]
+    if missing or "halos" not in root:
+        raise StoreError(f"{path} is missing arrays {missing or ['halos/']}: corrupt store")
+    n = root["theta"].shape[0]
+    for name in DATA_ARRAYS + ("done",):
+        if root[name].shape[0] != n:
+            raise StoreError(f"{path}: array {name} has {root[name].shape[0]} rows, theta has {n}: corrupt store")
+    return root
+
+
+def check_identity(path, attrs: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Raise :class:`StoreError` naming every identity attribute in which ``attrs`` (a store's)
+    differs from ``expected`` (the current run's)."""
+    differing = [key for key in IDENTITY_KEYS if _jsonable(attrs.get(key)) != _jsonable(expected.get(key))]
+    if differing:
+        details = "; ".join(_first_difference(key, attrs.get(key), expected.get(key)) for key in differing)
+        raise StoreError(f"{path} was made with other settings: {details}")
+
+
+def _first_difference(key: str, stored: Any, wanted: Any) -> str:
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for sub in sorted(set(stored) | set(wanted)):
+            if _jsonable(stored.get(sub)) != _jsonable(wanted.get(sub)):
+                return f"{key}.{sub} is {_short(stored.get(sub))} in the store, {_short(wanted.get(sub))} here"
+    return f"{key} is {_short(stored)} in the store, {_short(wanted)} here"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_halos(root) -> HaloPopulation:
+    """The halo population stored in the group, checked against its recorded fingerprint."""
+    import jax.numpy as jnp
+
+    group = root["halos"]
+    arrays = {name: np.asarray(group[name][...]) for name in HALO_ARRAYS}
+    info = root.attrs["halos"]
+    halos = HaloPopulation(
+        times=jnp.asarray(arrays["times"]),
+        log_mhalo=jnp.asarray(arrays["log_mhalo"]),
+        mhalo_rate=jnp.asarray(arrays["mhalo_rate"]),
+        t_start=jnp.asarray(arrays["t_start"]),
+        coeffs=tuple(jnp.asarray(arrays[f"coeff_{k}"]) for k in "dcba"),
+        provenance=tuple(sorted((str(k), str(v)) for k, v in info["provenance"].items())),
+    )
+    if halos.fingerprint() != info["fingerprint"]:
+        raise StoreError(
+            f"halo arrays fingerprint {halos.fingerprint()} != recorded {info['fingerprint']}: corrupt store"
+        )
+    return halos
+
+
+def store_digest(path: str | os.PathLike) -> str:
+    """sha256 (16 hex digits) of every array's bytes and every attribute except ``history``:
+    equal digests mean bit-identical contents."""
+    root = open_group(path)
+    digest = hashlib.sha256()
+    attrs = {k: v for k, v in dict(root.attrs).items() if k != "history"}
+    digest.update(json.dumps(attrs, sort_keys=True).encode())
+    names = sorted(k for k in root.array_keys()) + [f"halos/{k}" for k in HALO_ARRAYS]
+    for name in names:
+        arr = root[name]
+        digest.update(f"{name}{arr.shape}{arr.dtype}".encode())
+        for start in range(0, arr.shape[0], max(arr.chunks[0], 1) if arr.ndim else 1):
+            block = np.ascontiguousarray(arr[start : start + arr.chunks[0]] if arr.ndim else arr[...])
+            digest.update(block.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class TrainingSet:
+    """Lazy, dask-backed, read-only view of a store; build with :func:`open_training_set`.
+
+    Arrays (dask, chunked along N like the store): ``theta`` (N, 8), ``summaries`` (N, S),
+    ``summary_stderr`` (N, S), ``summary_jacobian`` (N, S, 8), ``n_failed`` (N,), ``done``
+    (N,) and, if stored, ``halo_log_state`` (N, H, 7).  ``attrs``: the store's attributes.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import dask.array as da
+
+        self.path = Path(path)
+        self._root = open_group(self.path)
+        self.attrs: dict[str, Any] = dict(self._root.attrs)
+        for name in DATA_ARRAYS + ("done", "halo_log_state"):
+            if name in self._root:
+                setattr(self, name, da.from_zarr(self._root[name]))
+        self.prior = Prior(**{k: tuple(v) for k, v in self.attrs["prior"].items()})
+        self.observations = Observations.from_dict(self.attrs["observations"])
+        self.summary_names: tuple[str, ...] = tuple(self.attrs["summary_names"])
+        if self.summary_names != summary_names(self.observations):
+            raise StoreError(f"{self.path}: summary_names disagree with the stored observations: corrupt store")
+        self.schema_version: int = int(self.attrs["schema_version"])
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainingSet({str(self.path)!r}, points={self.n_points}, done={int(self.done.sum().compute())}, "
+            f"summaries={len(self.summary_names)}, halos={self.attrs['halos']['n_halos']})"
+        )
+
+    @property
+    def n_points(self) -> int:
+        return int(self.theta.shape[0])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.attrs["chunk"])
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash (see :func:`store_digest`); recorded by emulators trained on it."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = store_digest(self.path)
+        return self._fingerprint
+
+    def halos(self) -> HaloPopulation:
+        """The stored halo population (fingerprint-checked)."""
+        return read_halos(self._root)
+
+    def valid_mask(self) -> np.ndarray:
+        """(N,) bool: row done, no failed halo, every summary and Jacobian entry finite."""
+        import dask.array as da
+
+        finite = (
+            da.isfinite(self.summaries).all(axis=1)
+            & da.isfinite(self.summary_stderr).all(axis=1)
+            & da.isfinite(self.summary_jacobian).all(axis=(1, 2))
+        )
+        return np.asarray((self.done & (self.n_failed == 0) & finite).compute())
+
+    def load(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The rows at ``indices`` (default: all) as numpy arrays: theta, summaries,
+        summary_stderr, summary_jacobian, n_failed."""
+        idx = np.arange(self.n_points) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+        return {name: np.asarray(getattr(self, name)[idx].compute()) for name in DATA_ARRAYS}
+
+    def batches(
+        self,
+        batch_size: int,
+        indices: np.ndarray | None = None,
+        seed: int = 0,
+        buffer_chunks: int = 8,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One shuffled pass over the rows at ``indices`` (default: every valid row) in
+        minibatches of ``batch_size``, streamed: the store's chunks are visited in a seeded
+        random order, ``buffer_chunks`` of them at a time are read and their selected rows
+        shuffled, so memory stays at about ``buffer_chunks * chunk`` rows.  The last, partial
+        batch is yielded too."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rng = np.random.default_rng(seed)
+        wanted = np.zeros(self.n_points, bool)
+        wanted[self.valid_mask() if indices is None else np.asarray(indices, dtype=np.int64)] = True
+        chunk = self.chunk
+        blocks = [b for b in range(-(-self.n_points // chunk)) if wanted[b * chunk : (b + 1) * chunk].any()]
+        rng.shuffle(blocks)
+        pending: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(blocks), buffer_chunks):
+            rows = np.concatenate([np.arange(b * chunk, min((b + 1) * chunk, self.n_points)) for b in blocks[start : start + buffer_chunks]])
+            rows = np.sort(rows[wanted[rows]])
+            buffer = self.load(rows)
+            order = rng.permutation(rows.size)
+            for name, values in buffer.items():
+                pending.setdefault(name, []).append(values[order])
+            merged = {name: np.concatenate(parts) for name, parts in pending.items()}
+            n_full = merged["theta"].shape[0] // batch_size
+            for i in range(n_full):
+                yield {name: values[i * batch_size : (i + 1) * batch_size] for name, values in merged.items()}
+            pending = {name: [values[n_full * batch_size :]] for name, values in merged.items()}
+        if pending and pending["theta"][0].shape[0]:
+            yield {name: parts[0] for name, parts in pending.items()}
+
+
+def open_training_set(path: str | os.PathLike, expected: Mapping[str, Any] | None = None) -> TrainingSet:
+    """Open a store as a lazy :class:`TrainingSet`.  Raises :class:`StoreError` (a
+    ``ValueError``) for a missing path, a non-store, another schema version, or, when
+    ``expected`` (see :func:`store_identity`) is given, a store made with other settings."""
+    ts = TrainingSet(path)
+    if expected is not None:
+        check_identity(ts.path, ts.attrs, expected)
+    return ts
