@@ -286,22 +286,40 @@ class TrainingSet:
         """The stored halo population (fingerprint-checked)."""
         return read_halos(self._root)
 
-    def valid_mask(self) -> np.ndarray:
-        """(N,) bool: row done, no failed halo, every summary and Jacobian entry finite."""
-        import dask.array as da
+    def _blocks(self) -> Iterator[slice]:
+        for start in range(0, self.n_points, self.chunk):
+            yield slice(start, min(start + self.chunk, self.n_points))
 
-        finite = (
-            da.isfinite(self.summaries).all(axis=1)
-            & da.isfinite(self.summary_stderr).all(axis=1)
-            & da.isfinite(self.summary_jacobian).all(axis=(1, 2))
-        )
-        return np.asarray((self.done & (self.n_failed == 0) & finite).compute())
+    def valid_mask(self) -> np.ndarray:
+        """(N,) bool: row done, no failed halo, every summary and Jacobian entry finite.
+        Read block by block (memory: one chunk of each array)."""
+        parts = []
+        for rows in self._blocks():
+            ok = np.asarray(self._root["done"][rows]) & (np.asarray(self._root["n_failed"][rows]) == 0)
+            for name, axes in (("summaries", (1,)), ("summary_stderr", (1,)), ("summary_jacobian", (1, 2))):
+                ok &= np.isfinite(np.asarray(self._root[name][rows])).all(axis=axes)
+            parts.append(ok)
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
 
     def load(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The rows at ``indices`` (default: all) as numpy arrays: theta, summaries,
-        summary_stderr, summary_jacobian, n_failed."""
-        idx = np.arange(self.n_points) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
-        return {name: np.asarray(getattr(self, name)[idx].compute()) for name in DATA_ARRAYS}
+        """The rows at ``indices`` (default: all; returned in increasing order) as numpy
+        arrays: theta, summaries, summary_stderr, summary_jacobian, n_failed.  Reads only
+        the chunks that hold them."""
+        idx = np.arange(self.n_points) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        if idx.size and (idx[0] < 0 or idx[-1] >= self.n_points):
+            raise IndexError(f"row indices must lie in [0, {self.n_points}), got {idx[0]}..{idx[-1]}")
+        out: dict[str, list[np.ndarray]] = {name: [] for name in DATA_ARRAYS}
+        blocks = idx // self.chunk
+        for block in np.unique(blocks):
+            start = int(block) * self.chunk
+            local = idx[blocks == block] - start
+            stop = start + int(local[-1]) + 1
+            for name in DATA_ARRAYS:
+                out[name].append(np.asarray(self._root[name][start:stop])[local])
+        return {
+            name: np.concatenate(parts) if parts else np.zeros((0,) + self._root[name].shape[1:], self._root[name].dtype)
+            for name, parts in out.items()
+        }
 
     def batches(
         self,
