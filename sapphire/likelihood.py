@@ -53,6 +53,7 @@ tight, may count different failures).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ __all__ = [
     "log_likelihood",
     "log_likelihood_and_grad",
     "gaussian_log_likelihood",
+    "summary_function",
     "latin_hypercube",
     "predictive_coverage",
 ]
@@ -233,6 +235,46 @@ def _summary_function_jvp(settings, config, observations, primals, tangents):
     jac_stderr = jnp.where(jnp.isfinite(stderr)[:, None], jac_stderr, 0.0)
     no_tangent = np.zeros(success.shape, dtype=jax.dtypes.float0)
     return (mean, stderr, success), (jac_mean @ theta_dot, jac_stderr @ theta_dot, no_tangent)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SummaryKernel:
+    """The static part of :func:`summary_function` (hashable: equal settings, config and
+    relation geometry give equal kernels, hence shared jit compilations)."""
+
+    settings: SolverSettings
+    config: ModelConfig
+    observations: Observations
+
+    def __call__(self, forcings, theta):
+        return _summary_function(self.settings, self.config, self.observations, jnp.asarray(theta, jnp.float64), forcings)
+
+
+def summary_function(model, halos: HaloPopulation, obs: Observations | None = None) -> jax.tree_util.Partial:
+    """A traceable ``theta (8,) -> (mean, stderr, success)`` of ``model`` on ``halos``.
+
+    ``model``, ``halos`` and ``obs`` are validated once, here (``ValueError`` naming the bad
+    input); the returned callable does no eager checks, so ``jax.jit``, ``jax.grad`` /
+    ``jax.jacfwd`` (first derivatives: one sensitivity solve each, the same ``custom_jvp`` as
+    :func:`log_likelihood`), ``jax.vmap`` and numpyro can trace it.  It does not check that
+    theta lies in the prior box (callers taking user input do).  ``mean``/``stderr``:
+    (obs.n_summary,), in ``obs`` order (module docstring); ``success``: (n_halo,); failed halos
+    are excluded from the summaries (``on_failure="exclude"``), and a relation left with fewer
+    than 2 valid halos has NaN summaries.
+
+    The summaries depend on ``obs`` only through its relation names and x, so the result is a
+    ``jax.tree_util.Partial`` pytree whose leaves are the halo forcing (``Model.device_forcing``
+    without a theta) and whose static part holds the solver settings, the config and that
+    geometry: passed as an argument to a jitted function, it reuses one compilation for every
+    data set (y, sigma) and every population of the same size.
+    """
+    model = _check_model(model)
+    obs = _check_obs(obs)
+    halos = model.check_halos(halos)
+    geometry = Observations(tuple(
+        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size)) for rel in obs.relations
+    ))
+    return jax.tree_util.Partial(_SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
 
 
 def model_summaries(model, theta, halos, obs) -> Summaries:

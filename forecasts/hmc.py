@@ -1,0 +1,422 @@
+"""Posterior sampling with numpyro's NUTS, in resumable blocks.
+
+The numpyro model is a vector site ``theta`` with a uniform prior on the free box (or a user's
+numpyro distribution with event shape (n_free,)) and ``numpyro.factor`` of the forward model's
+log-likelihood.  The kernel is ``NUTS(dense_mass=True, target_accept_prob=0.8)``.
+
+We drive the kernel ourselves rather than through ``numpyro.infer.MCMC``: each chain is
+initialised with ``NUTS.init`` (its own key; Stan-style windowed adaptation over ``num_warmup``
+iterations), and transitions run in blocks of at most ``block_size`` iterations (one compiled
+``fori_loop``, chains vmapped (``"vectorized"``) or ``lax.map``-ped (``"sequential"``)).  The full
+kernel state (position, adaptation, step size, mass matrix, PRNG key) after each block is what a
+checkpoint stores, so a run interrupted after any block resumes exactly where it stopped: the
+resumed chains are bitwise the uninterrupted ones (each transition depends only on the state,
+and the compiled block function is the same whatever the block length).  Blocks never straddle
+the end of warmup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer import NUTS, init_to_uniform
+
+from .forward import ForwardModel, _log_likelihood
+
+__all__ = ["HmcResult", "run_hmc", "CheckpointMismatch"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint belongs to another problem or other sampler settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HmcResult:
+    """Samples and diagnostics of :func:`run_hmc`.
+
+    Attributes:
+        names: free parameter names.
+        samples: (chains, draws, n_free) post-warmup draws.
+        diverging: (chains, draws) bool; accept_prob, num_steps: (chains, draws).
+        r_hat: (n_free,) split Gelman-Rubin (NaN with fewer than 4 draws).
+        ess: (n_free,) effective sample size over all chains.
+        n_divergent: post-warmup divergent transitions (all chains); warmup_divergent likewise.
+        step_size: (chains,) adapted step sizes; inverse_mass_matrix: (chains, n, n).
+        complete: False if the run stopped early (``max_blocks``/``time_limit_s``).
+        num_warmup, num_samples: requested; draws actually held: ``samples.shape[1]``.
+        times: seconds: ``compile``, ``warmup``, ``sampling`` (excluding compilation) and
+            ``total`` (this call, everything), summed over resumed calls where stated.
+        settings: sampler settings; fingerprint: the forward model's.
+    """
+
+    names: tuple[str, ...]
+    samples: np.ndarray
+    diverging: np.ndarray
+    accept_prob: np.ndarray
+    num_steps: np.ndarray
+    r_hat: np.ndarray
+    ess: np.ndarray
+    n_divergent: int
+    warmup_divergent: int
+    step_size: np.ndarray
+    inverse_mass_matrix: np.ndarray
+    complete: bool
+    num_warmup: int
+    num_samples: int
+    times: dict
+    settings: dict
+    fingerprint: str
+
+    @property
+    def flat(self) -> np.ndarray:
+        """(chains * draws, n_free)."""
+        return self.samples.reshape(-1, self.samples.shape[-1])
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.flat.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.flat.std(axis=0, ddof=1)
+
+    @property
+    def cov(self) -> np.ndarray:
+        return np.atleast_2d(np.cov(self.flat, rowvar=False))
+
+    def summary(self) -> dict:
+        """JSON-ready diagnostics (no samples)."""
+        fin = lambda v: float(v) if np.isfinite(v) else None  # noqa: E731
+        n_draws = self.samples.shape[1]
+        return {
+            "names": list(self.names),
+            "mean": self.mean.tolist() if n_draws else None,
+            "std": self.std.tolist() if n_draws > 1 else None,
+            "r_hat": [fin(v) for v in self.r_hat],
+            "ess": [fin(v) for v in self.ess],
+            "n_divergent": self.n_divergent,
+            "warmup_divergent": self.warmup_divergent,
+            "mean_accept_prob": self.accept_prob.mean(axis=1).tolist() if n_draws else None,
+            "mean_num_steps": float(self.num_steps.mean()) if n_draws else None,
+            "step_size": self.step_size.tolist(),
+            "chains": int(self.samples.shape[0]),
+            "draws": int(self.samples.shape[1]),
+            "num_warmup": self.num_warmup,
+            "num_samples": self.num_samples,
+            "complete": self.complete,
+            "times_s": dict(self.times),
+            "settings": dict(self.settings),
+            "fingerprint": self.fingerprint,
+        }
+
+    def save(self, path) -> Path:
+        """Write an ``.npz`` with the samples and diagnostics (``HmcResult.load`` reads it)."""
+        import json
+
+        path = Path(path)
+        np.savez(
+            path,
+            samples=self.samples, diverging=self.diverging, accept_prob=self.accept_prob, num_steps=self.num_steps,
+            step_size=self.step_size, inverse_mass_matrix=self.inverse_mass_matrix,
+            meta=np.array(json.dumps({
+                "names": list(self.names), "n_divergent": self.n_divergent, "warmup_divergent": self.warmup_divergent,
+                "complete": self.complete, "num_warmup": self.num_warmup, "num_samples": self.num_samples,
+                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint,
+            })),
+        )
+        return path
+
+    @classmethod
+    def load(cls, path) -> "HmcResult":
+        import json
+
+        with np.load(path) as f:
+            meta = json.loads(str(f["meta"]))
+            return _make_result(
+                tuple(meta["names"]), f["samples"], f["diverging"], f["accept_prob"], f["num_steps"], meta["warmup_divergent"],
+                f["step_size"], f["inverse_mass_matrix"], meta["complete"], meta["num_warmup"], meta["num_samples"],
+                meta["times"], meta["settings"], meta["fingerprint"],
+            )
+
+
+def _diagnostics(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_free = samples.shape[-1]
+    if samples.shape[1] < 4:
+        return np.full(n_free, np.nan), np.full(n_free, np.nan)
+    r_hat = np.asarray(split_gelman_rubin(samples), dtype=np.float64)
+    ess = np.asarray(effective_sample_size(samples), dtype=np.float64)
+    return r_hat, ess
+
+
+def _make_result(names, samples, diverging, accept_prob, num_steps, warmup_divergent, step_size, inverse_mass_matrix,
+                 complete, num_warmup, num_samples, times, settings, fingerprint) -> HmcResult:
+    r_hat, ess = _diagnostics(samples)
+    return HmcResult(
+        names=tuple(names), samples=samples, diverging=diverging.astype(bool), accept_prob=accept_prob,
+        num_steps=num_steps, r_hat=r_hat, ess=ess, n_divergent=int(diverging.sum()), warmup_divergent=int(warmup_divergent),
+        step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, complete=bool(complete), num_warmup=int(num_warmup),
+        num_samples=int(num_samples), times=dict(times), settings=dict(settings), fingerprint=fingerprint,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+def _prior_distribution(fm: ForwardModel, prior):
+    if prior is None:
+        return dist.Uniform(jnp.asarray(fm.prior.low), jnp.asarray(fm.prior.high)).to_event(1)
+    if not isinstance(prior, dist.Distribution):
+        raise ValueError(f"prior must be a numpyro Distribution with event shape ({fm.n_free},) or None; got {type(prior).__name__}")
+    if tuple(prior.batch_shape + prior.event_shape) != (fm.n_free,) or prior.event_shape != (fm.n_free,):
+        raise ValueError(f"prior must have event shape ({fm.n_free},) and no batch shape; got batch {prior.batch_shape}, event {prior.event_shape} (use .to_event(1))")
+    return prior
+
+
+def _describe(obj, depth: int = 0) -> str:
+    """A process-independent description of a distribution (its attributes sorted by name;
+    arrays by shape and value): numpyro's pytree aux data order varies between processes."""
+    if depth > 6:
+        return type(obj).__name__
+    if isinstance(obj, dist.Distribution):
+        items = sorted((k, v) for k, v in vars(obj).items() if k not in ("_validate_args",))
+        return f"{type(obj).__name__}(" + ",".join(f"{k}={_describe(v, depth + 1)}" for k, v in items) + ")"
+    if isinstance(obj, (np.ndarray, jax.Array, float, int, np.number)):
+        arr = np.asarray(obj, dtype=np.float64)
+        return f"{arr.shape}:{hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:12]}"
+    if isinstance(obj, (tuple, list)):
+        return "(" + ",".join(_describe(v, depth + 1) for v in obj) + ")"
+    if isinstance(obj, (str, bool, type(None))):
+        return repr(obj)
+    if hasattr(obj, "__dict__") and not callable(obj):
+        items = sorted(vars(obj).items())
+        return f"{type(obj).__name__}(" + ",".join(f"{k}={_describe(v, depth + 1)}" for k, v in items) + ")"
+    return type(obj).__name__
+
+
+def _prior_tag(prior) -> str:
+    return f"{type(prior).__name__}:{hashlib.sha256(_describe(prior).encode()).hexdigest()[:12]}"
+
+
+def _init_params(prior_dist, init, num_chains: int, n_free: int):
+    if init is None:
+        return [None] * num_chains
+    values = np.asarray(init, dtype=np.float64)
+    if values.shape == (n_free,):
+        values = np.broadcast_to(values, (num_chains, n_free))
+    if values.shape != (num_chains, n_free):
+        raise ValueError(f"init must have shape ({n_free},) or ({num_chains}, {n_free}); got {values.shape}")
+    to_unconstrained = biject_to(prior_dist.support).inv
+    out = []
+    for row in values:
+        z = to_unconstrained(jnp.asarray(row))
+        if not np.all(np.isfinite(z)):
+            raise ValueError(f"init {row} lies outside the prior's support")
+        out.append({"theta": z})
+    return out
+
+
+def _atomic_pickle(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(obj, f, protocol=4)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_checkpoint(saved: dict, fingerprint: str, settings: dict, path: Path) -> None:
+    if saved.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"checkpoint {path}: format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    if saved["fingerprint"] != fingerprint:
+        raise CheckpointMismatch(
+            f"checkpoint {path} belongs to another forward model (fingerprint {saved['fingerprint']}, this one "
+            f"{fingerprint}: free parameters, data, relations, sigma scale or model differ); delete it or use another path"
+        )
+    diffs = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
+    if diffs:
+        text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointMismatch(f"checkpoint {path} was made with other sampler settings ({text}); delete it or use another path")
+
+
+def run_hmc(
+    fm: ForwardModel,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    seed: int = 0,
+    prior=None,
+    dense_mass: bool = True,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    chain_method: str | None = None,
+    init=None,
+    checkpoint: str | os.PathLike | None = None,
+    block_size: int | None = None,
+    max_blocks: int | None = None,
+    time_limit_s: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> HmcResult:
+    """NUTS on the free parameters of ``fm``.
+
+    Args:
+        fm: forward model.
+        num_chains, num_warmup, num_samples: chains and iterations per chain.
+        seed: PRNG seed (chain c uses ``random.split(PRNGKey(seed), num_chains)[c]``).
+        prior: None (uniform on ``fm.prior``'s box) or a numpyro distribution with event shape
+            (n_free,) (e.g. ``dist.Normal(mu, s).to_event(1)``); the forward model is not checked
+            against its box inside the sampler.
+        dense_mass, target_accept_prob, max_tree_depth: NUTS settings.
+        chain_method: "vectorized" (vmap the chains) or "sequential" (``lax.map``); default
+            ``fm.preferred_chain_method`` ("vectorized"; "sequential" for the exact model, whose
+            solver would run both branches of its per-group choice under vmap).
+        init: None (numpyro's ``init_to_uniform``, radius 2, per-chain key) or starting points
+            (n_free,) / (num_chains, n_free) inside the prior's support.
+        checkpoint: path of a pickle file.  If it exists the run RESUMES from it (after checking
+            that the forward model's fingerprint and the sampler settings match: otherwise
+            ``CheckpointMismatch``); it is rewritten atomically after every block.
+            ``num_samples`` may be raised on resume to extend a finished run.
+        block_size: iterations per block (default: 50 with a checkpoint, else the whole phase).
+        max_blocks: stop after this many blocks in this call (``complete=False``); with
+            ``time_limit_s`` (seconds since the call began, checked after each block; at least one
+            block runs) the way to run "as far as possible".
+        progress: called after each block with a dict (phase, iteration, total, seconds, ...).
+
+    Returns:
+        :class:`HmcResult`.
+    """
+    if num_chains < 1 or num_warmup < 0 or num_samples < 1:
+        raise ValueError(f"need num_chains >= 1, num_warmup >= 0, num_samples >= 1; got {num_chains}, {num_warmup}, {num_samples}")
+    chain_method = fm.preferred_chain_method if chain_method is None else chain_method
+    if chain_method not in ("vectorized", "sequential"):
+        raise ValueError(f"chain_method must be 'vectorized' or 'sequential'; got {chain_method!r}")
+    if block_size is None:
+        block_size = 50 if checkpoint is not None else max(num_warmup, num_samples)
+    block_size = int(block_size)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1; got {block_size}")
+    t_call = time.perf_counter()
+    prior_dist = _prior_distribution(fm, prior)
+    spec, data, n_free = fm._spec, fm._data, fm.n_free
+    settings = {
+        "num_chains": int(num_chains), "num_warmup": int(num_warmup), "seed": int(seed), "prior": _prior_tag(prior_dist),
+        "dense_mass": bool(dense_mass), "target_accept_prob": float(target_accept_prob), "max_tree_depth": int(max_tree_depth),
+        "chain_method": chain_method,
+        "init": None if init is None else hashlib.sha256(np.ascontiguousarray(np.asarray(init, dtype=np.float64)).tobytes()).hexdigest()[:12],
+    }
+    fingerprint = fm.fingerprint()
+
+    def model():
+        theta = numpyro.sample("theta", prior_dist)
+        numpyro.factor("log_likelihood", _log_likelihood(spec, data, theta))
+
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    saved = None
+    if checkpoint is not None and checkpoint.exists():
+        with open(checkpoint, "rb") as f:
+            saved = pickle.load(f)
+        _check_checkpoint(saved, fingerprint, settings, checkpoint)
+        if saved["samples"].shape[1] > num_samples:
+            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved['samples'].shape[1]} draws > num_samples = {num_samples}")
+
+    kernel = NUTS(model, dense_mass=dense_mass, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                  init_strategy=init_to_uniform(radius=2.0))
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
+    inits = _init_params(prior_dist, init, num_chains, n_free)
+    # Every chain is initialised (this also builds the kernel's sample function); a resumed run
+    # then replaces the states by the checkpoint's.
+    states = [kernel.init(keys[c], num_warmup, init_params=inits[c], model_args=(), model_kwargs={}) for c in range(num_chains)]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    iteration = 0
+    samples, diverging, accept, nsteps = (np.zeros((num_chains, 0) + s, t) for s, t in (((n_free,), float), ((), bool), ((), float), ((), int)))
+    warmup_divergent = np.zeros(num_chains, int)
+    times = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
+    if saved is not None:
+        state = jax.tree.map(jnp.asarray, saved["state"])
+        iteration = saved["iteration"]
+        samples, diverging, accept, nsteps = saved["samples"], saved["diverging"], saved["accept_prob"], saved["num_steps"]
+        warmup_divergent = saved["warmup_divergent"]
+        times = dict(saved["times"])
+
+    postprocess = kernel.postprocess_fn((), {})
+
+    def block(chain_state, n):
+        def body(i, carry):
+            s, z, div, acc, steps = carry
+            s = kernel.sample(s, (), {})
+            theta = postprocess(s.z)["theta"]
+            return (s, z.at[i].set(theta), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob), steps.at[i].set(s.num_steps))
+
+        init_carry = (chain_state, jnp.zeros((block_size, n_free)), jnp.zeros(block_size, bool), jnp.zeros(block_size),
+                      jnp.zeros(block_size, jnp.int64))
+        return jax.lax.fori_loop(0, n, body, init_carry)
+
+    if chain_method == "vectorized":
+        run_block = jax.vmap(block, in_axes=(0, None))
+    else:
+        run_block = lambda s, n: jax.lax.map(lambda one: block(one, n), s)  # noqa: E731
+
+    total = num_warmup + num_samples
+    blocks_done, compiled = 0, None
+    stopped_early = False
+    while iteration < total:
+        if (max_blocks is not None and blocks_done >= max_blocks) or (
+            time_limit_s is not None and blocks_done >= 1 and time.perf_counter() - t_call >= time_limit_s
+        ):
+            stopped_early = True
+            break
+        in_warmup = iteration < num_warmup
+        n = min(block_size, (num_warmup if in_warmup else total) - iteration)
+        if compiled is None:
+            t0 = time.perf_counter()
+            compiled = jax.jit(run_block).lower(state, jnp.int32(n)).compile()
+            times["compile"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        state, z, div, acc, steps = compiled(state, jnp.int32(n))
+        z, div, acc, steps = (np.asarray(a)[:, :n] for a in (z, div, acc, steps))
+        seconds = time.perf_counter() - t0
+        iteration += n
+        if in_warmup:
+            times["warmup"] += seconds
+            warmup_divergent = warmup_divergent + div.sum(axis=1)
+        else:
+            times["sampling"] += seconds
+            samples = np.concatenate([samples, z], axis=1)
+            diverging = np.concatenate([diverging, div], axis=1)
+            accept = np.concatenate([accept, acc], axis=1)
+            nsteps = np.concatenate([nsteps, steps], axis=1)
+        blocks_done += 1
+        if checkpoint is not None:
+            _atomic_pickle({
+                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings,
+                "state": jax.device_get(state), "iteration": iteration, "samples": samples, "diverging": diverging,
+                "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent, "times": times,
+            }, checkpoint)
+        if progress is not None:
+            progress({
+                "phase": "warmup" if in_warmup else "sampling", "iteration": iteration, "total": total, "block_s": seconds,
+                "elapsed_s": time.perf_counter() - t_call, "divergent": int(diverging.sum() + (warmup_divergent.sum() if in_warmup else 0)),
+                "mean_accept_prob": float(acc.mean()), "mean_num_steps": float(steps.mean()),
+            })
+
+    times = dict(times, total_this_call=time.perf_counter() - t_call)
+    adapt = state.adapt_state
+    return _make_result(
+        fm.free_names, samples, diverging, accept, nsteps, warmup_divergent.sum(), np.asarray(adapt.step_size),
+        np.asarray(adapt.inverse_mass_matrix[("theta",)] if isinstance(adapt.inverse_mass_matrix, dict) else adapt.inverse_mass_matrix),
+        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint,
+    )
