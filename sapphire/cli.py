@@ -371,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training_sets.cli import register as register_training_sets
 
     register_training_sets(sub, _add_solver_options)
+    from forecasts.cli import register as register_forecasts
+
+    register_forecasts(sub, _add_solver_options)
     return parser
 
 

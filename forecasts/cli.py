@@ -1,0 +1,761 @@
+"""``sapphire forecast``, ``sapphire validate`` and ``sapphire recover`` (issue 6; registered by
+sapphire/cli.py through :func:`register`).
+
+Thin: each subcommand parses its options into the objects of the ``forecasts`` package, calls
+the same functions a notebook would, writes JSON and PNG files under ``--out`` and prints a
+short table.
+
+The problem (shared options)
+----------------------------
+``--forward emulator|exact``     what predicts the summaries (forecast, recover; validate uses both)
+``--emulator PATH``              a saved ``emulator.SobolevEmulator`` (needed for the emulator)
+``--halos N [--halo-seed S]``    the exact model on N diffmah halos (solver options apply), or
+``--store TS.zarr``              the exact model and halo population recorded in a training set
+``--free A_etaM,A_tdep``         free parameters (default all 8)
+``--fixed v1,...,v8``            values of the held parameters (default: the mock's truth, else
+                                 the prior centre); all 8 in ``sapphire.PARAMETER_NAMES`` order
+``--relations smhm,mzr``         relations compared (default all)
+``--sigma-scale 0.5`` (or ``smhm=0.5,mzr=1``)   factor on the observational errors
+``--observations FILE.json``     ``Observations.to_json()`` output (default ``Observations.default()``)
+``--mock-theta v1,...,v8``       replace the data by the exact model's (noise-free) summaries at
+                                 this theta (``forecasts.mock_observations``; needs --halos or --store)
+
+Exit codes: 0 done; 1 ``validate --strict`` and the verdict is FAIL; 2 an HMC run stopped at
+``--time-limit`` before its end (rerun the same command to resume from the checkpoint).  Bad
+options end with a message naming the offending value (``SystemExit``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RELATIONS = ("smhm", "gas_ratio", "mzr")
+HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaders (module level so that tests can replace them)
+# ------------------------------------------------------------------------------------------------
+def load_emulator(path, observations=None):
+    """``emulator.SobolevEmulator.load(path, observations)``."""
+    from emulator import SobolevEmulator
+
+    return SobolevEmulator.load(path, observations=observations)
+
+
+def exact_forward(model, halos, obs, **kwargs):
+    """``forecasts.ExactForward(model, halos, obs, **kwargs)``."""
+    from .forward import ExactForward
+
+    return ExactForward(model, halos, obs, **kwargs)
+
+
+def emulator_forward(emu, obs, include_emulator_error: bool = True, **kwargs):
+    """``forecasts.EmulatorForward(emu, obs, include_emulator_error, **kwargs)``."""
+    from .forward import EmulatorForward
+
+    return EmulatorForward(emu, obs, include_emulator_error, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Option parsing
+# ------------------------------------------------------------------------------------------------
+def _fail(args, message: str) -> SystemExit:
+    return SystemExit(f"sapphire {args.command}: {message}")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_names(args, text: str | None, choices, option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = _split(text)
+    if not names:
+        raise _fail(args, f"{option}: no name given; choose from {', '.join(choices)}")
+    for name in names:
+        if name not in choices:
+            raise _fail(args, f"{option}: unknown name {name!r}; choose from {', '.join(choices)}")
+    if len(set(names)) != len(names):
+        raise _fail(args, f"{option}: a name is given twice in {text!r}")
+    return tuple(names)
+
+
+def _parse_vector(args, text: str | None, option: str, prior=None) -> np.ndarray | None:
+    """8 comma-separated numbers in ``sapphire.PARAMETER_NAMES`` order (inside ``prior`` if given)."""
+    import sapphire
+
+    if text is None:
+        return None
+    names = sapphire.PARAMETER_NAMES
+    try:
+        values = np.array([float(v) for v in _split(text)], dtype=np.float64)
+    except ValueError:
+        raise _fail(args, f"{option} must be {len(names)} comma-separated numbers ({', '.join(names)}); got {text!r}") from None
+    if values.shape != (len(names),):
+        raise _fail(args, f"{option} needs {len(names)} values ({', '.join(names)}); got {values.size} in {text!r}")
+    if prior is not None:
+        try:
+            prior.validate(values)
+        except ValueError as err:
+            raise _fail(args, f"{option}: {err}") from None
+    return values
+
+
+def _parse_sigma_scale(args, text: str):
+    try:
+        if "=" not in text:
+            value = float(text)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError
+            return value
+        scale = {}
+        for item in _split(text):
+            name, _, value = item.partition("=")
+            name = name.strip()
+            if name not in RELATIONS:
+                raise _fail(args, f"--sigma-scale: unknown relation {name!r}; choose from {', '.join(RELATIONS)}")
+            scale[name] = float(value)
+            if not (np.isfinite(scale[name]) and scale[name] > 0):
+                raise ValueError
+        return scale
+    except ValueError:
+        raise _fail(args, f"--sigma-scale must be a positive number or relation=number pairs (smhm=0.5,mzr=1); got {text!r}") from None
+
+
+def _parse_relation_sets(args, text: str) -> list[tuple[str, ...]] | None:
+    """None for 'all', else the sets separated by ';' (names checked; presence in the data later)."""
+    if text.strip() == "all":
+        return None
+    sets = [_parse_names(args, part, RELATIONS, "--relation-sets") for part in text.split(";") if part.strip()]
+    if not sets:
+        raise _fail(args, f"--relation-sets: no relation set in {text!r} (e.g. 'all' or 'smhm,mzr;smhm')")
+    return sets
+
+
+def _available_relation_sets(args, sets, available: tuple[str, ...]) -> list[tuple[str, ...]]:
+    from .campaigns import ALL_RELATION_SETS
+
+    if sets is None:
+        return [s for s in ALL_RELATION_SETS if set(s) <= set(available)]
+    for s in sets:
+        missing = [r for r in s if r not in available]
+        if missing:
+            raise _fail(args, f"--relation-sets: relation {missing[0]!r} is not in the observations ({', '.join(available)})")
+    return sets
+
+
+# ------------------------------------------------------------------------------------------------
+# The problem: data, exact model, emulator, free/fixed
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Problem:
+    """What the options describe (before any forward model is built)."""
+
+    obs: Any  # sapphire.Observations compared with (all relations; the mock if --mock-theta)
+    model: Any = None  # sapphire.Model or None
+    halos: Any = None  # sapphire.HaloPopulation or None
+    emu: Any = None
+    truth: np.ndarray | None = None  # (8,) the mock's theta
+    free: tuple[str, ...] | None = None
+    fixed: np.ndarray | None = None  # (8,) or None (prior centre)
+    relations: tuple[str, ...] | None = None
+    sigma_scale: Any = 1.0
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def free_truth(self, fm) -> np.ndarray | None:
+        return None if self.truth is None else self.truth[list(fm.free_index)]
+
+
+def _load_observations(args):
+    import sapphire
+
+    if args.observations is None:
+        return sapphire.Observations.default()
+    path = Path(args.observations)
+    if not path.is_file():
+        raise _fail(args, f"--observations: no file {str(path)!r}")
+    try:
+        return sapphire.Observations.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise _fail(args, f"--observations {str(path)!r}: not an Observations JSON ({type(err).__name__}: {err})") from None
+
+
+def _exact_model(args, why: str, mock_text: str | None = None):
+    """(model, halos, info, mock theta or None) from --store or --halos; --mock-theta is checked
+    against the model's prior before the halos are made."""
+    import sapphire
+    from sapphire.cli import _model_from_args
+
+    store, n_halos = getattr(args, "store", None), getattr(args, "halos", None)
+    if store is not None and n_halos is not None:
+        raise _fail(args, "give --halos or --store, not both")
+    if store is None and n_halos is None:
+        raise _fail(args, f"{why} needs the exact model: give --halos N (diffmah halos) or --store TS.zarr")
+    if store is not None:
+        import training_sets
+        from training_sets.generate import model_from_attrs
+
+        if not Path(store).exists():
+            raise _fail(args, f"--store: no training-set store at {store!r}")
+        try:
+            ts = training_sets.open_training_set(store)
+            model = model_from_attrs(ts.attrs)
+            truth = _parse_vector(args, mock_text, "--mock-theta", model.prior)
+            halos = ts.halos()
+        except (ValueError, KeyError, OSError) as err:
+            raise _fail(args, f"--store {store!r}: {err}") from None
+        return model, halos, {"source": "store", "store": str(store), "store_fingerprint": ts.fingerprint,
+                              "n_halos": int(halos.n_halos), "solver": model.settings.to_dict()}, truth
+    if n_halos < 2:
+        raise _fail(args, f"--halos must be >= 2, got {n_halos}")
+    model = _model_from_args(args)
+    truth = _parse_vector(args, mock_text, "--mock-theta", model.prior)
+    try:
+        halos = sapphire.HaloPopulation.from_diffmah(n_halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
+    except ValueError as err:
+        raise _fail(args, f"--halos: {err}") from None
+    return model, halos, {"source": "diffmah", "n_halos": int(n_halos), "halo_seed": args.halo_seed,
+                          "logm": [args.logm_min, args.logm_max], "solver": model.settings.to_dict()}, truth
+
+
+def _emulator(args):
+    if args.emulator is None:
+        raise _fail(args, "the emulator forward model needs --emulator PATH (a saved SobolevEmulator)")
+    if not Path(args.emulator).exists():
+        raise _fail(args, f"--emulator: no emulator at {args.emulator!r}")
+    try:
+        return load_emulator(args.emulator, None)
+    except ValueError as err:
+        raise _fail(args, f"--emulator: {err}") from None
+
+
+def build_problem(args, *, need_exact: bool, need_emulator: bool, allow_mock: bool = True) -> Problem:
+    """Parse the shared options into a :class:`Problem` (making the mock if asked)."""
+    import sapphire
+
+    from . import campaigns
+
+    free = _parse_names(args, args.free, sapphire.PARAMETER_NAMES, "--free")
+    relations = _parse_names(args, getattr(args, "relations", None), RELATIONS, "--relations")
+    sigma_scale = _parse_sigma_scale(args, args.sigma_scale)
+    fixed = _parse_vector(args, args.fixed, "--fixed")
+    mock_text = getattr(args, "mock_theta", None) if allow_mock else None
+    obs = _load_observations(args)
+    if relations is not None:
+        missing = [r for r in relations if r not in obs.names]
+        if missing:
+            raise _fail(args, f"--relations: {missing[0]!r} is not in the observations ({', '.join(obs.names)})")
+    problem = Problem(obs=obs, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale)
+    problem.info["observations"] = {"source": args.observations or "Observations.default()", "fingerprint": obs.fingerprint()}
+    if need_emulator:  # before the exact model: its errors are cheaper to find
+        problem.emu = _emulator(args)
+        problem.info["emulator"] = {"path": str(args.emulator), "repr": repr(problem.emu)}
+    truth = None
+    if need_exact or mock_text is not None:
+        why = "--mock-theta" if not need_exact else ("--forward exact" if args.command == "forecast" else f"sapphire {args.command}")
+        problem.model, problem.halos, problem.info["exact"], truth = _exact_model(args, why, mock_text)
+    store_fp = problem.info.get("exact", {}).get("store_fingerprint")
+    emu_fp = getattr(problem.emu, "store_fingerprint", None)
+    if store_fp is not None and emu_fp is not None and store_fp != emu_fp:
+        _note(args, f"the emulator was trained on store {emu_fp}, not on --store {args.store} ({store_fp})")
+    if truth is not None:
+        try:
+            problem.obs = campaigns.mock_observations(problem.model, problem.halos, obs, truth)
+        except ValueError as err:
+            raise _fail(args, f"--mock-theta: {err}") from None
+        problem.truth = truth
+        if problem.fixed is None:
+            problem.fixed = truth
+        problem.info["mock_theta"] = truth.tolist()
+    return problem
+
+
+def make_forward(args, problem: Problem, kind: str):
+    """The forward model of ``kind`` ("exact" or "emulator") for the problem."""
+    common = dict(free=problem.free, fixed=problem.fixed, relations=problem.relations, sigma_scale=problem.sigma_scale)
+    try:
+        if kind == "exact":
+            return exact_forward(problem.model, problem.halos, problem.obs, **common)
+        return emulator_forward(problem.emu, problem.obs, not args.no_emulator_error, **common)
+    except ValueError as err:
+        raise _fail(args, f"{kind} forward model: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps shared by the subcommands
+# ------------------------------------------------------------------------------------------------
+def _note(args, text: str) -> None:
+    print(f"note: {text}")
+
+
+def _expansion_point(args, fm, problem: Problem):
+    """(theta_free, MapResult dict or None): the MAP from --starts starts, or the truth."""
+    from .optimize import find_map
+
+    if args.fisher_at == "truth":
+        if problem.truth is None:
+            raise _fail(args, "--fisher-at truth needs --mock-theta")
+        return np.asarray(problem.free_truth(fm)), None
+    if args.starts < 1:
+        raise _fail(args, f"--starts must be >= 1, got {args.starts}")
+    fit = find_map(fm, args.starts, seed=args.seed)
+    return fit.best, fit.to_dict()
+
+
+def _fisher(args, fm, theta):
+    from .fisher import gauss_newton_fisher, laplace
+
+    if args.hessian == "gauss-newton":
+        return gauss_newton_fisher(fm, theta)
+    return laplace(fm, theta, method=None if args.hessian == "auto" else args.hessian)
+
+
+def _fisher_from_dict(d: dict):
+    from .fisher import fisher_result
+
+    return fisher_result(np.asarray(d["matrix"], dtype=np.float64), d["names"], np.asarray(d["theta"]), kind=d["kind"])
+
+
+def _laplace_step(args, fm, problem: Problem, cache: Path | None = None):
+    """(point, map dict or None, FisherResult); with ``cache``, reused when the forward model's
+    fingerprint and the settings match (validate reruns)."""
+    settings = {"fingerprint": fm.fingerprint(), "fisher_at": args.fisher_at, "starts": args.starts, "seed": args.seed,
+                "hessian": args.hessian}
+    if cache is not None and cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("settings") == settings:
+                return np.asarray(saved["point"]), saved["map"], _fisher_from_dict(saved["fisher"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    point, fit = _expansion_point(args, fm, problem)
+    fisher = _fisher(args, fm, point)
+    if cache is not None:
+        from sapphire.cli import _write_json
+
+        _write_json(cache, {"settings": settings, "point": np.asarray(point), "map": fit, "fisher": fisher.to_dict()})
+    return point, fit, fisher
+
+
+def _progress_bar(args, description: str, total: int):
+    if args.quiet:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="it")
+
+    def update(info: dict) -> None:
+        bar.n = info["iteration"]
+        bar.set_postfix(phase=info["phase"], steps=f"{info['mean_num_steps']:.0f}")
+        bar.refresh()
+        if info["iteration"] >= info["total"]:
+            bar.close()
+
+    return update
+
+
+def _hmc(args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path | None, init_point=None, label: str = "HMC"):
+    from .hmc import CheckpointMismatch, run_hmc
+
+    if chains < 1 or warmup < 0 or draws < 1:
+        raise _fail(args, f"HMC needs chains >= 1, warmup >= 0, draws >= 1; got {chains}, {warmup}, {draws}")
+    init = None
+    if args.hmc_init == "map" and init_point is not None:
+        low, width = np.asarray(fm.prior.low), np.asarray(fm.prior.width)
+        init = np.clip(np.asarray(init_point, dtype=np.float64), low + 1e-6 * width, low + (1 - 1e-6) * width)
+    try:
+        return run_hmc(fm, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=args.seed, init=init,
+                       checkpoint=checkpoint, time_limit_s=args.time_limit,
+                       progress=_progress_bar(args, label, warmup + draws))
+    except CheckpointMismatch as err:
+        raise _fail(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    return format(value, spec) if np.isfinite(value) else "n/a"
+
+
+def _settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+def _header(args, fm, problem: Problem) -> None:
+    data = "mock at --mock-theta" if problem.truth is not None else problem.info["observations"]["source"]
+    print(f"{type(fm).__name__}: free {', '.join(fm.free_names)}; relations {', '.join(fm.relations)} "
+          f"({fm.n_summary} summaries); sigma scale {fm.sigma_scale}; data: {data}")
+
+
+def _fisher_draws(fisher, n: int, seed: int) -> np.ndarray | None:
+    if fisher.covariance is None:
+        return None
+    return np.random.default_rng(seed).multivariate_normal(fisher.theta, fisher.covariance, size=n)
+
+
+# ------------------------------------------------------------------------------------------------
+# sapphire forecast
+# ------------------------------------------------------------------------------------------------
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """MAP, Laplace (Fisher) at the MAP and optionally HMC for one forward model."""
+    import sapphire
+    from sapphire.cli import _write_json
+
+    from .plots import corner_overlay, fisher_ellipses
+
+    started = time.perf_counter()
+    problem = build_problem(args, need_exact=args.forward == "exact", need_emulator=args.forward == "emulator")
+    fm = make_forward(args, problem, args.forward)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if problem.truth is not None:
+        (out / "mock_observations.json").write_text(problem.obs.to_json())
+    _header(args, fm, problem)
+    point, fit, fisher = _laplace_step(args, fm, problem)
+    post = None
+    if args.hmc:
+        checkpoint = None if args.checkpoint is None else Path(args.checkpoint or out / "hmc_checkpoint.pkl")
+        if checkpoint is None and args.time_limit is not None:
+            checkpoint = out / "hmc_checkpoint.pkl"  # a run cut by the time limit must be resumable
+        post = _hmc(args, fm, chains=args.chains, warmup=args.warmup, draws=args.draws, checkpoint=checkpoint, init_point=point)
+        post.save(out / "hmc_samples.npz")
+    truth = problem.free_truth(fm)
+
+    # figure: HMC with the Laplace Gaussian overlaid, or the Fisher ellipses alone
+    if post is not None and post.samples.shape[1] >= 2:
+        sets, labels = [post.flat], [f"HMC ({post.samples.shape[0]} x {post.samples.shape[1]})"]
+        draws = _fisher_draws(fisher, 4000, args.seed)
+        if draws is not None:
+            sets.append(draws)
+            labels.append(f"Fisher ({fisher.kind})")
+        corner_overlay(sets, labels, fm.free_names, out / "corner.png", truths=truth, title=f"{type(fm).__name__} posterior")
+    else:
+        fisher_ellipses([fisher], [f"Fisher ({fisher.kind})"], out / "corner.png", title=f"{type(fm).__name__} Fisher")
+
+    payload = {
+        "command": "forecast", "forward": fm.describe(), "fingerprint": fm.fingerprint(), "problem": problem.info,
+        "truth": None if truth is None else truth, "point": point, "fisher_at": args.fisher_at,
+        "map": fit, "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
+        "hmc": None if post is None else post.summary(),
+        "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
+    }
+    _write_json(out / "forecast.json", payload)
+
+    # table
+    if fit is not None:
+        print(f"MAP: -ln L = {fit['best_loss']:.4f}, {sum(fit['converged'])}/{len(fit['converged'])} starts converged")
+    print(f"Fisher ({fisher.kind}): " + ("positive definite, condition number " + _fmt(fisher.condition_number, ".3g")
+                                         if fisher.positive_definite else fisher.message))
+    head = f"{'parameter':>10}" + (f" {'truth':>9}" if truth is not None else "") + f" {'point' if fit is None else 'MAP':>9} {'Fisher sigma':>12}"
+    if post is not None:
+        head += f" {'HMC mean +- std':>22} {'R-hat':>6}"
+    print(head)
+    print("-" * len(head))
+    summary = None if post is None else post.summary()
+    for k, name in enumerate(fm.free_names):
+        line = (f"{name:>10}" + (f" {_fmt(truth[k]):>9}" if truth is not None else "") + f" {_fmt(point[k]):>9} "
+                f"{_fmt(None if fisher.sigmas is None else fisher.sigmas[k]):>12}")
+        if post is not None:
+            mean = summary["mean"][k] if summary["mean"] else None
+            std = summary["std"][k] if summary["std"] else None
+            line += f" {_fmt(mean) + ' +- ' + _fmt(std, '.3g'):>22} {_fmt(summary['r_hat'][k], '.3f'):>6}"
+        print(line)
+    if post is not None:
+        print(f"HMC: {post.n_divergent} divergent transitions; {post.samples.shape[1]}/{post.num_samples} draws per chain")
+    print(f"wrote {out / 'forecast.json'}, {out / 'corner.png'}" + (f", {out / 'hmc_samples.npz'}" if post is not None else ""))
+    if post is not None and not post.complete:
+        print(f"HMC stopped at --time-limit before its end: rerun (each run continues from {checkpoint})")
+        return 2
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# sapphire validate
+# ------------------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Emulator-versus-exact posterior cross-check on the same problem."""
+    import sapphire
+    from sapphire.cli import _write_json
+
+    from .crossval import Thresholds, cross_validate
+
+    started = time.perf_counter()
+    problem = build_problem(args, need_exact=True, need_emulator=True)
+    forwards = {"emulator": make_forward(args, problem, "emulator"), "exact": make_forward(args, problem, "exact")}
+    if tuple(forwards["emulator"].prior.low) != tuple(forwards["exact"].prior.low) or tuple(forwards["emulator"].prior.high) != tuple(forwards["exact"].prior.high):
+        _note(args, f"the emulator's prior box {forwards['emulator'].prior.to_dict()} differs from the exact model's "
+                    f"{forwards['exact'].prior.to_dict()}: the two posteriors are truncated differently")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.restart:
+        for label in forwards:
+            for name in (f"hmc_{label}.pkl", f"laplace_{label}.json"):
+                (out / name).unlink(missing_ok=True)
+    if problem.truth is not None:
+        (out / "mock_observations.json").write_text(problem.obs.to_json())
+    sizes = {
+        "emulator": (args.chains, args.warmup, args.draws),
+        "exact": tuple(e if e is not None else d for e, d in zip((args.exact_chains, args.exact_warmup, args.exact_draws),
+                                                                 (args.chains, args.warmup, args.draws))),
+    }
+    results = {}
+    for label, fm in forwards.items():  # the emulator first: cheap, and an early look
+        _header(args, fm, problem)
+        point, fit, fisher = _laplace_step(args, fm, problem, cache=out / f"laplace_{label}.json")
+        chains, warmup, draws = sizes[label]
+        post = _hmc(args, fm, chains=chains, warmup=warmup, draws=draws, checkpoint=out / f"hmc_{label}.pkl",
+                    init_point=point, label=f"{label} HMC")
+        post.save(out / f"hmc_{label}.npz")
+        results[label] = {"fm": fm, "point": point, "map": fit, "fisher": fisher, "post": post}
+        print(f"  {label}: HMC {post.samples.shape[0]} x {post.samples.shape[1]}/{post.num_samples} draws, max R-hat "
+              f"{_fmt(np.nanmax(post.r_hat) if np.isfinite(post.r_hat).any() else None, '.3f')}, {post.n_divergent} divergent")
+    incomplete = [label for label, r in results.items() if not r["post"].complete]
+    if incomplete:
+        print(f"HMC of {', '.join(incomplete)} stopped at --time-limit: rerun the same command to resume "
+              f"(checkpoints in {out}); no cross-validation yet")
+        return 2
+
+    thresholds = Thresholds(args.max_shift, args.max_width_ratio, args.max_auc)
+    exact, emu = results["exact"], results["emulator"]
+    try:
+        report = cross_validate(exact["post"], emu["post"], fisher_reference=exact["fisher"], fisher_candidate=emu["fisher"],
+                                thresholds=thresholds, labels=("exact", "emulator"), seed=args.seed)
+    except ValueError as err:
+        raise _fail(args, f"cross-validation: {err}") from None
+    truth = problem.free_truth(exact["fm"])
+    payload = report.to_dict() | {
+        "problem": problem.info, "truth": truth,
+        "runs": {label: {"forward": r["fm"].describe(), "fingerprint": r["fm"].fingerprint(), "point": r["point"],
+                         "map": r["map"], "fisher": r["fisher"].to_dict(), "hmc": r["post"].summary()}
+                 for label, r in results.items()},
+        "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
+    }
+    _write_json(out / "crossval.json", payload)
+    fm = exact["fm"]
+    intro = (f"# sapphire validate\n\nFree: {', '.join(fm.free_names)}; relations: {', '.join(fm.relations)}; sigma scale "
+             f"{fm.sigma_scale}; data: {'mock at ' + str(np.round(problem.truth, 4).tolist()) if problem.truth is not None else problem.info['observations']['source']}; "
+             f"exact model: {problem.info['exact']}; emulator: {args.emulator}.\n\n")
+    (out / "crossval.md").write_text(intro + report.to_markdown())
+    figures = report.plot(out, truths=truth)
+
+    print(f"{'parameter':>10} {'exact mean':>11} {'exact sd':>9} {'emu mean':>11} {'emu sd':>9} {'shift/sd':>9} {'width':>7}")
+    for k, name in enumerate(report.names):
+        print(f"{name:>10} {_fmt(report.reference_mean[k]):>11} {_fmt(report.reference_std[k], '.3g'):>9} "
+              f"{_fmt(report.candidate_mean[k]):>11} {_fmt(report.candidate_std[k], '.3g'):>9} "
+              f"{report.shift[k]:>+9.3f} {report.width_ratio[k]:>7.3f}")
+    print(f"classifier AUC {report.auc:.3f}; checks {report.checks}")
+    print(f"verdict: {report.verdict} (|shift| < {thresholds.max_abs_shift}, width ratio in "
+          f"[{1 / thresholds.max_width_ratio:.3g}, {thresholds.max_width_ratio:.3g}], AUC < {thresholds.max_auc})")
+    print(f"wrote {out / 'crossval.json'}, {out / 'crossval.md'}, " + ", ".join(str(p) for p in figures))
+    return 1 if (args.strict and not report.passed) else 0
+
+
+# ------------------------------------------------------------------------------------------------
+# sapphire recover
+# ------------------------------------------------------------------------------------------------
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Mock parameter recovery over relation sets, optionally the error-scaling forecast."""
+    import sapphire
+    from sapphire.cli import _write_json
+
+    from . import campaigns
+
+    started = time.perf_counter()
+    if args.truths < 1:
+        raise _fail(args, f"--truths must be >= 1, got {args.truths}")
+    if args.starts < 1:
+        raise _fail(args, f"--starts must be >= 1, got {args.starts}")
+    if not 0 <= args.truth_margin < 0.5:
+        raise _fail(args, f"--truth-margin must lie in [0, 0.5), got {args.truth_margin}")
+    sets = _parse_relation_sets(args, args.relation_sets)
+    problem = build_problem(args, need_exact=True, need_emulator=args.forward == "emulator", allow_mock=False)
+    sets = _available_relation_sets(args, sets, problem.obs.names)
+    # the mocks carry the (scaled) observational errors: fold --sigma-scale into the observations
+    obs = problem.obs if problem.sigma_scale == 1.0 else problem.obs.scaled(problem.sigma_scale)
+    if args.forward == "emulator":
+        factory = campaigns.emulator_factory(problem.emu, include_emulator_error=not args.no_emulator_error,
+                                             free=problem.free, fixed=problem.fixed)
+    else:
+        factory = campaigns.exact_factory(problem.model, problem.halos, obs, free=problem.free, fixed=problem.fixed)
+    probe = _checked_factory(args, factory, obs)
+    hessian = None if args.hessian == "auto" else args.hessian
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{args.truths} truths x {len(sets)} relation sets; {type(probe).__name__}, free {', '.join(probe.free_names)}; "
+          f"mocks: exact model, {problem.halos.n_halos} halos, {'noisy' if args.noise else 'noise-free'}")
+    try:
+        report = campaigns.mock_recovery(
+            problem.model, problem.halos, obs, n_truths=args.truths, seed=args.seed, forward_factory=factory,
+            relation_sets=sets, free=problem.free, fixed=problem.fixed, n_starts=args.starts, noise=args.noise,
+            truth_margin=args.truth_margin, failure_sigma=args.failure_sigma, hessian_method=hessian,
+            progress=None if args.quiet else (lambda line: print("  " + line)),
+        )
+    except ValueError as err:
+        raise _fail(args, str(err)) from None
+    data = report.to_dict() | {"problem": problem.info, "settings_cli": _settings(args), "sapphire_version": sapphire.__version__}
+    _write_json(out / "recovery.json", data)
+    written = [out / "recovery.json", report.plot(out / "recovery.png")]
+
+    names = report.free
+    print(f"{'relations':>22} {'fail':>6} {'cond (median)':>13}  " + " ".join(f"{n + ' bias':>17}" for n in names))
+    for entry in data["relation_sets"]:
+        cells = " ".join(f"{_fmt(m, '+.2f') + ' +- ' + _fmt(s, '.2f'):>17}" for m, s in zip(entry["bias_mean"], entry["bias_std"]))
+        print(f"{'+'.join(entry['relations']):>22} {entry['failure_rate']:>6.0%} {_fmt(entry['median_condition_number'], '.3g'):>13}  {cells}")
+    if report.mock_failures:
+        print(f"mocks that could not be made: {report.mock_failures}")
+
+    if args.error_scaling:
+        scaling = _error_scaling(args, problem, factory, probe, obs, hessian)
+        written += [out / "error_scaling.json", scaling.plot(out / "error_scaling.png")]
+        scaling.to_json(out / "error_scaling.json")
+    print(f"{time.perf_counter() - started:.1f} s; wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _checked_factory(args, factory, obs):
+    try:
+        return factory(obs, None, 1.0)
+    except ValueError as err:
+        raise _fail(args, f"{args.forward} forward model: {err}") from None
+
+
+def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
+    """Fisher (and optionally HMC) errors versus the error scale at the fixed point (a noise-free mock there)."""
+    from . import campaigns
+
+    try:
+        scales = [float(v) for v in _split(args.scales)]
+    except ValueError:
+        raise _fail(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}") from None
+    if not scales or any(not (np.isfinite(s) and s > 0) for s in scales):
+        raise _fail(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}")
+    theta8 = np.array(probe.fixed)  # --fixed (all 8 entries), or the prior centre
+    try:
+        mock = campaigns.mock_observations(problem.model, problem.halos, obs, theta8)
+        scaling = campaigns.error_scaling_forecast(
+            factory, theta8[list(probe.free_index)], scales, obs=mock, with_hmc=args.scaling_hmc,
+            hmc_options=dict(num_chains=args.chains, num_warmup=args.warmup, num_samples=args.draws, seed=args.seed),
+            n_starts=args.starts, seed=args.seed, hessian_method=hessian,
+        )
+    except ValueError as err:
+        raise _fail(args, f"--error-scaling: {err}") from None
+    print(f"error scaling at theta = {np.round(theta8, 4).tolist()} (noise-free mock), all relations of the observations")
+    print(f"{'scale':>7} " + " ".join(f"{n:>10}" for n in scaling.free) + "   (Fisher sigma; HMC std in brackets)")
+    for row in scaling.rows:
+        sig = row["fisher_sigma"] or [None] * len(scaling.free)
+        hmc = row.get("hmc_std") or [None] * len(scaling.free)
+        cells = " ".join(f"{_fmt(s, '.3g'):>10}" + (f" [{_fmt(h, '.3g')}]" if args.scaling_hmc else "") for s, h in zip(sig, hmc))
+        print(f"{row['sigma_scale']:>7.3g} {cells}" + ("" if row["positive_definite"] else f"  {row['message']}"))
+    return scaling
+
+
+# ------------------------------------------------------------------------------------------------
+# Registration
+# ------------------------------------------------------------------------------------------------
+def _add_problem_options(p: argparse.ArgumentParser, add_solver_options, *, mock: bool = True, relations: bool = True) -> None:
+    g = p.add_argument_group("problem")
+    g.add_argument("--emulator", help="saved emulator (SobolevEmulator artifact directory)")
+    g.add_argument("--no-emulator-error", action="store_true", help="leave the emulator's error estimate out of the likelihood")
+    g.add_argument("--halos", type=int, help="exact model on this many diffmah halos (or use --store)")
+    g.add_argument("--halo-seed", type=int, default=0, help="seed of the diffmah halos (default 0)")
+    g.add_argument("--store", help="training-set store: take the exact model and halos recorded in it")
+    g.add_argument("--free", help="comma-separated free parameters (default all 8)")
+    g.add_argument("--fixed", help="8 comma-separated values for the held parameters (default: the mock's truth, else the prior centre)")
+    if relations:
+        g.add_argument("--relations", help="comma-separated relations (smhm, gas_ratio, mzr; default all)")
+    g.add_argument("--sigma-scale", default="1", help="factor on the observational errors: a number or smhm=0.5,mzr=1 (default 1)")
+    g.add_argument("--observations", help="observations JSON (Observations.to_json()); default Observations.default()")
+    if mock:
+        g.add_argument("--mock-theta", help="8 comma-separated values: fit noise-free exact-model mock data made there")
+    g.add_argument("--seed", type=int, default=0, help="seed of MAP starts, HMC and the classifier (default 0)")
+    add_solver_options(p)
+
+
+def _add_fit_options(p: argparse.ArgumentParser, *, fisher_at: bool = True, gauss_newton: bool = True) -> None:
+    g = p.add_argument_group("MAP and Fisher")
+    g.add_argument("--starts", type=int, default=8, help="MAP starts (Latin hypercube; default 8)")
+    g.add_argument("--hessian", default="auto", choices=HESSIANS if gauss_newton else HESSIANS[:3],
+                   help="Fisher matrix: the forward model's Laplace default (auto), autodiff, fd_grad"
+                        + (", or gauss-newton (J^T C^-1 J)" if gauss_newton else ""))
+    if fisher_at:
+        g.add_argument("--fisher-at", default="map", choices=["map", "truth"],
+                       help="expand at the MAP (default) or at the --mock-theta truth (no MAP search: for a noise-free mock it is the MAP)")
+
+
+def _add_hmc_options(p: argparse.ArgumentParser, *, chains: int = 4, warmup: int = 500, draws: int = 1000,
+                     resumable: bool = True) -> None:
+    g = p.add_argument_group("HMC (NUTS)")
+    g.add_argument("--chains", type=int, default=chains, help=f"chains (default {chains})")
+    g.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
+    g.add_argument("--draws", type=int, default=draws, help=f"draws per chain (default {draws})")
+    if not resumable:
+        return
+    g.add_argument("--hmc-init", default="random", choices=["random", "map"],
+                   help="chains start at numpyro's random init (default) or at the MAP / Fisher point")
+    g.add_argument("--time-limit", type=float, help="stop HMC after about this many seconds (exit 2; rerun resumes from the checkpoint)")
+
+
+def register(sub, add_solver_options) -> None:
+    """Add the ``forecast``, ``validate`` and ``recover`` subcommands to the ``sapphire`` parser."""
+    p = sub.add_parser("forecast", help="MAP, Fisher (Laplace) and optionally HMC with the emulator or the exact model",
+                       description=cmd_forecast.__doc__ + " Writes forecast.json, corner.png (and hmc_samples.npz).")
+    p.add_argument("--forward", default="emulator", choices=["emulator", "exact"], help="forward model (default emulator)")
+    _add_problem_options(p, add_solver_options)
+    _add_fit_options(p)
+    p.add_argument("--hmc", action="store_true", help="also run NUTS")
+    _add_hmc_options(p)
+    p.add_argument("--checkpoint", nargs="?", const="", default=None,
+                   help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.pkl")
+    p.add_argument("--out", default="runs/forecast", help="output directory (default runs/forecast)")
+    p.set_defaults(func=cmd_forecast)
+
+    p = sub.add_parser("validate", help="cross-validate the emulator posterior against the exact model's (same problem)",
+                       description=cmd_validate.__doc__ + " HMC checkpoints and Laplace results live in OUT, so a rerun "
+                       "resumes. Writes crossval.json, crossval.md, crossval_corner.png, crossval_fisher.png. Exit 0 "
+                       "whatever the verdict unless --strict (1 on FAIL); 2 if HMC stopped at --time-limit.")
+    _add_problem_options(p, add_solver_options)
+    _add_fit_options(p)
+    _add_hmc_options(p)
+    g = p.add_argument_group("exact-model HMC sizes (default: as the emulator's)")
+    g.add_argument("--exact-chains", type=int)
+    g.add_argument("--exact-warmup", type=int)
+    g.add_argument("--exact-draws", type=int)
+    g = p.add_argument_group("verdict")
+    g.add_argument("--max-shift", type=float, default=0.2, help="|mean shift| / exact sigma below this (default 0.2)")
+    g.add_argument("--max-width-ratio", type=float, default=1.25, help="width ratio within [1/r, r] (default 1.25)")
+    g.add_argument("--max-auc", type=float, default=0.6, help="classifier two-sample AUC below this (default 0.6)")
+    g.add_argument("--strict", action="store_true", help="exit 1 if the verdict is FAIL")
+    p.add_argument("--restart", action="store_true", help="delete OUT's checkpoints and Laplace results first")
+    p.add_argument("--out", default="runs/validate", help="output directory (default runs/validate)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("recover", help="mock parameter recovery over relation sets (and the error-scaling forecast)",
+                       description=cmd_recover.__doc__ + " Mocks come from the exact model (--halos or --store); fits "
+                       "use --forward. Writes recovery.json, recovery.png (and error_scaling.json/.png).")
+    p.add_argument("--forward", default="emulator", choices=["emulator", "exact"], help="forward model fitted (default emulator)")
+    _add_problem_options(p, add_solver_options, mock=False, relations=False)
+    _add_fit_options(p, fisher_at=False, gauss_newton=False)
+    p.set_defaults(starts=4)
+    g = p.add_argument_group("campaign")
+    g.add_argument("--truths", type=int, default=10, help="random truths (Latin hypercube of the free box; default 10)")
+    g.add_argument("--relation-sets", default="all", help="'all' (7 combinations) or sets separated by ';' (smhm,mzr;smhm)")
+    g.add_argument("--noise", action="store_true", help="add Gaussian noise of the observational errors to each mock")
+    g.add_argument("--truth-margin", type=float, default=0.1, help="keep truths this fraction of the width from the faces (default 0.1)")
+    g.add_argument("--failure-sigma", type=float, default=3.0, help="|normalised bias| above this is a failure (default 3)")
+    g = p.add_argument_group("error scaling")
+    g.add_argument("--error-scaling", action="store_true", help="also the Fisher errors with the errors scaled by --scales")
+    g.add_argument("--scales", default="1,0.5,0.1", help="error scales (default 1,0.5,0.1)")
+    g.add_argument("--scaling-hmc", action="store_true", help="HMC at each scale too (--chains --warmup --draws)")
+    _add_hmc_options(p, chains=2, warmup=300, draws=500, resumable=False)
+    p.add_argument("--out", default="runs/recover", help="output directory (default runs/recover)")
+    p.set_defaults(func=cmd_recover)
