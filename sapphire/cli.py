@@ -370,10 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     # The other packages' subcommands (imported here only: sapphire itself never imports them).
     from training_sets.cli import register as register_training_sets
 
-    register_training_sets(sub, _add_solver_options)
+    from emulator.cli import register as register_emulator
     from forecasts.cli import register as register_forecasts
+    from forecasts.quickstart import register as register_quickstart
 
+    register_training_sets(sub, _add_solver_options)
+    register_emulator(sub)
     register_forecasts(sub, _add_solver_options)
+    register_quickstart(sub)
     return parser
 
 
