@@ -226,7 +226,8 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         "scale": scale, "sizes": dataclasses.asdict(sizes), "seed": seed, "truth": truth,
         "sapphire_version": sapphire.__version__, "stages": stages.rows,
         "verdict": state["crossval"].verdict, "crossval": state["crossval"].to_dict(),
-        "emulator_report": {k: state["emulator_report"].get(k) for k in ("summary", "acceptance") if k in state["emulator_report"]},
+        "emulator_report": {"acceptance": state["emulator_report"].get("acceptance"),
+                            "line": _emulator_report_line(state["emulator_report"])},
         "emulator_forecast": state["emulator_forecast"]["hmc"],
     }
     _write_json(out / "summary.json", summary)
@@ -261,9 +262,13 @@ def _hmc_bar(description: str, total: int, enabled: bool):
 
 
 def _emulator_report_line(report: dict) -> str:
-    summary = report.get("summary", report)
-    keys = [k for k in ("value_error_median_max_sigma", "value_error_p95_max_sigma", "jacobian_relative_error_median", "coverage_2sigma") if k in summary]
-    return ", ".join(f"{k} {summary[k]:.3g}" for k in keys) or "written"
+    """Worst per-summary median and 95th-percentile |emulator - exact| / sigma_obs, median
+    Jacobian relative error and the +-2 error coverage, from an emulator report."""
+    values = report["value_error_sigma_obs"]["per_summary"].values()
+    return (f"{report['n_test']} test points: |emu - exact|/sigma_obs worst-summary median "
+            f"{max(v['median'] for v in values):.3f} (target 0.1), worst 95th pct {max(v['p95'] for v in values):.2f} "
+            f"(target 0.3); Jacobian rel. error median {report['jacobian_rel_error']['median']:.3f} (target 0.05); "
+            f"{100 * report['calibration']['fraction_inside_2_error']:.1f}% of errors inside +-2 spread")
 
 
 def _summary_table(rows: list[dict]) -> str:
@@ -294,8 +299,10 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in state["crossval_figures"]]
     lines += ["", "## Emulator forecast, all parameters free", "", "![emulator posterior](emulator_posterior.png)", "",
               "## Emulator validation on the test set", "",
-              "Figures and numbers in `emulator_report/` (value errors in units of the observational sigma, "
-              "Jacobian errors, Fisher comparison, calibration of the ensemble spread).", ""]
+              summary["emulator_report"]["line"] + ".", "",
+              "Figures and numbers in `emulator_report/` (value errors in units of the observational sigma per "
+              "summary, Jacobian errors, Fisher comparison, calibration of the ensemble spread).", "",
+              "![value errors](emulator_report/value_error.png)", ""]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
