@@ -18,6 +18,7 @@ import os
 import re
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "jacobian_heatmap",
     "sensitivity_vs_mass",
     "prior_predictive_bands",
+    "save_and_show",
 ]
 
 STATE_LABELS: dict[str, str] = {
@@ -238,3 +240,22 @@ def prior_predictive_bands(
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title or f"Prior predictive over {means.shape[0]} draws")
     return _save(fig, path)
+
+
+def save_and_show(fig, path) -> Path:
+    """Save a pyplot figure to ``path`` (PNG, 110 dpi), display it inline when running inside
+    Jupyter/IPython, and close it.  Returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(fig)
+    except ImportError:
+        pass
+    plt.close(fig)
+    return path

@@ -47,9 +47,6 @@ def summarise(ts: TrainingSet) -> dict[str, Any]:
 def plot_design(ts: TrainingSet, path: str | os.PathLike) -> Path:
     """Pairwise projections of the design in the unit cube: done points, points with failed
     halos (red), points not yet computed (grey)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     unit = ts.prior.to_unit(np.asarray(ts.theta.compute()))
