@@ -117,8 +117,19 @@ def _fin_list(a):
 
 
 # ------------------------------------------------------------------------------------------------
+class _JsonReport:
+    """``to_json`` for report dataclasses that define ``to_dict``."""
+
+    def to_json(self, path=None) -> str:
+        """The report as JSON text; also written to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+
 @dataclasses.dataclass(frozen=True)
-class RecoveryReport:
+class RecoveryReport(_JsonReport):
     """What :func:`mock_recovery` returns.
 
     Attributes:
@@ -166,12 +177,6 @@ class RecoveryReport:
             "settings": self.settings,
             "wall_time_s": self.wall_time,
         }
-
-    def to_json(self, path=None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
 
     def plot(self, path) -> Path:
         from .plots import recovery_figure
@@ -301,7 +306,7 @@ def mock_recovery(
 
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class ErrorScalingReport:
+class ErrorScalingReport(_JsonReport):
     """What :func:`error_scaling_forecast` returns: ``free`` names, ``theta`` and one row per
     scale (``sigma_scale``, ``fisher_sigma`` (Laplace), ``gauss_newton_sigma``, ``hmc_std``,
     ``hmc_mean``, ``hmc_r_hat_max``, ``hmc_divergent``, ``positive_definite``,
@@ -314,12 +319,6 @@ class ErrorScalingReport:
 
     def to_dict(self) -> dict:
         return {"free": list(self.free), "theta": self.theta.tolist(), "scales": self.rows, "wall_time_s": self.wall_time}
-
-    def to_json(self, path=None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
 
     def plot(self, path) -> Path:
         from .plots import error_scaling_figure

@@ -347,20 +347,10 @@ def _laplace_step(args, fm, problem: Problem, cache: Path | None = None):
 
 
 def _progress_bar(args, description: str, total: int):
-    if args.quiet:
-        return None
-    from tqdm.auto import tqdm
+    """An HMC progress bar unless ``--quiet``."""
+    from .hmc import progress_bar
 
-    bar = tqdm(total=total, desc=description, unit="it")
-
-    def update(info: dict) -> None:
-        bar.n = info["iteration"]
-        bar.set_postfix(phase=info["phase"], steps=f"{info['mean_num_steps']:.0f}")
-        bar.refresh()
-        if info["iteration"] >= info["total"]:
-            bar.close()
-
-    return update
+    return None if args.quiet else progress_bar(description, total)
 
 
 def _hmc(args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path | None, init_point=None, label: str = "HMC"):

@@ -191,6 +191,14 @@ def _select_observations(obs: Observations, relations, sigma_scale) -> Observati
     return obs.scaled(sigma_scale)
 
 
+def _observation_fields(selected: Observations) -> dict:
+    """The ``_setup`` arguments that come from the (selected, scaled) observations."""
+    return {
+        "observations": selected, "relations": selected.names, "y": selected.y, "sigma": selected.sigma,
+        "summary_names": sapphire.likelihood.summary_names(selected),
+    }
+
+
 def _frozen(a) -> np.ndarray:
     arr = np.array(a, dtype=np.float64, copy=True)
     arr.setflags(write=False)
@@ -414,12 +422,8 @@ class ExactForward(ForwardModel):
             full_prior=model.prior,
             free=free,
             fixed=fixed,
-            observations=selected,
-            relations=selected.names,
             sigma_scale=sigma_scale,
-            y=selected.y,
-            sigma=selected.sigma,
-            summary_names=sapphire.likelihood.summary_names(selected),
+            **_observation_fields(selected),
             extra_spec=None,
             extra_data={"summaries": summaries},
             description={
@@ -526,12 +530,8 @@ class EmulatorForward(ForwardModel):
             full_prior=prior,
             free=free,
             fixed=fixed,
-            observations=selected,
-            relations=selected.names,
             sigma_scale=sigma_scale,
-            y=selected.y,
-            sigma=selected.sigma,
-            summary_names=sapphire.likelihood.summary_names(selected),
+            **_observation_fields(selected),
             extra_spec=(_ByIdentity(emu), tuple(int(i) for i in index), bool(include_emulator_error)),
             extra_data={},
             description={

@@ -36,7 +36,7 @@ from numpyro.infer import NUTS, init_to_uniform
 
 from .forward import ForwardModel, _log_likelihood
 
-__all__ = ["HmcResult", "run_hmc", "CheckpointMismatch"]
+__all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -249,6 +249,23 @@ def _check_checkpoint(saved: dict, fingerprint: str, settings: dict, path: Path)
     if diffs:
         text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
         raise CheckpointMismatch(f"checkpoint {path} was made with other sampler settings ({text}); delete it or use another path")
+
+
+def progress_bar(description: str, total: int) -> Callable[[dict], None]:
+    """A tqdm bar (iterations per chain) to pass as ``run_hmc(..., progress=...)``; it is fed
+    by the per-block callback and closes itself at the last iteration."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, unit="it")
+
+    def update(info: dict) -> None:
+        bar.n = info["iteration"]
+        bar.set_postfix(phase=info["phase"], steps=f"{info['mean_num_steps']:.0f}")
+        bar.refresh()
+        if info["iteration"] >= info["total"]:
+            bar.close()
+
+    return update
 
 
 def run_hmc(

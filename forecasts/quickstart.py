@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 import sapphire
+from sapphire.cli import _write_json as write_json  # the CLI's strict JSON writer (NaN -> null)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,18 +57,6 @@ SCALES: dict[str, Scale] = {
 
 # The mock's truth, in the unit cube of the prior box: an interior, unremarkable point.
 TRUTH_UNIT = np.array([0.55, 0.6, 0.45, 0.5, 0.4, 0.55, 0.5, 0.45])
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 class _Stages:
@@ -170,7 +159,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         chains, warmup, draws = sizes.emulator_hmc
         post = _run_hmc_resuming(fm, out / "emulator_hmc.pkl", log, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=seed, progress=_hmc_bar("emulator HMC", warmup + draws, progress))
         state["emulator_forecast"] = {"map": fit.to_dict(), "laplace": fisher.to_dict(), "hmc": post.summary(), "truth": truth}
-        _write_json(out / "emulator_forecast.json", state["emulator_forecast"])
+        write_json(out / "emulator_forecast.json", state["emulator_forecast"])
         from .plots import corner_overlay
 
         corner_overlay([post.samples.reshape(-1, post.samples.shape[-1])], ["emulator HMC"], post.names,
@@ -230,7 +219,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
                             "line": _emulator_report_line(state["emulator_report"])},
         "emulator_forecast": state["emulator_forecast"]["hmc"],
     }
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     _write_report(out, summary, state)
     log(_summary_table(stages.rows))
     log(f"[quickstart] verdict: emulator posterior vs exact: {summary['verdict']}; report {out / 'report.md'}")
@@ -244,21 +233,10 @@ def _hmc_line(post) -> str:
 
 
 def _hmc_bar(description: str, total: int, enabled: bool):
-    """A tqdm bar fed by run_hmc's per-block progress callback (iterations per chain)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+    """An HMC progress bar when progress is shown."""
+    from .hmc import progress_bar
 
-    bar = tqdm(total=total, desc=description, unit="it")
-
-    def update(info: dict) -> None:
-        bar.n = info["iteration"]
-        bar.set_postfix(phase=info["phase"], steps=f"{info['mean_num_steps']:.0f}")
-        bar.refresh()
-        if info["iteration"] >= info["total"]:
-            bar.close()
-
-    return update
+    return progress_bar(description, total) if enabled else None
 
 
 def _emulator_report_line(report: dict) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,33 +25,10 @@ import forecasts.cli
 import sapphire
 from sapphire.cli import main
 
+from _fakes import FakeEmulator
+
 PRIOR = sapphire.DEFAULT_PRIOR
 CENTRE = ",".join(f"{v:g}" for v in PRIOR.centre)
-
-
-class FakeEmulator:
-    """mean = y0 + A u + c (u . u), u = (theta - centre) / width; error = e0 (1 + |u|^2)."""
-
-    def __init__(self, observations=None, seed=0, curvature=0.05, error=0.02):
-        self.observations = sapphire.Observations.default() if observations is None else observations
-        self.prior = PRIOR
-        rng = np.random.default_rng(seed)
-        n = self.observations.n_summary
-        self._y0 = jnp.asarray(self.observations.y)
-        self._A = jnp.asarray(rng.normal(0.0, 0.3, (n, 8)))
-        self._c = jnp.asarray(curvature * rng.normal(size=n))
-        self._e0 = error
-        self._centre, self._width = jnp.asarray(PRIOR.centre), jnp.asarray(PRIOR.width)
-
-    def predict(self, theta):
-        u = (jnp.asarray(theta) - self._centre) / self._width
-        return self._y0 + self._A @ u + self._c * (u @ u), self._e0 * (1.0 + u @ u) * jnp.ones_like(self._y0)
-
-    def jacobian(self, theta):
-        return jax.jacfwd(lambda t: self.predict(t)[0])(jnp.asarray(theta))
-
-    def fingerprint(self):
-        return "fake-emulator"
 
 
 EMU = FakeEmulator()
