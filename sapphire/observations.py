@@ -30,10 +30,14 @@ from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any, Union
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
     "RELATION_NAMES",
+    "DetectionLimit",
+    "XGASS_DETECTION_LIMIT",
     "Relation",
     "Observations",
     "smhm_behroozi2019_samples",
@@ -66,6 +70,63 @@ MZR_SIGMA_DEX = 0.2
 
 
 # ----------------------------------------------------------------------------------------------
+# Detection limits (the observation model of a ratio relation)
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DetectionLimit:
+    """A survey's lower limit on y = log10(M_X / M_*) of a ratio relation (x = log10 M_*).
+
+    A galaxy is detected when M_X > 10^log_mass_limit Msun and M_X / M_* > 10^log_ratio_limit;
+    a survey whose published means include non-detections at their upper limits (xGASS) never
+    reports a y below
+
+        limit(x) = max(log_mass_limit - x, log_ratio_limit) + offset     [dex],
+
+    so the mock observable is the model's y raised to that limit.  Both the max and the floor
+    are taken smoothly over ``width`` dex (softplus / logaddexp), which keeps the summaries
+    differentiable, and -- the reason this exists -- keeps a nearly empty model ISM (whose
+    log10 gas ratio can swing by several dex for a 0.01 change of a parameter) from dominating
+    a mean that the data never let go below the limit.  ``offset`` converts the survey's
+    quantity to the model's (helium: log10 1.33).
+    """
+
+    log_mass_limit: float
+    log_ratio_limit: float
+    offset: float = 0.0
+    width: float = 0.1
+
+    def __post_init__(self) -> None:
+        for field in ("log_mass_limit", "log_ratio_limit", "offset", "width"):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"DetectionLimit: {field} = {value!r} is not a finite number")
+            object.__setattr__(self, field, float(value))
+        if self.width <= 0.0:
+            raise ValueError(f"DetectionLimit: width = {self.width} dex is not > 0")
+
+    def limit(self, x):
+        """The (smoothed) limit on y at log10 M_* = x [dex]; jax.numpy, differentiable."""
+        w = self.width
+        return w * jnp.logaddexp((self.log_mass_limit - x) / w, self.log_ratio_limit / w) + self.offset
+
+    def apply(self, x, y):
+        """y as the survey reports it: limit + width * softplus((y - limit) / width) [dex]."""
+        floor = self.limit(x)
+        return floor + self.width * jax.nn.softplus((y - floor) / self.width)
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+#: xGASS (Catinella et al. 2018): HI detected down to M_HI/M_* = 2% for M_* > 10^9.7 Msun and
+#: to M_HI = 10^8 Msun below (the two limits meet at 10^9.7); in the model's units (total ISM
+#: including helium) x 1.33.  H2 is ignored in the limit.  Smoothed over 0.1 dex.
+XGASS_DETECTION_LIMIT = DetectionLimit(
+    log_mass_limit=8.0, log_ratio_limit=math.log10(0.02), offset=math.log10(HELIUM_CORRECTION), width=0.1
+)
+
+
+# ----------------------------------------------------------------------------------------------
 # Relation
 # ----------------------------------------------------------------------------------------------
 def _frozen_array(values: Any, relation: str, field: str) -> np.ndarray:
@@ -91,6 +152,9 @@ class Relation:
         x_label, y_label: axis labels with units.
         source: provenance text (reference, file, what was changed).
         note: caveats that a plot or report of this relation must show (may be empty).
+        detection_limit: the survey's lower limit on y (:class:`DetectionLimit`), applied to
+            every model halo before the regression; ``None`` (default for a user's CSV): the
+            model's y as it is.
 
     ``x``, ``y`` and ``sigma`` are stored as read-only float64 copies.  Equality compares every
     field; the hash uses the numbers and the name, so a ``Relation`` may be a static jit argument.
@@ -104,8 +168,16 @@ class Relation:
     y_label: str = ""
     source: str = ""
     note: str = ""
+    detection_limit: DetectionLimit | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.detection_limit, Mapping):
+            object.__setattr__(self, "detection_limit", DetectionLimit(**self.detection_limit))
+        if self.detection_limit is not None and not isinstance(self.detection_limit, DetectionLimit):
+            raise ValueError(
+                f"Relation {self.name!r}: detection_limit must be a DetectionLimit or None, "
+                f"got {self.detection_limit!r}"
+            )
         if self.name not in RELATION_NAMES:
             raise ValueError(
                 f"Relation: unknown name {self.name!r}; expected one of {RELATION_NAMES}"
@@ -165,6 +237,7 @@ class Relation:
             "y_label": self.y_label,
             "source": self.source,
             "note": self.note,
+            "detection_limit": None if self.detection_limit is None else self.detection_limit.to_dict(),
         }
 
     @classmethod
@@ -180,8 +253,8 @@ class Relation:
             and all(
                 np.array_equal(getattr(self, f), getattr(other, f)) for f in ("x", "y", "sigma")
             )
-            and (self.x_label, self.y_label, self.source, self.note)
-            == (other.x_label, other.y_label, other.source, other.note)
+            and (self.x_label, self.y_label, self.source, self.note, self.detection_limit)
+            == (other.x_label, other.y_label, other.source, other.note, other.detection_limit)
         )
 
     def __hash__(self) -> int:
@@ -213,6 +286,8 @@ def _digest(relations: Iterable[Relation]) -> str:
         h.update(np.int64(rel.size).tobytes())
         for field in ("x", "y", "sigma"):
             h.update(np.ascontiguousarray(getattr(rel, field), dtype="<f8").tobytes())
+        if rel.detection_limit is not None:  # (absent: the digest of earlier versions)
+            h.update(json.dumps(rel.detection_limit.to_dict(), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -397,8 +472,13 @@ class Observations:
         smhm: PathLike | None = None,
         gas_ratio: PathLike | None = None,
         mzr: PathLike | None = None,
+        detection_limits: Mapping[str, DetectionLimit] | None = None,
     ) -> "Observations":
         """A user's own tables, any subset of the three relations (at least one).
+
+        ``detection_limits`` maps a relation name to its survey's :class:`DetectionLimit`
+        (e.g. ``{"gas_ratio": XGASS_DETECTION_LIMIT}`` for xGASS-like means); by default a
+        user's table has none.
 
         Each file: any number of ``#`` comment lines (and blank lines), then the header
         ``x,y,sigma``, then one point per line.  x must be strictly increasing, every value finite
@@ -411,9 +491,15 @@ class Observations:
         given = {"smhm": smhm, "gas_ratio": gas_ratio, "mzr": mzr}
         if all(path is None for path in given.values()):
             raise ValueError("Observations.from_csv: give at least one of smhm, gas_ratio, mzr")
+        limits = dict(detection_limits or {})
+        unknown = sorted(set(limits) - {name for name, path in given.items() if path is not None})
+        if unknown:
+            raise ValueError(f"Observations.from_csv: detection_limits for {unknown}, which have no table")
         return cls(
             tuple(
-                _read_relation_csv(name, path) for name, path in given.items() if path is not None
+                dataclasses.replace(_read_relation_csv(name, path), detection_limit=limits.get(name))
+                for name, path in given.items()
+                if path is not None
             )
         )
 
@@ -616,8 +702,10 @@ def _default_gas_ratio() -> Relation:
         ),
         note=(
             "The means include non-detections (at their upper limits), so they sit low for a "
-            "star-forming-only model: say so on every plot."
+            "star-forming-only model: say so on every plot. Model halos enter at the xGASS "
+            "detection limit when below it (max(10^8 Msun, 2% of M_*) x 1.33, smoothed over 0.1 dex)."
         ),
+        detection_limit=XGASS_DETECTION_LIMIT,
     )
 
 

@@ -181,7 +181,8 @@ def summary_statistics(
 
     For each relation in ``observations.relations`` (canonical order ``smhm``, ``gas_ratio``,
     ``mzr``, restricted to those present) the halos' (x, y) from :func:`relation_coordinates`
-    are kernel-regressed (:func:`kernel_regression`) at that relation's observed x; the results are
+    (raised to the relation's ``detection_limit``, if it has one) are kernel-regressed
+    (:func:`kernel_regression`) at that relation's observed x; the results are
     concatenated in that order, so entry ``observations.slices[name]`` of the output belongs to
     relation ``name`` and lines up with ``observations.y`` / ``observations.sigma``.
 
@@ -202,6 +203,10 @@ def summary_statistics(
     means, errors = [], []
     for rel in observations.relations:
         x, y = coords[rel.name]
+        if rel.detection_limit is not None:  # the survey's view of each halo
+            # Failed halos carry NaN: keep them out of the limit's derivative (double where).
+            seen = rel.detection_limit.apply(jnp.where(valid, x, 0.0), jnp.where(valid, y, 0.0))
+            y = jnp.where(valid, seen, y)
         result = kernel_regression(x, y, jnp.asarray(rel.x), valid)
         means.append(result.mean)
         errors.append(result.stderr)

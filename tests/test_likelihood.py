@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from _numpy_reference import numpy_observed_y
 import pytest
 
 import sapphire
@@ -40,7 +42,10 @@ def numpy_kernel_means(x, y, centres, valid):
 
 def numpy_summaries(log_mhalo, log_state, success, obs):
     coords = relation_coordinates(np.asarray(log_mhalo), np.asarray(log_state))
-    parts = [numpy_kernel_means(*map(np.asarray, coords[rel.name]), rel.x, np.asarray(success)) for rel in obs.relations]
+    parts = []
+    for rel in obs.relations:
+        x, y = map(np.asarray, coords[rel.name])
+        parts.append(numpy_kernel_means(x, numpy_observed_y(rel, x, y), rel.x, np.asarray(success)))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

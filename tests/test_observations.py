@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from sapphire.observations import (
+    XGASS_DETECTION_LIMIT,
+    DetectionLimit,
     RELATION_NAMES,
     Observations,
     Relation,
@@ -219,6 +221,9 @@ def test_from_csv_round_trip(tmp_path, default):
     paths = {name: _write_csv(tmp_path / f"{name}.csv", default[name]) for name in RELATION_NAMES}
     obs = Observations.from_csv(**paths)
     assert obs.names == RELATION_NAMES
+    assert obs["gas_ratio"].detection_limit is None  # a user's table: none unless given
+    assert obs.fingerprint() != default.fingerprint()
+    obs = Observations.from_csv(**paths, detection_limits={"gas_ratio": XGASS_DETECTION_LIMIT})
     assert obs.fingerprint() == default.fingerprint()
     for rel in obs.relations:
         np.testing.assert_array_equal(rel.y, default[rel.name].y)
@@ -279,3 +284,48 @@ def test_from_csv_tolerates_blank_lines_and_spaces(tmp_path):
     rel = Observations.from_csv(mzr=path)["mzr"]
     np.testing.assert_array_equal(rel.x, [1.0, 2.0])
     np.testing.assert_array_equal(rel.sigma, [0.1, 0.2])
+
+
+def test_xgass_detection_limit_values_and_smoothness(default):
+    limit = default["gas_ratio"].detection_limit
+    assert limit == XGASS_DETECTION_LIMIT
+    helium = math.log10(1.33)
+    # Far from the corner at log M* = 9.7 the smooth max is either limit (to < 1e-3 dex).
+    np.testing.assert_allclose(limit.limit(np.array([8.5, 11.0])), [8.0 - 8.5 + helium, math.log10(0.02) + helium], atol=1e-3)
+    # A detected galaxy is untouched; an empty ISM enters at the limit; the map is monotone.
+    np.testing.assert_allclose(limit.apply(10.5, 0.0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(limit.apply(10.5, -9.0), limit.limit(10.5), atol=1e-12)
+    ys = np.linspace(-6.0, 1.0, 701)
+    observed = np.asarray(limit.apply(10.0, ys))
+    assert np.all(np.diff(observed) >= 0.0) and observed.min() >= float(limit.limit(10.0))
+    near = ys > float(limit.limit(10.0)) - 2.0  # strictly increasing until softplus underflows
+    assert np.all(np.diff(observed[near]) > 0.0)
+    # Differentiable, slope in (0, 1]: d y_obs / d y at and below the limit.
+    import jax
+
+    slope = jax.vmap(jax.grad(lambda y: limit.apply(10.0, y)))(ys)
+    assert np.all((np.asarray(slope) >= 0.0) & (np.asarray(slope) <= 1.0)) and np.all(np.asarray(slope)[near] > 0.0)
+    with pytest.raises(ValueError, match="width = -0.1"):
+        DetectionLimit(8.0, -1.7, width=-0.1)
+    with pytest.raises(ValueError, match="log_mass_limit = nan"):
+        DetectionLimit(float("nan"), -1.7)
+
+
+def test_detection_limit_keeps_an_empty_ism_from_dragging_the_mean(default):
+    """Two halos at the same M*: one gas-rich, one whose ISM is (nearly) empty.  Without the
+    limit the mean follows the empty one's log ratio; with it, it moves by < 0.05 dex between
+    log ratios of -6 and -12."""
+    import jax.numpy as jnp
+
+    from sapphire.summaries import summary_statistics
+
+    obs = default.select("gas_ratio")
+    plain = Observations((dataclasses.replace(obs["gas_ratio"], detection_limit=None),))
+    log_mstar = jnp.array([10.0, 10.0, 10.3])
+    means = {}
+    for label, o in (("limited", obs), ("plain", plain)):
+        for empty in (-6.0, -12.0):
+            state = jnp.zeros((3, 7)).at[:, 0].set(log_mstar).at[:, 2].set(log_mstar + jnp.array([-0.5, empty, -0.7]))
+            means[label, empty] = np.asarray(summary_statistics(log_mstar + 2.0, state, jnp.ones(3, bool), o)[0])
+    assert np.max(np.abs(means["plain", -6.0] - means["plain", -12.0])) > 1.0
+    assert np.max(np.abs(means["limited", -6.0] - means["limited", -12.0])) < 0.05

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import sapphire  # noqa: F401  (enables float64)
+from _numpy_reference import numpy_observed_y
 from sapphire.config import DEFAULT_CONFIG
 from sapphire.observations import Observations
 from sapphire.summaries import (
@@ -254,6 +255,9 @@ def test_summary_statistics_order_and_values():
     coords = relation_coordinates(log_mh, log_state)
     for rel in obs.relations:
         x, y = coords[rel.name]
+        if rel.name == "gas_ratio":  # the xGASS limit: 8.0, log10 0.02, helium, 0.1 dex
+            assert (rel.detection_limit.log_mass_limit, rel.detection_limit.width) == (8.0, 0.1)
+        y = numpy_observed_y(rel, x, y)
         ref = kernel_regression(x, y, rel.x, valid)
         np.testing.assert_allclose(mean[obs.slices[rel.name]], ref.mean, rtol=1e-14)
         np.testing.assert_allclose(stderr[obs.slices[rel.name]], ref.stderr, rtol=1e-14)
