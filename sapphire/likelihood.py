@@ -262,7 +262,7 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     are excluded from the summaries (``on_failure="exclude"``), and a relation left with fewer
     than 2 valid halos has NaN summaries.
 
-    The summaries depend on ``obs`` only through its relation names and x, so the result is a
+    The summaries depend on ``obs`` only through its relation names, x and detection limits, so the result is a
     ``jax.tree_util.Partial`` pytree whose leaves are the halo forcing (``Model.device_forcing``
     without a theta) and whose static part holds the solver settings, the config and that
     geometry: passed as an argument to a jitted function, it reuses one compilation for every
@@ -272,7 +272,8 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     obs = _check_obs(obs)
     halos = model.check_halos(halos)
     geometry = Observations(tuple(
-        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size)) for rel in obs.relations
+        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size), detection_limit=rel.detection_limit)
+        for rel in obs.relations
     ))
     return jax.tree_util.Partial(_SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
 

@@ -318,3 +318,21 @@ def test_predictive_coverage(obs):
     n_smhm = obs["smhm"].size
     assert cov["fractions"]["smhm"]["inside_envelope"] == pytest.approx(inside[:n_smhm].mean())
     assert cov["fractions"]["smhm"]["inside_envelope"] < 1.0 <= cov["fractions"]["mzr"]["inside_envelope"]
+
+
+def test_detection_limit_reaches_every_summary_path(obs):
+    """Where a halo's ISM is nearly empty (log gas ratio far below the xGASS limit), the
+    summaries of Model.summaries, the traceable summary_function and the NumPy reference all
+    see that halo at the limit."""
+    model = sapphire.Model()
+    halos = sapphire.HaloPopulation.from_diffmah(16, seed=0)
+    theta = np.array([0.14, -2.63, -0.59, -1.41, -1.27, -0.81, 0.19, -1.61])  # gas-poor dwarfs
+    out = model.evolve(theta, halos)
+    gas = np.asarray(out.log_state[:, 2] - out.log_state[:, 0])
+    limit = np.asarray(obs["gas_ratio"].detection_limit.limit(out.log_state[:, 0]))
+    assert np.any(gas < limit - 2.0), "no halo below the limit: the test would prove nothing"
+    expected, _ = numpy_summaries(out.log_mhalo, out.log_state, out.success, obs)
+    direct = model.summaries(theta, halos, obs).mean
+    traced = jax.jit(sapphire.likelihood.summary_function(model, halos, obs))(jnp.asarray(theta))[0]
+    np.testing.assert_allclose(direct, expected, atol=1e-10)
+    np.testing.assert_allclose(traced, expected, atol=1e-10)
