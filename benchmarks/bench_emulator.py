@@ -9,13 +9,14 @@ In one run:
 2. learning curves on the same test split: lambda = 1 vs lambda = 0 (``--curve-ensemble``
    members) at ``--sizes``, and a scikit-learn Gaussian process at ``--gp-sizes``;
 3. speed, side by side in this process: emulator mean + error + Jacobian for one theta (jit'd,
-   after compilation, median over many calls) versus the exact ``Model.summaries`` +
-   ``Model.summary_jacobian`` with ``--speed-halos`` halos (after compilation, a few repeats);
+   after compilation, median over many calls) versus the exact ``Model.summaries_with_jacobian``
+   (one sensitivity solve) with ``--speed-halos`` halos (after compilation, a few repeats);
 4. ``bench_emulator.json`` gathers the headline numbers and the acceptance checks.
 
-``--data`` may be a training-set store or an .npz with arrays theta, summaries,
-summary_stderr, summary_jacobian (and optionally n_failed) made with 64 diffmah halos (seed 0)
-and the default observations (see ``--generate``, which makes such a file with the exact model).
+``--data`` is a training-set store made by ``sapphire generate`` (e.g.
+``sapphire generate dev.zarr --points 1600 --halos 128 --chunk 16``), or an .npz with arrays
+theta, summaries, summary_stderr, summary_jacobian (and optionally n_failed) made with the
+default observations.
 """
 
 from __future__ import annotations
@@ -45,38 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--curve-ensemble", type=int, default=1)
     p.add_argument("--speed-halos", type=int, default=256)
     p.add_argument("--skip", default="", help="comma list of stages to skip: train,lambda0,curve,speed")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
-                   help="first write --data as an .npz of N Latin-hypercube points of the exact model (64 halos)")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
-
-
-def generate_npz(path: Path, n_points: int, n_halos: int = 64, seed: int = 0, chunk: int = 50) -> None:
-    """Exact summaries, standard errors and summary Jacobians at a seeded Latin hypercube
-    (one sensitivity solve per point); partial files make it resumable."""
-    import sapphire
-    from sapphire.likelihood import _summaries_with_jacobian, latin_hypercube
-
-    model = sapphire.Model()
-    halos = sapphire.HaloPopulation.from_diffmah(n_halos, seed=0)
-    obs = sapphire.Observations.default()
-    theta_all = latin_hypercube(model.prior, n_points, seed=seed)
-    parts = []
-    for start in range(0, n_points, chunk):
-        part = path.with_name(f"{path.stem}.part{start:06d}.npz")
-        if not part.exists():
-            rows = {k: [] for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed")}
-            for theta in theta_all[start : start + chunk]:
-                th = model.check_theta(theta)
-                mean, stderr, success, jac, _ = _summaries_with_jacobian(
-                    th, model.device_forcing(halos, th), model.settings, model.config, obs)
-                for key, value in zip(rows, (theta, mean, stderr, jac, int(np.sum(~np.asarray(success))))):
-                    rows[key].append(np.asarray(value))
-            np.savez(part, **{k: np.asarray(v) for k, v in rows.items()})
-            print(f"generated {min(start + chunk, n_points)}/{n_points}", flush=True)
-        parts.append(part)
-    loaded = [np.load(p) for p in parts]
-    np.savez(path, **{k: np.concatenate([d[k] for d in loaded]) for k in loaded[0].files})
 
 
 def time_emulator(emu, theta, repeats: int = 2000) -> dict:
@@ -124,9 +95,8 @@ def time_exact(theta, n_halos: int, repeats: int = 3) -> dict:
     obs = sapphire.Observations.default()
 
     def once():
-        s = model.summaries(theta, halos, obs)
-        j = model.summary_jacobian(theta, halos, obs)
-        jax.block_until_ready((s.mean, j))
+        summaries, jacobian = model.summaries_with_jacobian(theta, halos, obs)
+        jax.block_until_ready((summaries.mean, jacobian))
 
     t0 = time.perf_counter()
     once()
@@ -151,8 +121,6 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
     data = Path(args.data)
-    if args.generate and not data.exists():
-        generate_npz(data, args.generate)
     progress = not args.quiet
     result: dict = {"data": str(data), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                    "python": sys.version.split()[0]},

@@ -1,11 +1,12 @@
 """Engine speed, measured side by side in one process.
 
-    python benchmarks/bench_engine.py [--halos 256] [--repeats 3] [--gpu-sizes 10000,100000]
+    python benchmarks/bench_engine.py [--halos 256] [--repeats 3] [--extra-sizes 10000,100000]
 
 Reports halo solves per second for: a straightforward vmap of Tsit5 over the batch (the
-baseline, one device), the default engine on one device and split over every local device
-(all CPU cores via sapphire.set_host_device_count), the stiff corner, and the
-Jacobian/solve cost ratio.  Timings exclude compilation (each function is called once
+baseline, one device), the default engine's jitted solve on one device, and the engine as
+``Model.evolve`` / ``Model.jacobian`` run it (``Model.evolve_placed``: every local device, all
+CPU cores via sapphire.set_host_device_count; solve + z = 0 diagnostics) at the prior centre
+and at the stiff corner, and the Jacobian/solve cost ratio.  Timings exclude compilation (each function is called once
 first) and take the best of ``--repeats``.
 """
 
@@ -23,7 +24,7 @@ sapphire.set_host_device_count()  # all cores; the one-device rows below use one
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from sapphire.solve import SolverSettings, solve_population, solve_population_with_jacobian
+from sapphire.solve import SolverSettings, solve_population
 
 STIFF_CORNER = np.array([2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0])
 
@@ -43,35 +44,38 @@ def best_time(fn, *args, repeats: int, label: str = "") -> float:
 
 def bench(n_halos: int, repeats: int) -> dict:
     halos = sapphire.HaloPopulation.from_diffmah(n_halos, seed=0)
-    forcing = halos.forcing()
+    one_device = halos.forcing()
     config = sapphire.DEFAULT_CONFIG
     centre = np.asarray(sapphire.DEFAULT_PRIOR.centre)
+    model = sapphire.Model()
     rows = {}
 
     def solve_fn(settings):
         return jax.jit(lambda th, f: solve_population(th, f, None, settings, config).log_state)
 
-    def jac_fn(settings):
-        return jax.jit(lambda th, f: solve_population_with_jacobian(th, f, None, settings, config).jacobian)
+    def engine(with_jacobian):
+        # Model.evolve_placed: the engine as Model.evolve / Model.jacobian run it (every
+        # local device; a stiff batch dealt to the devices by rank of stiffness).
+        return lambda th: model.evolve_placed(jax.numpy.asarray(th), halos, None, with_jacobian)
 
-    baseline = SolverSettings(solver="tsit5")
-    default = SolverSettings()
-    rows["baseline_vmap_tsit5_centre_s"] = best_time(solve_fn(baseline), centre, forcing, repeats=repeats, label="baseline_vmap_tsit5_centre_s")
-    rows["engine_one_device_centre_s"] = best_time(solve_fn(default), centre, forcing, repeats=repeats, label="engine_one_device_centre_s")
-    one_device = forcing
-    forcing = sapphire.Model().device_forcing(halos)  # split over every local device
-    rows["n_devices"] = len(forcing.t_start.sharding.device_set)
-    rows["engine_centre_s"] = best_time(solve_fn(default), centre, forcing, repeats=repeats, label="engine_centre_s")
-    rows["engine_stiff_corner_s"] = best_time(solve_fn(default), STIFF_CORNER, one_device, repeats=repeats, label="engine_stiff_corner_s")
-    rows["engine_jacobian_centre_s"] = best_time(jac_fn(default), centre, forcing, repeats=repeats, label="engine_jacobian_centre_s")
-    rows["engine_jacobian_stiff_corner_s"] = best_time(jac_fn(default), STIFF_CORNER, one_device, repeats=max(1, repeats - 1), label="engine_jacobian_stiff_corner_s")
+    def timed(key, fn, *args, repeats=repeats):
+        rows[key] = best_time(fn, *args, repeats=repeats, label=key)
+
+    timed("baseline_vmap_tsit5_centre_s", solve_fn(SolverSettings(solver="tsit5")), centre, one_device)
+    timed("engine_one_device_centre_s", solve_fn(SolverSettings()), centre, one_device)
+    timed("engine_one_device_stiff_corner_s", solve_fn(SolverSettings()), STIFF_CORNER, one_device)
+    rows["n_devices"] = jax.local_device_count()
+    timed("engine_centre_s", engine(False), centre)
+    timed("engine_stiff_corner_s", engine(False), STIFF_CORNER)
+    timed("engine_jacobian_centre_s", engine(True), centre)
+    timed("engine_jacobian_stiff_corner_s", engine(True), STIFF_CORNER, repeats=max(1, repeats - 1))
     rows["n_halos"] = n_halos
     rows["baseline_solves_per_s"] = n_halos / rows["baseline_vmap_tsit5_centre_s"]
     rows["engine_solves_per_s"] = n_halos / rows["engine_centre_s"]
     rows["engine_one_device_solves_per_s"] = n_halos / rows["engine_one_device_centre_s"]
     rows["speedup_vs_baseline"] = rows["baseline_vmap_tsit5_centre_s"] / rows["engine_centre_s"]
     rows["stiff_over_centre"] = rows["engine_stiff_corner_s"] / rows["engine_centre_s"]
-    rows["stiff_over_centre_one_device"] = rows["engine_stiff_corner_s"] / rows["engine_one_device_centre_s"]
+    rows["stiff_over_centre_one_device"] = rows["engine_one_device_stiff_corner_s"] / rows["engine_one_device_centre_s"]
     rows["jacobian_over_solve_centre"] = rows["engine_jacobian_centre_s"] / rows["engine_centre_s"]
     rows["jacobian_over_solve_stiff"] = rows["engine_jacobian_stiff_corner_s"] / rows["engine_stiff_corner_s"]
     return rows

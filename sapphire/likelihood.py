@@ -199,7 +199,16 @@ def _solve(theta, forcings, settings: SolverSettings, config: ModelConfig, with_
     """z = 0 (log_mhalo (n,), log_state (n, 7), success (n,), jacobian (n, 7, 8) or None)."""
     from .model import _evolve
 
-    log_state, log_mhalo, solution, _, jacobian = _evolve(theta, forcings, None, settings, config, with_jacobian)
+    return _at_z0(_evolve(theta, forcings, None, settings, config, with_jacobian))
+
+
+def _solve_concrete(model, theta, halos: HaloPopulation, with_jacobian: bool):
+    """:func:`_solve` for a concrete theta, placed on the devices by ``Model.evolve_placed``."""
+    return _at_z0(model.evolve_placed(theta, halos, None, with_jacobian))
+
+
+def _at_z0(evolved):
+    log_state, log_mhalo, solution, _, jacobian = evolved
     return (
         log_mhalo[:, 0],
         log_state[:, 0],
@@ -209,11 +218,28 @@ def _solve(theta, forcings, settings: SolverSettings, config: ModelConfig, with_
 
 
 def _summaries_with_jacobian(theta, forcings, settings, config, observations):
-    log_mhalo, log_state, success, jacobian = _solve(theta, forcings, settings, config, True)
+    solved = _solve(theta, forcings, settings, config, True)
+    return _summaries_and_jacobian_from_solve(solved, observations, config)
+
+
+def _summaries_and_jacobian_from_solve(solved, observations, config):
+    log_mhalo, log_state, success, jacobian = solved
     mean, stderr, jac_mean, jac_stderr = _summaries_and_jacobian_from_states(
         log_mhalo, log_state, success, jacobian, observations, config
     )
     return mean, stderr, success, jac_mean, jac_stderr
+
+
+def _concrete_summaries(model, theta, halos, observations):
+    """(mean, stderr, success) for a concrete theta (no derivative)."""
+    log_mhalo, log_state, success, _ = _solve_concrete(model, theta, halos, False)
+    mean, stderr = _summaries_from_states(log_mhalo, log_state, success, observations, model.config)
+    return mean, stderr, success
+
+
+def _concrete_summaries_with_jacobian(model, theta, halos, observations):
+    solved = _solve_concrete(model, theta, halos, True)
+    return _summaries_and_jacobian_from_solve(solved, observations, model.config)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
@@ -283,7 +309,7 @@ def model_summaries(model, theta, halos, obs) -> Summaries:
     obs = _check_obs(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    mean, stderr, success = _summary_function(model.settings, model.config, obs, theta, model.device_forcing(halos, theta))
+    mean, stderr, success = _concrete_summaries(model, theta, halos, obs)
     return Summaries(
         mean=mean,
         stderr=stderr,
@@ -293,12 +319,24 @@ def model_summaries(model, theta, halos, obs) -> Summaries:
     )
 
 
+def model_summaries_with_jacobian(model, theta, halos, obs) -> tuple[Summaries, jax.Array]:
+    """Implementation of ``Model.summaries_with_jacobian``."""
+    obs = _check_obs(obs)
+    theta = model.check_theta(theta)
+    halos = model.check_halos(halos)
+    mean, stderr, success, jac_mean, _ = _concrete_summaries_with_jacobian(model, theta, halos, obs)
+    summaries = Summaries(
+        mean=mean, stderr=stderr, n_failed=int(np.sum(~np.asarray(success))), names=summary_names(obs), success=success
+    )
+    return summaries, jac_mean
+
+
 def model_summary_jacobian(model, theta, halos, obs, with_stderr: bool = False):
     """Implementation of ``Model.summary_jacobian``."""
     obs = _check_obs(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    _, _, _, jac_mean, jac_stderr = _summaries_with_jacobian(theta, model.device_forcing(halos, theta), model.settings, model.config, obs)
+    _, _, _, jac_mean, jac_stderr = _concrete_summaries_with_jacobian(model, theta, halos, obs)
     return (jac_mean, jac_stderr) if with_stderr else jac_mean
 
 
@@ -376,7 +414,10 @@ def log_likelihood(
     :func:`log_likelihood_and_grad`.  Bad input raises ``ValueError`` naming it.
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
-    mean, stderr, success = _summary_function(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos, c.theta))
+    if isinstance(c.theta, jax.core.Tracer):  # traced (jax.grad etc.): the differentiable kernel
+        mean, stderr, success = _summary_function(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos))
+    else:
+        mean, stderr, success = _concrete_summaries(c.model, c.theta, c.halos, c.obs)
     value = gaussian_log_likelihood(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale
     )
@@ -404,9 +445,7 @@ def log_likelihood_and_grad(
     ``grad = 0``.
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
-    mean, stderr, success, jac_mean, jac_stderr = _summaries_with_jacobian(
-        c.theta, c.model.device_forcing(c.halos, c.theta), c.model.settings, c.model.config, c.obs
-    )
+    mean, stderr, success, jac_mean, jac_stderr = _concrete_summaries_with_jacobian(c.model, c.theta, c.halos, c.obs)
     value, (grad_mean, grad_stderr) = _gaussian_value_and_grad(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale
     )

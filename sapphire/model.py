@@ -186,19 +186,49 @@ class Model:
         return jnp.asarray(np.minimum(arr, t_end))
 
     # ---- public API ---------------------------------------------------------------
-    def device_forcing(self, halos: HaloPopulation, theta=None) -> HaloForcing:
+    def device_forcing(self, halos: HaloPopulation) -> HaloForcing:
         """The halos' stacked forcing, split over every local device when there are several
-        (see ``sapphire.set_host_device_count``) and the batch divides evenly.
+        (see ``sapphire.set_host_device_count``) and the batch divides evenly: jit then
+        partitions the vmapped solve.  This is the placement for traced use (jit/grad of
+        ``summary_function``); a concrete theta goes through :meth:`evolve_placed`."""
+        return shard_halos(halos.forcing(), halos.n_halos)
 
-        Given a concrete ``theta`` whose batch holds a stiff halo, the forcing stays on one
-        device: the grouped explicit/implicit path does not partition well (measured on 2
-        CPU devices: stiff corner 3.6 s split vs 2.6-2.9 s on one device, 256 halos)."""
+    def evolve_placed(self, theta, halos: HaloPopulation, save_times=None, with_jacobian: bool = False):
+        """The compiled solve (``_evolve``'s tuple) for a concrete ``theta``, placed on the local
+        devices.
+
+        A batch without a stiff halo is one call on the device-split forcing.  A batch with
+        one (under ``solver="auto"``) runs the grouped explicit/implicit path, whose sort by
+        stiffness does not partition under jit (and ``shard_map`` fails inside lineax), so the
+        halos are dealt to the devices by rank of stiffness (rank r -> device r mod n: every
+        device gets the same mix of stiff and ordinary halos), each device solves its share
+        with its own grouping -- the calls run concurrently (asynchronous dispatch) -- and the
+        results are put back in the caller's halo order.
+        """
         forcing = halos.forcing()
-        if theta is not None and not isinstance(theta, jax.core.Tracer) and self.settings.solver == "auto":
-            stiffness = _batch_stiffness(jnp.asarray(theta), forcing, self.config)
-            if bool(jnp.any(stiffness > self.settings.stiffness_threshold)):
-                return forcing
-        return shard_halos(forcing, halos.n_halos)
+        devices = jax.local_devices()
+        if len(devices) > 1 and halos.n_halos > 1 and self.settings.solver == "auto":
+            stiffness = np.asarray(_batch_stiffness(jnp.asarray(theta), forcing, self.config))
+            if np.any(stiffness > self.settings.stiffness_threshold):
+                order = np.argsort(stiffness, kind="stable")
+                shares = [order[i :: len(devices)] for i in range(min(len(devices), halos.n_halos))]
+                parts = [
+                    _evolve(
+                        jax.device_put(theta, device),
+                        jax.device_put(jax.tree.map(lambda a: a[share], forcing), device),
+                        None if save_times is None else jax.device_put(save_times, device),
+                        self.settings,
+                        self.config,
+                        with_jacobian,
+                    )
+                    for device, share in zip(devices, shares)
+                ]
+                inverse = jnp.asarray(np.argsort(np.concatenate(shares)))
+                gather = lambda *xs: jnp.concatenate([jax.device_put(x, devices[0]) for x in xs])[inverse]
+                return jax.tree.map(gather, *parts)
+        return _evolve(
+            theta, shard_halos(forcing, halos.n_halos), save_times, self.settings, self.config, with_jacobian
+        )
 
     def evolve(self, theta, halos: HaloPopulation, times=None) -> Evolution:
         """Evolve every halo from its start to z = 0 (or save at ``times`` [Gyr])."""
@@ -239,12 +269,20 @@ class Model:
 
         return model_summary_jacobian(self, theta, halos, obs, with_stderr)
 
+    def summaries_with_jacobian(self, theta, halos: HaloPopulation, obs=None):
+        """``(summaries(...), summary_jacobian(...))`` from ONE sensitivity solve: the cheapest
+        exact way to get both (the means come from the sensitivity solve and agree with
+        ``summaries`` to the solver tolerance)."""
+        from .likelihood import model_summaries_with_jacobian
+
+        return model_summaries_with_jacobian(self, theta, halos, obs)
+
     def _run(self, theta, halos, times, with_jacobian):
         theta = self.check_theta(theta)
         halos = self.check_halos(halos)
         save_times = None if times is None else self.check_times(times)
-        log_state, log_mhalo, solution, diagnostics, jacobian = _evolve(
-            theta, self.device_forcing(halos, theta), save_times, self.settings, self.config, with_jacobian
+        log_state, log_mhalo, solution, diagnostics, jacobian = self.evolve_placed(
+            theta, halos, save_times, with_jacobian
         )
         squeeze = (lambda a: a[:, 0]) if times is None else (lambda a: a)
         t_out = np.array([cosmology.present_age(self.config.cosmology)]) if times is None else np.asarray(save_times)

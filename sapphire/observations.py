@@ -702,8 +702,8 @@ def _default_gas_ratio() -> Relation:
         ),
         note=(
             "The means include non-detections (at their upper limits), so they sit low for a "
-            "star-forming-only model: say so on every plot. Model halos enter at the xGASS "
-            "detection limit when below it (max(10^8 Msun, 2% of M_*) x 1.33, smoothed over 0.1 dex)."
+            "star-forming-only model; model halos below the xGASS detection limit (max(10^8 Msun, "
+            "2% of M_*) x 1.33, smoothed over 0.1 dex) enter at it: say so on every plot."
         ),
         detection_limit=XGASS_DETECTION_LIMIT,
     )
