@@ -38,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/emulator")
     p.add_argument("--gradient-weight", type=float, default=1.0)
     p.add_argument("--ensemble", type=int, default=5)
+    p.add_argument("--hidden", default="128,128,128", help="hidden layer widths (comma list)")
     p.add_argument("--epochs", type=int, default=600)
     p.add_argument("--patience", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -125,7 +126,9 @@ def main(argv=None) -> dict:
     result: dict = {"data": str(data), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                    "python": sys.version.split()[0]},
                     "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    common = dict(ensemble=args.ensemble, epochs=args.epochs, patience=args.patience, seed=args.seed, progress=progress)
+    hidden = tuple(int(w) for w in args.hidden.split(",") if w)
+    common = dict(ensemble=args.ensemble, hidden=hidden, epochs=args.epochs, patience=args.patience, seed=args.seed,
+                  progress=progress)
     emus = {}
     for tag, lam, stage in (("", args.gradient_weight, "train"), ("_lambda0", 0.0, "lambda0")):
         path = out / f"emulator{tag}.emu"
@@ -157,7 +160,7 @@ def main(argv=None) -> dict:
         gp_sizes = [int(s) for s in args.gp_sizes.split(",") if s]
         curve = learning_curve(str(data), sizes, gradient_weights=(args.gradient_weight, 0.0), gp_sizes=gp_sizes,
                                ensemble=args.curve_ensemble, seed=args.seed, progress=progress, out_dir=out,
-                               epochs=args.epochs, patience=args.patience)
+                               epochs=args.epochs, patience=args.patience, hidden=hidden)
         result["learning_curve"] = curve
     if "speed" not in skip and "" in emus:
         theta = sapphire.DEFAULT_PRIOR.centre
