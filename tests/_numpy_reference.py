@@ -13,5 +13,6 @@ def numpy_observed_y(relation, x, y):
     if limit is None:
         return y
     w = limit.width
-    floor = w * np.logaddexp((limit.log_mass_limit - x) / w, limit.log_ratio_limit / w) + limit.offset
-    return floor + w * np.logaddexp(0.0, (y - floor) / w)
+    with np.errstate(invalid="ignore"):  # failed halos carry NaN; the regression masks them
+        floor = w * np.logaddexp((limit.log_mass_limit - x) / w, limit.log_ratio_limit / w) + limit.offset
+        return floor + w * np.logaddexp(0.0, (y - floor) / w)
