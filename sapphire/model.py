@@ -194,9 +194,11 @@ class Model:
         ``summary_function``); a concrete theta goes through :meth:`evolve_placed`."""
         return shard_halos(halos.forcing(), halos.n_halos)
 
-    def evolve_placed(self, theta, halos: HaloPopulation, save_times=None, with_jacobian: bool = False):
-        """The compiled solve (``_evolve``'s tuple) for a concrete ``theta``, placed on the local
-        devices.
+    def evolve_placed(
+        self, theta, halos: HaloPopulation, save_times=None, with_jacobian: bool = False
+    ) -> tuple[jax.Array, jax.Array, HaloSolution, dict[str, jax.Array], jax.Array | None]:
+        """The compiled solve for a concrete ``theta``, placed on the local devices: ``_evolve``'s
+        (log_state, log_mhalo, solution, diagnostics, jacobian or None), halos in input order.
 
         A batch without a stiff halo is one call on the device-split forcing.  A batch with
         one (under ``solver="auto"``) runs the grouped explicit/implicit path, whose sort by
