@@ -9,8 +9,10 @@ In one run:
 2. learning curves on the same test split: lambda = 1 vs lambda = 0 (``--curve-ensemble``
    members) at ``--sizes``, and a scikit-learn Gaussian process at ``--gp-sizes``;
 3. speed, side by side in this process: emulator mean + error + Jacobian for one theta (jit'd,
-   after compilation, median over many calls) versus the exact ``Model.summaries_with_jacobian``
-   (one sensitivity solve) with ``--speed-halos`` halos (after compilation, a few repeats);
+   after compilation; median over many standalone calls, and per theta inside one compiled loop;
+   float32 and float64 evaluation) versus the exact ``Model.summaries_with_jacobian`` (one
+   sensitivity solve) with ``--speed-halos`` halos (after compilation, a few repeats);
+   ``--sync-dispatch`` repeats this with JAX's CPU client dispatching synchronously;
 4. ``bench_emulator.json`` gathers the headline numbers and the acceptance checks.
 
 ``--data`` is a training-set store made by ``sapphire generate`` (e.g.
@@ -48,27 +50,36 @@ def parse_args(argv=None):
     p.add_argument("--speed-halos", type=int, default=256)
     p.add_argument("--skip", default="", help="comma list of stages to skip: train,lambda0,curve,speed")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--sync-dispatch", action="store_true",
+                   help="run JAX's CPU client without asynchronous dispatch (set before JAX starts); "
+                        "the speed results go to 'speed_sync_dispatch'")
     return p.parse_args(argv)
 
 
-def time_emulator(emu, theta, repeats: int = 2000) -> dict:
+def time_emulator(emu, theta, repeats: int = 2000, loop_thetas: int = 1000) -> dict:
+    """Mean + error + Jacobian at one theta, after compilation: as a standalone call (median
+    over ``repeats`` calls; includes JAX's per-call dispatch), through a user's ``jax.jit``,
+    and per theta inside one compiled ``lax.map`` over ``loop_thetas`` prior draws (what a
+    jitted optimiser or sampler step pays per evaluation)."""
     import jax
 
-    jax.block_until_ready(emu.predict_and_jacobian(theta))  # compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(emu.predict_and_jacobian(theta))
-        times.append(time.perf_counter() - t0)
-    fn = jax.jit(lambda t: (emu.predict(t), emu.jacobian(t)))
-    jax.block_until_ready(fn(theta))
-    inner = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(theta))
-        inner.append(time.perf_counter() - t0)
-    return {"predict_and_jacobian_median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)),
-            "user_jit_of_predict_plus_jacobian_median_s": float(np.median(inner)), "calls": repeats}
+    def median_time(fn, arg, n):
+        jax.block_until_ready(fn(arg))  # compile
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(arg))
+            times.append(time.perf_counter() - t0)
+        return times
+
+    times = median_time(emu.predict_and_jacobian, theta, repeats)
+    inner = median_time(jax.jit(lambda t: (emu.predict(t), emu.jacobian(t))), theta, repeats)
+    draws = emu.prior.from_unit(np.random.default_rng(0).uniform(size=(loop_thetas, emu.prior.ndim)))
+    looped = median_time(jax.jit(lambda ts: jax.lax.map(emu.predict_and_jacobian, ts)), jax.numpy.asarray(draws), 20)
+    return {"precision": emu.precision, "predict_and_jacobian_median_s": float(np.median(times)),
+            "p90_s": float(np.percentile(times, 90)),
+            "user_jit_of_predict_plus_jacobian_median_s": float(np.median(inner)),
+            "in_compiled_loop_per_theta_s": float(np.median(looped)) / loop_thetas, "calls": repeats}
 
 
 def architecture_speeds(emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 128)), (5, (128, 128, 128, 128)))) -> dict:
@@ -83,7 +94,7 @@ def architecture_speeds(emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 12
         _, params = init_ensemble(arch, list(range(k)))
         other = SobolevEmulator(architecture=arch, params=params, scalings=emu.scalings, prior=emu.prior,
                                 observations=emu.observations, summary_names=emu.summary_names, store_fingerprint="timing")
-        out[f"K={k} hidden={list(hidden)}"] = time_emulator(other, theta, repeats=1000)["predict_and_jacobian_median_s"]
+        out[f"K={k} hidden={list(hidden)}"] = time_emulator(other, theta, repeats=1000, loop_thetas=200)["predict_and_jacobian_median_s"]
     return out
 
 
@@ -116,6 +127,10 @@ def main(argv=None) -> dict:
     import sapphire
 
     sapphire.set_host_device_count()  # the exact model at its best (all cores), as the CLI runs it
+    if args.sync_dispatch:
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)  # read when the CPU client starts
     from emulator import SobolevEmulator, emulator_report, learning_curve, train_emulator
 
     out = Path(args.out)
@@ -164,14 +179,30 @@ def main(argv=None) -> dict:
         result["learning_curve"] = curve
     if "speed" not in skip and "" in emus:
         theta = sapphire.DEFAULT_PRIOR.centre
-        fast = time_emulator(emus[""], theta)
+        emu = emus[""]
+        fast = {}
+        for precision in ("float32", "float64"):
+            emu.precision = precision
+            fast[precision] = time_emulator(emu, theta)
+        emu.precision = "float32"
         slow = time_exact(theta, args.speed_halos)
-        result["speed"] = {"emulator": fast, "exact": slow,
-                           "speedup": slow["summaries_plus_jacobian_median_s"] / fast["predict_and_jacobian_median_s"],
-                           "other_architectures": architecture_speeds(emus[""], theta)}
-        print(f"speed: emulator {fast['predict_and_jacobian_median_s'] * 1e3:.3f} ms, exact "
-              f"{slow['summaries_plus_jacobian_median_s']:.3f} s ({args.speed_halos} halos), "
-              f"ratio {result['speed']['speedup']:.3g}", flush=True)
+        exact_s = slow["summaries_plus_jacobian_median_s"]
+        speedups = {f"{precision}_{how}": exact_s / row[key]
+                    for precision, row in fast.items()
+                    for how, key in (("single_call", "predict_and_jacobian_median_s"),
+                                     ("in_compiled_loop", "in_compiled_loop_per_theta_s"))}
+        key = "speed_sync_dispatch" if args.sync_dispatch else "speed"
+        result[key] = {"emulator": fast["float32"], "emulator_float64": fast["float64"], "exact": slow,
+                       "speedup": speedups["float32_single_call"], "speedups": speedups,
+                       "cpu_async_dispatch": not args.sync_dispatch,
+                       "other_architectures": architecture_speeds(emu, theta)}
+        print(f"speed ({'synchronous' if args.sync_dispatch else 'default asynchronous'} CPU dispatch): exact "
+              f"{exact_s:.3f} s ({args.speed_halos} halos)", flush=True)
+        for precision, row in fast.items():
+            print(f"  {precision}: single call {row['predict_and_jacobian_median_s'] * 1e6:.0f} us "
+                  f"(x{speedups[precision + '_single_call']:.3g}), in a compiled loop "
+                  f"{row['in_compiled_loop_per_theta_s'] * 1e6:.0f} us per theta "
+                  f"(x{speedups[precision + '_in_compiled_loop']:.3g})", flush=True)
     from emulator.artifact import _jsonable
 
     path = out / "bench_emulator.json"

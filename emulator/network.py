@@ -63,23 +63,26 @@ class Architecture:
 
 
 class MLP(nnx.Module):
-    """u (..., n_in) in [0, 1] -> (..., n_out), float64, smooth activation between layers."""
+    """u (..., n_in) in [0, 1] -> (..., n_out), smooth activation between layers.
 
-    def __init__(self, arch: Architecture, *, rngs: nnx.Rngs) -> None:
+    Parameters are float64; ``dtype`` is the arithmetic (float64 for training, see
+    :class:`emulator.SobolevEmulator` for evaluation in float32)."""
+
+    def __init__(self, arch: Architecture, *, rngs: nnx.Rngs, dtype=jnp.float64) -> None:
         widths = (arch.n_in, *arch.hidden)
         self.hidden_layers = nnx.List([
-            nnx.Linear(a, b, rngs=rngs, param_dtype=jnp.float64, dtype=jnp.float64)
+            nnx.Linear(a, b, rngs=rngs, param_dtype=jnp.float64, dtype=dtype)
             for a, b in zip(widths[:-1], widths[1:])
         ])
         self.output_layer = nnx.Linear(
-            widths[-1], arch.n_out, rngs=rngs, param_dtype=jnp.float64, dtype=jnp.float64,
+            widths[-1], arch.n_out, rngs=rngs, param_dtype=jnp.float64, dtype=dtype,
             kernel_init=nnx.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
         )
         self.activation = arch.activation
 
     def __call__(self, u: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
-        h = 2.0 * u - 1.0
+        h = 2.0 * u - 1.0  # nnx.Linear casts to the layer's dtype
         for layer in self.hidden_layers:
             h = act(layer(h))
         return self.output_layer(h)
@@ -97,9 +100,10 @@ def init_ensemble(arch: Architecture, seeds: Sequence[int]) -> tuple[nnx.GraphDe
     return graphdef, stacked
 
 
-def abstract_graphdef(arch: Architecture) -> tuple[nnx.GraphDef, nnx.State]:
-    """Graph definition and a (single-member) state template, without computing weights."""
-    abstract = nnx.eval_shape(lambda: MLP(arch, rngs=nnx.Rngs(0)))
+def abstract_graphdef(arch: Architecture, dtype=jnp.float64) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition (arithmetic in ``dtype``) and a (single-member) state template,
+    without computing weights."""
+    abstract = nnx.eval_shape(lambda: MLP(arch, rngs=nnx.Rngs(0), dtype=dtype))
     return nnx.split(abstract)
 
 

@@ -85,7 +85,7 @@ def test_predict_shapes_and_positive_error(emu):
     batch = PRIOR.from_unit(np.random.default_rng(0).uniform(size=(5, 8)))
     mean_b, error_b = emu.predict(batch)
     assert mean_b.shape == (5, S) and error_b.shape == (5, S) and np.all(np.asarray(error_b) > 0)
-    np.testing.assert_allclose(mean_b[0], emu.predict(batch[0])[0], rtol=1e-12)
+    np.testing.assert_allclose(mean_b[0], emu.predict(batch[0])[0], rtol=1e-6)  # float32 arithmetic
     assert emu.members(theta).shape == (3, S)
     assert emu.ensemble_size == 3
     raw = emu.predict(theta, calibrated=False)[1]
@@ -94,6 +94,7 @@ def test_predict_shapes_and_positive_error(emu):
 
 
 def test_jacobian_matches_finite_differences(emu):
+    emu = emu.with_precision("float64")  # steps of 1e-6 need float64 arithmetic
     theta = PRIOR.from_unit(np.full(8, 0.37))
     jac = np.asarray(emu.jacobian(theta))
     assert jac.shape == (S, 8)
@@ -104,6 +105,7 @@ def test_jacobian_matches_finite_differences(emu):
 
 
 def test_predict_traceable_under_jit_and_grad(emu):
+    emu = emu.with_precision("float64")
     theta = jnp.asarray(PRIOR.from_unit(np.full(8, 0.6)))
     y = jnp.asarray(OBS.y)
 
@@ -119,6 +121,23 @@ def test_predict_traceable_under_jit_and_grad(emu):
     h = 1e-6
     fd = (loglike(theta + h * jnp.eye(8)[2]) - loglike(theta - h * jnp.eye(8)[2])) / (2 * h)
     np.testing.assert_allclose(grad[2], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_float32_evaluation_agrees_with_float64(emu):
+    """The default float32 arithmetic moves predictions, errors and Jacobians by ~1e-7
+    relative (outputs stay float64); the float64 copy leaves the original untouched."""
+    assert emu.precision == "float32"
+    exact = emu.with_precision("float64")
+    assert emu.precision == "float32" and exact.precision == "float64"
+    theta = PRIOR.from_unit(np.random.default_rng(7).uniform(size=(6, 8)))
+    fast, slow = emu.predict_and_jacobian(theta), exact.predict_and_jacobian(theta)
+    for a, b in zip(fast, slow):
+        assert a.dtype == jnp.float64
+        scale = np.abs(np.asarray(b)).max(axis=-1, keepdims=True)
+        assert np.max(np.abs(np.asarray(a) - np.asarray(b)) / scale) < 1e-5
+        assert not np.array_equal(np.asarray(a), np.asarray(b))  # it really ran in float32
+    with pytest.raises(ValueError, match="precision must be one of .* got 'float16'"):
+        emu.with_precision("float16")
 
 
 def test_check_theta_and_training_range(emu):
