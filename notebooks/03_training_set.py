@@ -29,9 +29,7 @@
 # and 05 look for them.
 
 # %%
-import os
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -41,19 +39,13 @@ from sapphire.plots import save_and_show
 import training_sets
 from training_sets.inspect import inspect_store, plot_design
 
-TINY = os.environ.get("SAPPHIRE_NOTEBOOK_SIZE", "small") == "tiny"
-ROOT = Path(os.environ.get("SAPPHIRE_NOTEBOOK_OUT", "runs/notebooks"))
+from demo_settings import (CHUNK, HALO_SEED, MODEL, N_HALOS, N_TEST, N_TRAIN, ROOT, STORES, TEST_SEED, TINY, TRAIN_SEED,
+                           generate_store)
+
+# Sizes, seeds and model: notebooks/demo_settings.py, shared with notebooks 04 and 05 (a store
+# resumed with other settings is refused).
 OUT = ROOT / "03_training_set"
 OUT.mkdir(parents=True, exist_ok=True)
-STORES = ROOT / ("stores-tiny" if TINY else "stores")   # tiny and small stores side by side
-
-# The same sizes in notebooks 03, 04 and 05 (a store made with other settings is refused on resume).
-MODEL = sapphire.Model(solver="tsit5") if TINY else sapphire.Model()
-N_HALOS = 8 if TINY else 32
-N_TRAIN = 16 if TINY else 256
-N_TEST = 8 if TINY else 64
-CHUNK = 8 if TINY else 16
-HALO_SEED, TRAIN_SEED, TEST_SEED = 0, 0, 1000
 
 
 def show(fig, name):
@@ -88,8 +80,7 @@ for name, n_points, seed in (("train", N_TRAIN, TRAIN_SEED), ("test", N_TEST, TE
 # Running it again computes nothing: every block is already `done`.
 
 # %%
-again = training_sets.generate(STORES / "train.zarr", n_points=N_TRAIN, n_halos=N_HALOS, seed=TRAIN_SEED,
-                               halo_seed=HALO_SEED, chunk=CHUNK, model=MODEL, resume=True, progress=False)
+again = generate_store("train", progress=False)   # the call above, as notebooks 04 and 05 make it
 print(f"second run: {again.computed} points computed")
 assert again.computed == 0
 

@@ -31,9 +31,7 @@
 
 # %%
 import json
-import os
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -43,25 +41,12 @@ from sapphire.plots import save_and_show
 import training_sets
 from emulator import SobolevEmulator, emulator_report, train_emulator
 
-TINY = os.environ.get("SAPPHIRE_NOTEBOOK_SIZE", "small") == "tiny"
-ROOT = Path(os.environ.get("SAPPHIRE_NOTEBOOK_OUT", "runs/notebooks"))
+from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
+
+# Store and emulator settings: notebooks/demo_settings.py, shared with notebooks 03 and 05.
 OUT = ROOT / "04_emulator"
 OUT.mkdir(parents=True, exist_ok=True)
-STORES = ROOT / ("stores-tiny" if TINY else "stores")   # tiny and small side by side
-EMULATORS = ROOT / ("emulators-tiny" if TINY else "emulators")
 EMULATORS.mkdir(parents=True, exist_ok=True)
-
-# Store settings: the same as notebook 03 (and 05).
-MODEL = sapphire.Model(solver="tsit5") if TINY else sapphire.Model()
-N_HALOS = 8 if TINY else 32
-N_TRAIN = 16 if TINY else 256
-N_TEST = 8 if TINY else 64
-CHUNK = 8 if TINY else 16
-HALO_SEED, TRAIN_SEED, TEST_SEED = 0, 0, 1000
-# Emulator settings (the same as notebook 05, which reuses the saved emulator).
-TRAINING = (dict(ensemble=2, epochs=40, patience=20, hidden=(16, 16)) if TINY
-            else dict(ensemble=4, epochs=600, patience=100, hidden=(64, 64, 64)))
-EMU_SEED = 0
 
 
 def show(fig, name):
@@ -75,12 +60,11 @@ def show(fig, name):
 # `resume=True`: nothing is computed when notebook 03 already built them.
 
 # %%
-for name, n_points, seed in (("train", N_TRAIN, TRAIN_SEED), ("test", N_TEST, TEST_SEED)):
-    r = training_sets.generate(STORES / f"{name}.zarr", n_points=n_points, n_halos=N_HALOS, seed=seed,
-                               halo_seed=HALO_SEED, chunk=CHUNK, model=MODEL, resume=True, progress=not TINY)
+stores = {name: generate_store(name) for name in ("train", "test")}
+for name, r in stores.items():
     print(f"{name}: {r.n_points} points ({r.computed} computed now)")
-train = training_sets.open_training_set(STORES / "train.zarr")
-test = training_sets.open_training_set(STORES / "test.zarr")
+train = training_sets.open_training_set(stores["train"].path)
+test = training_sets.open_training_set(stores["test"].path)
 
 # %% [markdown]
 # ## Training

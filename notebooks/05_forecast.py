@@ -36,9 +36,7 @@
 
 # %%
 import json
-import os
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -50,23 +48,12 @@ import training_sets
 from emulator import SobolevEmulator, train_emulator
 from forecasts.plots import corner_overlay
 
-TINY = os.environ.get("SAPPHIRE_NOTEBOOK_SIZE", "small") == "tiny"
-ROOT = Path(os.environ.get("SAPPHIRE_NOTEBOOK_OUT", "runs/notebooks"))
+from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
+
+# Store and emulator settings: notebooks/demo_settings.py, shared with notebooks 03 and 04.
 OUT = ROOT / "05_forecast"
 OUT.mkdir(parents=True, exist_ok=True)
-STORES = ROOT / ("stores-tiny" if TINY else "stores")   # tiny and small side by side
-EMULATORS = ROOT / ("emulators-tiny" if TINY else "emulators")
 EMULATORS.mkdir(parents=True, exist_ok=True)
-
-# Store and emulator settings: the same as notebooks 03 and 04.
-MODEL = sapphire.Model(solver="tsit5") if TINY else sapphire.Model()
-N_HALOS = 8 if TINY else 32
-N_TRAIN = 16 if TINY else 256
-CHUNK = 8 if TINY else 16
-HALO_SEED, TRAIN_SEED = 0, 0
-TRAINING = (dict(ensemble=2, epochs=40, patience=20, hidden=(16, 16)) if TINY
-            else dict(ensemble=4, epochs=600, patience=100, hidden=(64, 64, 64)))
-EMU_SEED = 0
 # The forecast.
 SEED = 0
 MAP_STARTS = 2 if TINY else 8
@@ -108,9 +95,7 @@ def hmc_line(post):
 # emulator saved by notebook 04, retrained only if it was trained on another store.
 
 # %%
-training_sets.generate(STORES / "train.zarr", n_points=N_TRAIN, n_halos=N_HALOS, seed=TRAIN_SEED, halo_seed=HALO_SEED,
-                       chunk=CHUNK, model=MODEL, resume=True, progress=not TINY)
-train = training_sets.open_training_set(STORES / "train.zarr")
+train = training_sets.open_training_set(generate_store("train").path)
 halos = train.halos()          # the population the emulator was trained on
 emu_path = EMULATORS / "sobolev.emu"
 emu = SobolevEmulator.load(emu_path) if emu_path.exists() else None

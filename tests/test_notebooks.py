@@ -35,6 +35,7 @@ def out_dir(tmp_path_factory):
     patch.setenv("SAPPHIRE_NOTEBOOK_OUT", str(out))
     patch.setenv("MPLBACKEND", "Agg")
     patch.chdir(out)
+    patch.syspath_prepend(str(NOTEBOOKS))  # the notebooks import demo_settings from their folder
     yield out
     patch.undo()
     if TIMES:
