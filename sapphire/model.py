@@ -25,7 +25,15 @@ from .devices import shard_halos
 from .halos import HaloForcing, HaloPopulation
 from .physics import N_STATE, STATE_NAMES, Rates, cgm_profile_integrals, compute_rates, free_fall_time
 from .prior import DEFAULT_PRIOR, Prior
-from .solve import stiffness_estimate, HaloSolution, SolverName, SolverSettings, solve_population, solve_population_with_jacobian
+from .solve import (
+    HaloSolution,
+    SolverName,
+    SolverSettings,
+    solve_population,
+    solve_population_with_jacobian,
+    stiffness_estimate,
+    theta_axis,
+)
 
 
 class Evolution(NamedTuple):
@@ -111,7 +119,7 @@ def _evolve(theta, forcings, save_times, settings, config, with_jacobian):
     t_end = cosmology.present_age(config.cosmology)
     times = jnp.full((1,), t_end) if save_times is None else save_times
     per_halo_times = jnp.clip(times[None, :], forcings.t_start[:, None], t_end)
-    diagnostics = jax.vmap(_halo_diagnostics, in_axes=(None, 0, 0, 0, None))(
+    diagnostics = jax.vmap(_halo_diagnostics, in_axes=(theta_axis(theta), 0, 0, 0, None))(
         theta, forcings, per_halo_times, solution.log_state, config
     )
     exists = times[None, :] >= forcings.t_start[:, None] - 1e-12

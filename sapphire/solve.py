@@ -251,8 +251,14 @@ def stiffness_estimate(theta: jax.Array, forcing: HaloForcing, config: ModelConf
     return jnp.max(jnp.where(times >= forcing.t_start, rate, 0.0))
 
 
+def theta_axis(theta: jax.Array) -> int | None:
+    """vmap axis of theta over halos: None for one theta (8,) shared by every halo, 0 for one
+    theta per halo (n_halo, 8) (many design points solved as one flat batch of lanes)."""
+    return 0 if theta.ndim == 2 else None
+
+
 def _solve_batch(theta, forcings, save_times, solver_name, settings, config, with_sensitivity):
-    return jax.vmap(_solve_halo, in_axes=(None, 0, None, None, None, None, None))(
+    return jax.vmap(_solve_halo, in_axes=(theta_axis(theta), 0, None, None, None, None, None))(
         theta, forcings, save_times, solver_name, settings, config, with_sensitivity
     )
 
@@ -274,24 +280,27 @@ def _solve_population(
     group = min(settings.group_size or default_group, n_halo)
     n_groups = -(-n_halo // group)
     padded = n_groups * group
-    stiffness = jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(theta, forcings, config)
+    stiffness = jax.vmap(stiffness_estimate, in_axes=(theta_axis(theta), 0, None))(theta, forcings, config)
     # Sort by stiffness, then by start time (a proxy for cost); pad with copies of the last.
     order = jnp.lexsort((forcings.t_start, stiffness))
     order = jnp.concatenate([order, jnp.full((padded - n_halo,), order[-1])])
-    grouped = jax.tree.map(lambda a: a[order].reshape((n_groups, group) + a.shape[1:]), forcings)
+    regroup = lambda a: a[order].reshape((n_groups, group) + a.shape[1:])
+    grouped = jax.tree.map(regroup, forcings)
+    # One theta per halo travels with its halo; a shared theta is the same for every group.
+    grouped_theta = regroup(theta) if theta_axis(theta) == 0 else jnp.broadcast_to(theta, (n_groups,) + theta.shape)
     stiff_groups = (stiffness[order] > settings.stiffness_threshold).reshape(n_groups, group).any(axis=1)
 
     def solve_group(args):
-        forcing_group, is_stiff = args
+        theta_group, forcing_group, is_stiff = args
         return jax.lax.cond(
             is_stiff,
-            lambda f: _solve_batch(theta, f, save_times, settings.implicit_solver, settings, config, with_sensitivity),
-            lambda f: _solve_batch(theta, f, save_times, "tsit5", settings, config, with_sensitivity),
+            lambda f: _solve_batch(theta_group, f, save_times, settings.implicit_solver, settings, config, with_sensitivity),
+            lambda f: _solve_batch(theta_group, f, save_times, "tsit5", settings, config, with_sensitivity),
             forcing_group,
         )
 
     def grouped_solve(_):
-        solved = jax.lax.map(solve_group, (grouped, stiff_groups))
+        solved = jax.lax.map(solve_group, (grouped_theta, grouped, stiff_groups))
         flat = jax.tree.map(lambda a: a.reshape((padded,) + a.shape[2:]), solved)
         inverse = jnp.argsort(order[:n_halo])
         return jax.tree.map(lambda a: a[:n_halo][inverse], flat)
@@ -322,7 +331,8 @@ def _solve_population_jvp(settings, config, primals, tangents):
     # even when the caller masks those halos.  Their primal outputs stay NaN.
     success = solution.success.reshape(solution.success.shape + (1,) * (result.jacobian.ndim - 1))
     safe_jacobian = jnp.where(success, result.jacobian, 0.0)
-    log_state_dot = jnp.einsum("h...j,j->h...", safe_jacobian, theta_dot)
+    theta_dot = jnp.broadcast_to(theta_dot, (success.shape[0], theta_dot.shape[-1]))  # per halo
+    log_state_dot = jnp.einsum("h...j,hj->h...", safe_jacobian, theta_dot)
     no_tangent = [np.zeros(a.shape, dtype=jax.dtypes.float0) for a in solution[1:]]
     return solution, HaloSolution(log_state_dot, *no_tangent)
 
@@ -334,7 +344,8 @@ def solve_population(
     settings: SolverSettings = SolverSettings(),
     config: ModelConfig = DEFAULT_CONFIG,
 ) -> HaloSolution:
-    """Solve every halo of a stacked ``HaloForcing`` at parameters ``theta`` (8,).
+    """Solve every halo of a stacked ``HaloForcing`` at parameters ``theta`` (8,), or at one
+    theta per halo (n_halo, 8).
 
     Pure JAX: jit-, vmap- and differentiable (forward and reverse mode) in ``theta``.  Its
     derivative is supplied by the error-controlled sensitivity solve
@@ -351,5 +362,6 @@ def solve_population_with_jacobian(
     settings: SolverSettings = SolverSettings(),
     config: ModelConfig = DEFAULT_CONFIG,
 ) -> HaloSensitivity:
-    """Solve every halo and return d log10 X / d theta, shape (n_halo, n_save, 7, 8)."""
+    """Solve every halo and return d log10 X / d theta, shape (n_halo, n_save, 7, 8); ``theta``
+    (8,) or one per halo (n_halo, 8) (each halo's derivative is then with respect to its own)."""
     return _solve_population(theta, forcings, save_times, settings, config, True)

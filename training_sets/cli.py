@@ -23,7 +23,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         report = generate(
             args.out, n_points=args.points, seed=args.seed if not args.extend else _first_seed(args.out), halos=halos,
             model=model, chunk=args.chunk, save_states=args.save_states, design_table=table, resume=args.resume,
-            devices=args.devices, scheduler=args.scheduler, progress=not args.quiet,
+            devices=args.devices, scheduler=args.scheduler, batch_points=args.batch_points, progress=not args.quiet,
         )
     except (FileExistsError, ValueError) as err:
         raise SystemExit(f"sapphire generate: {err}")
@@ -79,6 +79,9 @@ def register(sub, add_solver_options) -> None:
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): workers evaluate and write blocks")
     p.add_argument("--resume", action="store_true", help="finish an interrupted store (same settings required)")
     p.add_argument("--save-states", action="store_true", help="also store every halo's z = 0 log state")
+    p.add_argument("--batch-points", action="store_true",
+                   help="evaluate each block's points in one vmapped call (for GPUs; slower on CPUs; "
+                        "agrees with the default to the solver tolerance, not bit for bit)")
     add_solver_options(p)
     p.set_defaults(func=cmd_generate)
 

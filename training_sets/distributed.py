@@ -29,7 +29,7 @@ from . import store as store_module
 
 
 @functools.lru_cache(maxsize=4)
-def _worker_evaluator(path: str):
+def _worker_evaluator(path: str, batch_points: bool = False):
     """(group, Evaluator) for a store, built once per worker process."""
     import jax
 
@@ -45,23 +45,26 @@ def _worker_evaluator(path: str):
         observations=Observations.from_dict(attrs["observations"]),
         save_states=bool(attrs["save_states"]),
         devices=jax.local_devices()[:1],
+        batch_points=batch_points,
     )
     return root, evaluator
 
 
-def compute_block(path: str, block: int) -> dict[str, Any]:
+def compute_block(path: str, block: int, batch_points: bool = False) -> dict[str, Any]:
     """Dask task: evaluate and write one block of a store; returns its size, failures and
     seconds."""
     from .generate import _block_theta, write_block
 
     started = time.perf_counter()
-    root, evaluator = _worker_evaluator(str(Path(path).resolve()))
+    root, evaluator = _worker_evaluator(str(Path(path).resolve()), batch_points)
     rows = evaluator.evaluate(_block_theta(root, block))
     write_block(root, block, rows)
     return {"block": block, "points": int(rows["n_failed"].shape[0]), "failed_points": int(np.sum(rows["n_failed"] > 0)), "seconds": time.perf_counter() - started}
 
 
-def run_on_dask(path, todo: list[int], scheduler, bar, on_block: Callable[[int], None] | None) -> int:
+def run_on_dask(
+    path, todo: list[int], scheduler, bar, on_block: Callable[[int], None] | None, batch_points: bool = False
+) -> int:
     """Run the pending ``todo`` blocks on the cluster at ``scheduler`` (address or Client);
     returns the number of workers.  A task that raises stops the run with that error (rows of
     other blocks already written stay valid; ``--resume`` continues)."""
@@ -70,7 +73,7 @@ def run_on_dask(path, todo: list[int], scheduler, bar, on_block: Callable[[int],
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
         n_workers = len(client.scheduler_info().get("workers", {}))
-        futures = [client.submit(compute_block, str(Path(path).resolve()), b, pure=False) for b in todo]
+        futures = [client.submit(compute_block, str(Path(path).resolve()), b, batch_points, pure=False) for b in todo]
         with bar:
             for future in as_completed(futures):
                 result = future.result()
