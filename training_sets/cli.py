@@ -80,8 +80,8 @@ def register(sub, add_solver_options) -> None:
     p.add_argument("--resume", action="store_true", help="finish an interrupted store (same settings required)")
     p.add_argument("--save-states", action="store_true", help="also store every halo's z = 0 log state")
     p.add_argument("--batch-points", action="store_true",
-                   help="evaluate each block's points in one vmapped call (for GPUs; slower on CPUs; "
-                        "agrees with the default to the solver tolerance, not bit for bit)")
+                   help="evaluate each block's points as one batch of (point, halo) lanes: for GPUs (use a "
+                        "large --chunk); agrees with the default to the solver tolerance, not bit for bit")
     add_solver_options(p)
     p.set_defaults(func=cmd_generate)
 

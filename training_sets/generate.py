@@ -85,7 +85,7 @@ def _block_outputs(thetas, forcing, settings, config, observations, save_states)
 class Evaluator:
     """Evaluates blocks of design points for one (model, halos, observations) on a list of
     devices.  ``dispatch`` queues a block on a device and returns at once; ``collect`` waits
-    for it and returns numpy rows.  ``batch_points``: one vmapped call per block
+    for it and returns numpy rows.  ``batch_points``: one call per block
     (:func:`_block_outputs`, for GPUs) instead of one call per point."""
 
     model: Model
@@ -300,9 +300,10 @@ def generate(
     ``halos`` or ``HaloPopulation.from_diffmah(n_halos, seed=halo_seed)``.  Blocks of
     ``chunk`` points are evaluated on ``devices`` (``"all"`` local devices, or a count), or,
     with ``scheduler`` (a ``tcp://`` address or a ``distributed.Client``), by Dask workers
-    that each write their own blocks.  ``batch_points``: evaluate each block's points in one
-    vmapped call (fast on GPUs, slower on CPUs; agrees with the default point-by-point
-    evaluation to the solver tolerance, not bit for bit; recorded in the store's history).
+    that each write their own blocks.  ``batch_points``: evaluate each block's points as one
+    flat batch of (point, halo) lanes (:func:`_block_outputs`; one H200: 1,600 points x 512
+    halos in 79 s; a CPU core: as fast as point by point), agreeing with the default
+    evaluation to the solver tolerance, not bit for bit (recorded in the store's history).
     ``on_block(block)`` is called after each block is written (tests use it).  Returns a
     :class:`GenerationReport`.
     """
