@@ -1,5 +1,6 @@
 """Training-set generation: orchestration and I/O overhead versus the raw engine, points/hour,
-and the speed-up from one to all local devices, measured side by side in one process.
+the speed-up from one to all local devices, and ``--batch-points`` (a block's points as one
+batch of (point, halo) lanes) on one device, measured side by side in one process.
 
     python benchmarks/bench_generate.py --points 32 --halos 128 --chunk 8 [--devices 2]
 
@@ -57,12 +58,17 @@ def main() -> None:
         evaluator.evaluate(theta[start : start + args.chunk])
     raw_s = time.perf_counter() - t0
 
+    batched = Evaluator(model, halos, obs, False, devices[:1], batch_points=True)
+    batched.collect(batched.dispatch(theta[: args.chunk], devices[0]))  # compile for the block shape
+
     tmp = Path(tempfile.mkdtemp(prefix="bench_generate_"))
     timings = {}
     try:
-        for label, n_dev in (("one_device", 1), ("all_devices", len(devices))):
+        for label, n_dev, batch_points in (
+            ("one_device", 1, False), ("all_devices", len(devices), False), ("one_device_batch_points", 1, True)
+        ):
             report = T.generate(tmp / f"{label}.zarr", n_points=args.points, halos=halos, model=model, seed=args.seed,
-                                chunk=args.chunk, devices=n_dev, progress=False)
+                                chunk=args.chunk, devices=n_dev, batch_points=batch_points, progress=False)
             timings[label] = report.seconds
         identical = T.store_digest(tmp / "one_device.zarr") == T.store_digest(tmp / "all_devices.zarr")
     finally:
@@ -79,6 +85,8 @@ def main() -> None:
         "points_per_hour_one_device": round(3600 * args.points / timings["one_device"]),
         "points_per_hour_all_devices": round(3600 * args.points / timings["all_devices"]),
         "speedup_all_vs_one_device": round(timings["one_device"] / timings["all_devices"], 3),
+        "generate_one_device_batch_points_s": round(timings["one_device_batch_points"], 3),
+        "batch_points_speedup_one_device": round(timings["one_device"] / timings["one_device_batch_points"], 3),
         "stores_bit_identical": identical,
         "command": " ".join([Path(sys.executable).name] + sys.argv),
     }
