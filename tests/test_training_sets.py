@@ -306,6 +306,24 @@ def test_extending_a_store_keeps_old_rows_and_computes_only_new_ones(reference_s
     assert [b["kind"] for b in ts.attrs["design"]["batches"]] == ["latin_hypercube", "latin_hypercube_extension"]
 
 
+def test_cli_extend_and_resume_need_no_design_arguments(reference_store, tmp_path, capsys):
+    """``sapphire generate ts.zarr --extend M`` (and ``--resume``) continue the store's own
+    design: no --points or --seed of the original run needed."""
+    import shutil
+
+    from sapphire.cli import main
+
+    copy = tmp_path / "extended.zarr"
+    shutil.copytree(reference_store, copy)
+    common = ["--halos", str(N_HALOS), "--chunk", str(CHUNK), "--solver", SOLVER, "--devices", "1", "--quiet"]
+    assert main(["generate", str(copy), "--extend", "2", "--seed", "11", *common]) == 0
+    assert "2 points computed" in capsys.readouterr().out
+    assert main(["generate", str(copy), "--resume", *common]) == 0
+    assert "0 points computed" in capsys.readouterr().out
+    ts = T.open_training_set(copy)
+    assert ts.n_points == N_POINTS + 2 and bool(ts.done.all().compute())
+
+
 def test_inspect_cli_prints_summary_and_figure(reference_store, tmp_path, capsys):
     from sapphire.cli import main
 

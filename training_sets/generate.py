@@ -217,8 +217,14 @@ def prepare_store(
     resume: bool = False,
 ) -> Path:
     """Create the store (design drawn from ``seed``, or ``design_table``), or with ``resume``
-    reopen an existing one after checking it was made with the same settings and design."""
+    reopen an existing one after checking it was made with the same settings and, when a
+    design is given (``n_points`` or ``design_table``), the same design; without one, the
+    store's own design is continued (``sapphire generate ts.zarr --resume``, ``--extend``)."""
     path = Path(path)
+    if resume and path.exists() and n_points is None and design_table is None:
+        root = store_module.open_group(path)
+        store_module.check_identity(path, dict(root.attrs), store_module.store_identity(model, halos, observations, chunk, save_states))
+        return path
     if design_table is not None:
         theta, design = np.asarray(design_table, float), {"kind": "table", "seed": None}
     else:
