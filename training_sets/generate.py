@@ -221,21 +221,20 @@ def prepare_store(
     design is given (``n_points`` or ``design_table``), the same design; without one, the
     store's own design is continued (``sapphire generate ts.zarr --resume``, ``--extend``)."""
     path = Path(path)
-    if resume and path.exists() and n_points is None and design_table is None:
-        root = store_module.open_group(path)
-        store_module.check_identity(path, dict(root.attrs), store_module.store_identity(model, halos, observations, chunk, save_states))
-        return path
+    theta = design = None
     if design_table is not None:
         theta, design = np.asarray(design_table, float), {"kind": "table", "seed": None}
-    else:
-        if n_points is None:
-            raise ValueError("give the number of design points (--points) or a design table")
+    elif n_points is not None:
         theta, design = latin_hypercube_design(model.prior, n_points, seed), {"kind": "latin_hypercube", "seed": int(seed)}
+    elif not (resume and path.exists()):
+        raise ValueError("give the number of design points (--points) or a design table")
     if path.exists():
         if not resume:
             raise FileExistsError(f"{path} already exists; add --resume to finish it, or choose another path")
         root = store_module.open_group(path)
         store_module.check_identity(path, dict(root.attrs), store_module.store_identity(model, halos, observations, chunk, save_states))
+        if theta is None:  # no design given: continue the store's own
+            return path
         first = root.attrs["design"]["batches"][0]
         stored = np.asarray(root["theta"][: theta.shape[0]])
         if first.get("kind") != design["kind"] or first.get("seed") != design["seed"] or not np.array_equal(stored, theta):
