@@ -63,7 +63,7 @@ def time_emulator(emu, theta, repeats: int = 2000, loop_thetas: int = 1000) -> d
     jitted optimiser or sampler step pays per evaluation)."""
     import jax
 
-    def median_time(fn, arg, n):
+    def call_times(fn, arg, n):
         jax.block_until_ready(fn(arg))  # compile
         times = []
         for _ in range(n):
@@ -72,10 +72,10 @@ def time_emulator(emu, theta, repeats: int = 2000, loop_thetas: int = 1000) -> d
             times.append(time.perf_counter() - t0)
         return times
 
-    times = median_time(emu.predict_and_jacobian, theta, repeats)
-    inner = median_time(jax.jit(lambda t: (emu.predict(t), emu.jacobian(t))), theta, repeats)
+    times = call_times(emu.predict_and_jacobian, theta, repeats)
+    inner = call_times(jax.jit(lambda t: (emu.predict(t), emu.jacobian(t))), theta, repeats)
     draws = emu.prior.from_unit(np.random.default_rng(0).uniform(size=(loop_thetas, emu.prior.ndim)))
-    looped = median_time(jax.jit(lambda ts: jax.lax.map(emu.predict_and_jacobian, ts)), jax.numpy.asarray(draws), 20)
+    looped = call_times(jax.jit(lambda ts: jax.lax.map(emu.predict_and_jacobian, ts)), jax.numpy.asarray(draws), 20)
     return {"precision": emu.precision, "predict_and_jacobian_median_s": float(np.median(times)),
             "p90_s": float(np.percentile(times, 90)),
             "user_jit_of_predict_plus_jacobian_median_s": float(np.median(inner)),
