@@ -33,8 +33,8 @@ def scan(param: str, n_halos: int, n_steps: int, n_bases: int, seed: int = 1) ->
     model = sapphire.Model()
     halos = sapphire.HaloPopulation.from_diffmah(n_halos, seed=0)
     obs = sapphire.Observations.default()
-    sigma = np.concatenate([r.sigma for r in obs.relations])
-    width = prior.high[j] - prior.low[j]
+    sigma = np.asarray(obs.sigma)
+    width = float(prior.width[j])
     grid = np.linspace(prior.low[j], prior.high[j], n_steps)
     rng = np.random.default_rng(seed)
     bases = [np.asarray(prior.centre)] + [rng.uniform(prior.low, prior.high) for _ in range(n_bases - 1)]
