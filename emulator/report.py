@@ -276,7 +276,8 @@ def learning_curve(
     for :class:`~emulator.gp.GaussianProcessBaseline` at ``gp_sizes``.  Writes
     ``learning_curve.json``/``.png`` to ``out_dir`` if given.  Entries per (method, n):
     worst-summary median and 95th-percentile value error [sigma_obs], median value error, median
-    Jacobian relative error, median Fisher overlap and KL, train seconds."""
+    Jacobian relative error, median Fisher overlap and KL, train seconds, and the medians split
+    by halves of each parameter's prior range (:func:`error_by_parameter_half`)."""
     from .gp import GaussianProcessBaseline
 
     ts = as_training_set(source)
@@ -288,7 +289,8 @@ def learning_curve(
     curves: dict[str, list] = {}
 
     def record(method, n, mean, jac, seconds, extra=None):
-        s = summarise(evaluate_predictions(mean, jac, rows, ts.observations, ts.prior), names)
+        metrics = evaluate_predictions(mean, jac, rows, ts.observations, ts.prior)
+        s = summarise(metrics, names)
         entry = {
             "n_train": int(n), "train_seconds": float(seconds),
             "value_worst_median": s["value_error_sigma_obs"]["worst_median"],
@@ -297,6 +299,7 @@ def learning_curve(
             "jacobian_rel_error_median": s["jacobian_rel_error"]["median"],
             "fisher_overlap_median": s["fisher"]["overlap_median"],
             "fisher_kl_median": s["fisher"]["kl_median"],
+            "error_by_parameter_half": error_by_parameter_half(rows["theta"], metrics, ts.prior),
             **(extra or {}),
         }
         curves.setdefault(method, []).append(entry)

@@ -275,3 +275,21 @@ def test_trains_from_a_zarr_store(tmp_path):
     assert model.store_identity["schema_version"] == ts.schema_version
     report = emulator_report(model, ts, tmp_path / "report", figures=False, progress=False)
     assert report["n_test"] == len(model.training["split"]["test"]) and report["store"]["fingerprint"] == ts.fingerprint
+
+
+def test_error_by_parameter_half_locates_the_bad_half():
+    """Errors that grow towards low A_etaM show up as a lower-half/upper-half contrast in
+    A_etaM (expected medians 0.1975 / 0.0925) and in no other parameter (both ~0.145)."""
+    from emulator.report import error_by_parameter_half
+
+    u = np.random.default_rng(4).uniform(size=(2000, 8))
+    jac_error = 0.04 + 0.21 * (1.0 - u[:, 0])
+    value_error = 2.0 * jac_error[:, None] * np.ones((1, S))
+    halves = error_by_parameter_half(PRIOR.from_unit(u), {"value_error": value_error, "jacobian_rel_error": jac_error}, PRIOR)
+    first = halves[PRIOR.names[0]]
+    assert first["jacobian_lower"] == pytest.approx(0.1975, abs=0.01)
+    assert first["jacobian_upper"] == pytest.approx(0.0925, abs=0.01)
+    assert first["value_worst_lower"] == pytest.approx(2 * first["jacobian_lower"])
+    for name in PRIOR.names[1:]:
+        assert halves[name]["jacobian_lower"] == pytest.approx(0.145, abs=0.015), name
+        assert halves[name]["jacobian_upper"] == pytest.approx(0.145, abs=0.015), name
