@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -23,7 +22,7 @@ from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
 from .devices import shard_halos
 from .halos import HaloForcing, HaloPopulation
-from .physics import N_STATE, STATE_NAMES, Rates, cgm_profile_integrals, compute_rates, free_fall_time
+from .physics import N_STATE, Rates, cgm_profile_integrals, compute_rates, free_fall_time
 from .prior import DEFAULT_PRIOR, Prior
 from .solve import (
     HaloSolution,

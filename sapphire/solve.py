@@ -24,7 +24,6 @@ import functools
 from typing import Any, Literal, NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,9 +31,8 @@ import optimistix as optx
 
 from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
-from .halos import HaloForcing, HaloPopulation
+from .halos import HaloForcing
 from .physics import N_STATE, initial_log_state, loadings, log_state_derivative
-from .prior import DEFAULT_PRIOR, Prior
 
 SolverName = Literal["auto", "tsit5", "kvaerno3", "kvaerno5"]
 
