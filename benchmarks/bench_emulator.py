@@ -203,12 +203,12 @@ def main(argv=None) -> dict:
                   f"(x{speedups[precision + '_single_call']:.3g}), in a compiled loop "
                   f"{row['in_compiled_loop_per_theta_s'] * 1e6:.0f} us per theta "
                   f"(x{speedups[precision + '_in_compiled_loop']:.3g})", flush=True)
-    from emulator.artifact import _jsonable
+    from sapphire.jsonio import json_ready
 
     path = out / "bench_emulator.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     commands = previous.get("commands", [])
-    previous.update(_jsonable(result))
+    previous.update(json_ready(result))
     previous["commands"] = commands + [result.pop("command")]
     previous.pop("command", None)
     path.write_text(json.dumps(previous, indent=1))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sapphire
-from sapphire.likelihood import latin_hypercube
+from sapphire.prior import latin_hypercube
 
 
 def timed(fn):

@@ -19,15 +19,9 @@ from .artifact import FORMAT_VERSION, SobolevEmulator, check_compatible_observat
 from .gp import GaussianProcessBaseline  # noqa: E402
 from .network import Architecture, Scalings  # noqa: E402
 from .report import emulator_report, evaluate_predictions, learning_curve, summarise  # noqa: E402
-from .train import (  # noqa: E402
-    InMemoryTrainingSet,
-    TrainingSettings,
-    as_training_set,
-    calibrate_spread,
-    exclusion_counts,
-    split_design,
-    train_emulator,
-)
+from .calibration import calibrate_spread  # noqa: E402
+from .data import InMemoryTrainingSet, as_training_set, exclusion_counts, split_design  # noqa: E402
+from .train import TrainingSettings, train_emulator  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION", "Architecture", "GaussianProcessBaseline", "InMemoryTrainingSet", "Scalings",

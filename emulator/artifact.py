@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import sapphire
-from sapphire.likelihood import summary_names as _summary_names
+from sapphire.jsonio import json_ready
+from sapphire.population_summaries import summary_names
 from sapphire.observations import Observations
 from sapphire.prior import Prior
 
@@ -285,7 +286,7 @@ class SobolevEmulator:
             "store_identity": self.store_identity,
             "calibration_factor": self.calibration_factor,
             "theta_range": [list(map(float, self.theta_range[0])), list(map(float, self.theta_range[1]))],
-            "training": _jsonable(self.training),
+            "training": json_ready(self.training),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -348,7 +349,7 @@ class SobolevEmulator:
                 raise
             raise ValueError(f"emulator artifact {str(path)!r} is corrupt: {type(err).__name__}: {err}") from None
         names = tuple(meta["summary_names"])
-        if names != _summary_names(trained_obs):
+        if names != summary_names(trained_obs):
             raise ValueError(f"emulator artifact {str(path)!r} is corrupt: summary names disagree with its observations")
         if observations is not None:
             check_compatible_observations(trained_obs, observations, what=f"emulator {str(path)!r}")
@@ -427,23 +428,3 @@ def _unflatten_params(arch: Architecture, flat: dict[str, np.ndarray]):
     if len(sizes) != 1:
         raise ValueError(f"ensemble members disagree in number across parameters: {sizes}")
     return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def _jsonable(value):
-    """numpy -> plain Python, recursively, for json.dumps."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        v = float(value)
-        return v if np.isfinite(v) else None
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    return value

@@ -1,4 +1,4 @@
-"""``sapphire train`` and ``sapphire emulator-report`` (registered by sapphire/cli.py)."""
+"""``sapphire train`` and ``sapphire emulator-report`` (a ``sapphire.commands`` entry point)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def cmd_emulator_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub, add_solver_options=None) -> None:
+def register(sub) -> None:
     """Add the ``train`` and ``emulator-report`` subcommands to the ``sapphire`` parser."""
     p = sub.add_parser("train", help="train a Sobolev (value + exact-gradient) deep-ensemble emulator on a training-set store")
     p.add_argument("store", help="training-set Zarr store (sapphire generate)")

@@ -29,7 +29,6 @@ Definitions (all on the TEST split unless ``test_indices`` says otherwise)
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -38,8 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import SobolevEmulator, _jsonable
-from .train import as_training_set, exclusion_counts, split_design, train_emulator
+from sapphire.jsonio import json_ready, write_json
+from sapphire.likelihood import gauss_newton_fisher_matrix
+
+from .artifact import SobolevEmulator
+from .data import as_training_set, exclusion_counts, split_design
+from .train import train_emulator
 
 VALUE_MEDIAN_TARGET = 0.1
 VALUE_P95_TARGET = 0.3
@@ -50,10 +53,10 @@ JACOBIAN_TARGET = 0.05
 # Metrics
 # ----------------------------------------------------------------------------------------------
 def fisher_matrices(jacobian, stderr, sigma_obs, prior_width) -> np.ndarray:
-    """F = J^T diag(1/(sigma_obs^2 + stderr^2)) J + diag(12/width^2): (n, S, 8) -> (n, 8, 8)."""
-    inv_var = 1.0 / (np.asarray(sigma_obs) ** 2 + np.asarray(stderr) ** 2)  # (n, S)
-    fisher = np.einsum("nsa,ns,nsb->nab", jacobian, inv_var, jacobian)
-    return fisher + np.diag(12.0 / np.asarray(prior_width) ** 2)
+    """F = J^T diag(1/(sigma_obs^2 + stderr^2)) J + diag(12/width^2): (n, S, 8) -> (n, 8, 8)
+    (``sapphire.likelihood.gauss_newton_fisher_matrix`` with the prior term)."""
+    variance = np.asarray(sigma_obs) ** 2 + np.asarray(stderr) ** 2  # (n, S)
+    return gauss_newton_fisher_matrix(jacobian, variance, prior_width)
 
 
 def fisher_comparison(fisher_emu: np.ndarray, fisher_exact: np.ndarray) -> dict[str, np.ndarray]:
@@ -251,7 +254,7 @@ def emulator_report(
         plot_history(emu.training.get("history"), out_dir / "training_history.png"); steps.update(1)
         report["figures"] = sorted(p.name for p in out_dir.glob("*.png"))
     steps.close()
-    (out_dir / "emulator_report.json").write_text(json.dumps(_jsonable(report), indent=1))
+    write_json(out_dir / "emulator_report.json", report)
     return report
 
 
@@ -327,11 +330,11 @@ def learning_curve(
         mean, _ = gp.predict(rows["theta"])
         record("gaussian_process", n, mean, gp.jacobian(rows["theta"]), time.perf_counter() - t0)
     result = {"n_test": int(splits["test"].size), "n_train_max": int(n_max), "ensemble": int(ensemble),
-              "seed": int(seed), "train_kwargs": _jsonable(dict(train_kwargs)), "curves": curves}
+              "seed": int(seed), "train_kwargs": json_ready(dict(train_kwargs)), "curves": curves}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "learning_curve.json").write_text(json.dumps(_jsonable(result), indent=1))
+        write_json(out_dir / "learning_curve.json", result)
         plot_learning_curve(result, out_dir / "learning_curve.png")
     return result
 

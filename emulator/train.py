@@ -1,35 +1,8 @@
-"""Sobolev training of the emulator ensemble (values + exact Jacobians) with optax.
+"""Sobolev training of the emulator ensemble with optax: the loss (:mod:`emulator.loss`) on the
+training split of a training set (:mod:`emulator.data`), K members at once, early stopping, and
+the calibration of the ensemble spread (:mod:`emulator.calibration`).
 
-Loss of one ensemble member on a minibatch of B design points (network spaces, see
-:mod:`emulator.network`)::
-
-    L = mean_{b,i} rho_v(w_i (z_hat_bi - z_bi))  +  lambda * mean_{b,i,j} rho_J(w_i (dz_hat_bi/du_j - dz_bi/du_j))
-
-z the standardised summaries, u the unit-cube parameters; the network Jacobian comes from
-``jax.jacfwd`` and the target from the store's exact ``summary_jacobian`` mapped through the
-same scalings (``Scalings.jacobian_to_network``).  ``lambda = gradient_weight`` (0: values
-only).  rho is 2 x Huber (= r^2 up to ``delta``, linear beyond; ``delta=None``: plain square):
-default ``huber_delta=0.01`` for the Jacobian term (close to an L1 penalty) and
-``value_huber_delta=0.05`` for the values.  Why robust: the exact summaries have near-jumps
-(a halo crossing a sharp transition moves a kernel-regression mean by ~0.05-0.1 dex within
-~0.001-0.01 of a parameter's prior width), where the local exact Jacobian is 10-100x its typical
-size; with squares those few points dominate the fit (measured on the 64-halo development set,
-one member, median test Jacobian error: 0.49 with squares and 0.24 with delta = 1 at 720
-training points; 0.13 with delta = 0.1 at 720; 0.15 with delta = 0.01 at 1,280).  w_i are
-per-summary weights (``summary_weighting``, default ``"sigma_obs"``: residuals in units of the
-observational sigma, rescaled to unit RMS weight).
-
-Data: any training set with the store API of :mod:`training_sets` (``valid_mask``, ``load``,
-``batches``, ``prior``, ``observations``, ``summary_names``, ``fingerprint``) -- a Zarr store
-(path or ``open_training_set`` view), or :class:`InMemoryTrainingSet` (numpy arrays, an .npz
-file, or a dict).  Each epoch streams the training split through ``ts.batches`` in blocks of
-``block_size`` points (for a store: chunk groups through its shuffle buffer, never the whole
-store); inside a block every member draws its own minibatch order, and one compiled
-``lax.scan`` runs the block's optimiser steps for all K members at once (``jax.vmap`` over the
-stacked member parameters).
-
-Design points that are not done, had a failed halo (``n_failed > 0``) or have a non-finite
-entry are excluded before the split and COUNTED (``emu.training["excluded"]``).  The split
+The split
 (train / validation / test) is by design point, seeded.  Early stopping: per member, on the
 validation loss (same loss as training), with ``patience`` epochs; each member's best
 parameters are restored.  The ensemble's spread is then calibrated on the validation split.
@@ -38,12 +11,9 @@ parameters are restored.  The ensemble's spread is then calibrated on the valida
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -51,173 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sapphire.likelihood import summary_names as _summary_names
-from sapphire.observations import Observations
-from sapphire.prior import DEFAULT_PRIOR, Prior
 
 from .artifact import SobolevEmulator
-from .network import Architecture, Scalings, fit_scalings, init_ensemble
-
-DATA_KEYS = ("theta", "summaries", "summary_stderr", "summary_jacobian")
-#: Coverage of +-2 sigma for a Gaussian: the target of the spread calibration.
-TWO_SIGMA_COVERAGE = math.erf(2.0 / math.sqrt(2.0))
-
-
-# ----------------------------------------------------------------------------------------------
-# Data layer: an in-memory training set with the store's API, and the adapter
-# ----------------------------------------------------------------------------------------------
-class InMemoryTrainingSet:
-    """Numpy arrays with the API of ``training_sets.TrainingSet`` (for tests, development
-    data and small experiments).
-
-    Arrays: ``theta`` (N, 8) [physical units], ``summaries`` (N, S), ``summary_stderr`` (N, S),
-    ``summary_jacobian`` (N, S, 8) [d summary / d theta], ``n_failed`` (N,) int (default 0),
-    ``done`` (N,) bool (default True).  ``prior`` (default ``DEFAULT_PRIOR``),
-    ``observations`` (default ``Observations.default()``), ``attrs`` (free metadata).
-    ``fingerprint``: sha256 of the arrays (16 hex digits).
-    """
-
-    schema_version = 0
-
-    def __init__(
-        self,
-        theta,
-        summaries,
-        summary_stderr,
-        summary_jacobian,
-        n_failed=None,
-        done=None,
-        *,
-        prior: Prior = DEFAULT_PRIOR,
-        observations: Observations | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.theta = np.asarray(theta, np.float64)
-        self.summaries = np.asarray(summaries, np.float64)
-        self.summary_stderr = np.asarray(summary_stderr, np.float64)
-        self.summary_jacobian = np.asarray(summary_jacobian, np.float64)
-        n = self.theta.shape[0]
-        self.n_failed = np.zeros(n, np.int64) if n_failed is None else np.asarray(n_failed, np.int64)
-        self.done = np.ones(n, bool) if done is None else np.asarray(done, bool)
-        self.prior = prior
-        self.observations = observations if observations is not None else Observations.default()
-        self.summary_names = _summary_names(self.observations)
-        self.attrs = dict(attrs or {})
-        s, d = len(self.summary_names), prior.ndim
-        expected = {"theta": (n, d), "summaries": (n, s), "summary_stderr": (n, s), "summary_jacobian": (n, s, d),
-                    "n_failed": (n,), "done": (n,)}
-        for name, shape in expected.items():
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"InMemoryTrainingSet: {name} has shape {getattr(self, name).shape}, expected {shape}")
-        digest = hashlib.sha256()
-        for name in expected:
-            digest.update(np.ascontiguousarray(getattr(self, name)).tobytes())
-        digest.update(self.observations.fingerprint().encode())
-        self.fingerprint = digest.hexdigest()[:16]
-
-    @classmethod
-    def from_npz(cls, path: str | os.PathLike, **kwargs) -> "InMemoryTrainingSet":
-        """Arrays named as in the constructor, from an .npz file."""
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed", "done") if k in npz.files}
-        return cls(**arrays, **kwargs)
-
-    @property
-    def n_points(self) -> int:
-        return int(self.theta.shape[0])
-
-    def valid_mask(self) -> np.ndarray:
-        """(N,) bool: done, no failed halo, every summary, stderr and Jacobian entry finite."""
-        finite = (
-            np.isfinite(self.summaries).all(axis=1)
-            & np.isfinite(self.summary_stderr).all(axis=1)
-            & np.isfinite(self.summary_jacobian).all(axis=(1, 2))
-        )
-        return self.done & (self.n_failed == 0) & finite
-
-    def load(self, indices=None) -> dict[str, np.ndarray]:
-        """Rows at ``indices`` (sorted, like the store), as a dict of numpy arrays."""
-        idx = np.arange(self.n_points) if indices is None else np.sort(np.asarray(indices, np.int64))
-        return {name: getattr(self, name)[idx] for name in (*DATA_KEYS, "n_failed")}
-
-    def batches(self, batch_size: int, indices=None, seed: int = 0, buffer_chunks: int = 8) -> Iterator[dict[str, np.ndarray]]:
-        """One seeded shuffled pass over ``indices`` (default: valid rows); last batch partial."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        idx = np.flatnonzero(self.valid_mask()) if indices is None else np.asarray(indices, np.int64)
-        idx = np.random.default_rng(seed).permutation(idx)
-        for start in range(0, idx.size, batch_size):
-            rows = idx[start : start + batch_size]
-            yield {name: getattr(self, name)[rows] for name in (*DATA_KEYS, "n_failed")}
-
-
-def as_training_set(source):
-    """A training set with the store API from: a store view (returned as is), a path to a Zarr
-    store (``training_sets.open_training_set``), a path to an .npz file or a dict of arrays
-    (:class:`InMemoryTrainingSet`)."""
-    if hasattr(source, "valid_mask") and hasattr(source, "batches") and hasattr(source, "load"):
-        return source
-    if isinstance(source, Mapping):
-        return InMemoryTrainingSet(**dict(source))
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ValueError(f"training set {str(path)!r} does not exist")
-        if path.suffix == ".npz":
-            return InMemoryTrainingSet.from_npz(path)
-        from training_sets import open_training_set
-
-        return open_training_set(path)
-    raise ValueError(
-        f"cannot use a {type(source).__name__} as a training set: give a store path, a "
-        "training_sets view, an .npz path, a dict of arrays or an InMemoryTrainingSet"
-    )
-
-
-def exclusion_counts(ts) -> tuple[np.ndarray, dict[str, int]]:
-    """Valid design points (sorted indices) and how many were excluded and why (a point can
-    have several reasons; ``excluded`` counts each point once)."""
-    valid = np.asarray(ts.valid_mask(), bool)
-    done = np.asarray(ts.done, bool)
-    n_failed = np.asarray(ts.n_failed)
-    counts = {
-        "n_points": int(valid.size),
-        "n_valid": int(valid.sum()),
-        "excluded": int((~valid).sum()),
-        "not_done": int((~done).sum()),
-        "failed_halos": int((done & (n_failed > 0)).sum()),
-        "non_finite": int((done & (n_failed == 0) & ~valid).sum()),
-    }
-    return np.flatnonzero(valid), counts
-
-
-def split_design(indices: np.ndarray, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded split of design-point ``indices`` into disjoint ``train``/``val``/``test`` (each
-    sorted), in proportions ``fractions`` (normalised).  At least one validation point is kept
-    whenever there are two or more points."""
-    fractions = np.asarray(fractions, np.float64)
-    if fractions.shape != (3,) or np.any(fractions < 0) or fractions.sum() <= 0 or fractions[0] <= 0:
-        raise ValueError(f"split fractions must be 3 non-negative numbers (train > 0), got {tuple(fractions)}")
-    fractions = fractions / fractions.sum()
-    idx = np.random.default_rng(seed).permutation(np.asarray(indices, np.int64))
-    n = idx.size
-    n_val = int(round(fractions[1] * n))
-    n_test = int(round(fractions[2] * n))
-    if n >= 2 and fractions[1] > 0:
-        n_val = max(n_val, 1)
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise ValueError(f"split {tuple(fractions)} of {n} valid design points leaves no training point")
-    return {"train": idx[:n_train], "val": idx[n_train : n_train + n_val], "test": idx[n_train + n_val :]}
-
-
-def to_network_space(batch: Mapping[str, np.ndarray], scalings: Scalings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u (n, 8), z (n, S), dz/du (n, S, 8)) from a batch of store rows."""
-    u = scalings.to_unit(batch["theta"])
-    z = scalings.standardise(batch["summaries"])
-    jz = scalings.jacobian_to_network(batch["summary_jacobian"])
-    return u, z, jz
-
+from .calibration import calibrate_spread
+from .data import as_training_set, batch_source, exclusion_counts, split_design, to_network_space
+from .loss import SUMMARY_WEIGHTINGS, member_loss, summary_weights
+from .network import Architecture, fit_scalings, init_ensemble
 
 # ----------------------------------------------------------------------------------------------
 # Settings and the compiled steps
@@ -255,48 +64,9 @@ class TrainingSettings:
             raise ValueError("learning rates must be > 0")
 
 
-SUMMARY_WEIGHTINGS = ("standardised", "sigma_obs")
-
-
-def summary_weights(weighting: str, scalings: Scalings, observations: Observations) -> np.ndarray:
-    """Per-summary factors (S,) on the residuals of the loss.  ``"standardised"``: all 1 (errors
-    in units of the training-set standard deviation); ``"sigma_obs"``: std_i / sigma_obs_i,
-    normalised to a root mean square of 1 (errors in units of the observational sigma, the
-    units of the acceptance criteria and of the likelihood)."""
-    if weighting == "standardised":
-        return np.ones_like(scalings.summary_std)
-    ratio = scalings.summary_std / np.asarray(observations.sigma)
-    return ratio / np.sqrt(np.mean(ratio**2))
-
-
-def _penalty(residual, huber_delta):
-    """Mean of 2 * huber(residual, delta) (= residual^2 for |residual| <= delta, linear beyond);
-    plain mean square for ``huber_delta=None``."""
-    if huber_delta is None:
-        return jnp.mean(residual**2)
-    return 2.0 * jnp.mean(optax.huber_loss(residual, delta=huber_delta))
-
-
-def _member_loss(graphdef, decoder, gradient_weight, huber_delta, value_huber_delta, weights, params, u, z, jz):
-    """Sobolev loss of one member on (u (B, 8), z (B, S), jz (B, S, 8)):
-    (total, (value mse, jacobian penalty))."""
-    from flax import nnx
-
-    net = nnx.merge(graphdef, params)
-
-    def out(x):
-        y = net(x) @ decoder
-        return y, y
-
-    jac, value = jax.vmap(jax.jacfwd(out, has_aux=True))(u)
-    value_penalty = _penalty(weights * (value - z), value_huber_delta)
-    jac_penalty = _penalty(weights[:, None] * (jac - jz), huber_delta)
-    return value_penalty + gradient_weight * jac_penalty, (value_penalty, jac_penalty)
-
-
 def _make_steps(graphdef, decoder, settings: "TrainingSettings", weights, tx):
     decoder, weights = jnp.asarray(decoder), jnp.asarray(weights)
-    loss = lambda p, u, z, jz: _member_loss(graphdef, decoder, settings.gradient_weight, settings.huber_delta,
+    loss = lambda p, u, z, jz: member_loss(graphdef, decoder, settings.gradient_weight, settings.huber_delta,
                                             settings.value_huber_delta, weights, p, u, z, jz)
     grad_fn = jax.vmap(jax.value_and_grad(loss, has_aux=True))
 
@@ -473,7 +243,7 @@ def train_emulator(
     run_block, evaluate, keep_best = _make_steps(graphdef, scalings.decoder, settings, weights, tx)
 
     val_u, val_z, val_jz = (jnp.asarray(a) for a in to_network_space(ts.load(splits["val"]), scalings))
-    batch_source, batch_idx = _batch_source(ts, train_idx)
+    source, batch_idx = batch_source(ts, train_idx)
     best_params = params
     best_val = np.full(settings.ensemble, np.inf)
     best_epoch = np.zeros(settings.ensemble, np.int64)
@@ -483,7 +253,7 @@ def train_emulator(
     try:
         for epoch in range(settings.epochs):
             epoch_losses = []
-            blocks = batch_source.batches(n_block, indices=batch_idx, seed=_seed(settings.seed, epoch))
+            blocks = source.batches(n_block, indices=batch_idx, seed=_seed(settings.seed, epoch))
             for block_no, block in enumerate(blocks):
                 u, z, jz = to_network_space(block, scalings)
                 n_rows = u.shape[0]
@@ -542,44 +312,6 @@ def train_emulator(
         "gradient_weight": settings.gradient_weight,
     }
     return emu
-
-
-#: A training split up to this size is read from the store once and shuffled in memory; a
-#: larger one streams from the store every epoch (measured on this project's 2-core CPU: the
-#: 1,280 training rows of a 1,600-point store streamed at ~0.8 s per epoch, in memory ~0.05 s).
-IN_MEMORY_LIMIT_BYTES = 512 * 2**20
-
-
-def _batch_source(ts, train_idx: np.ndarray):
-    """(training set to draw minibatches from, its indices of the training rows)."""
-    if isinstance(ts, InMemoryTrainingSet):
-        return ts, train_idx
-    n_theta, n_summary = ts.prior.ndim, len(ts.summary_names)
-    n_bytes = train_idx.size * 8 * (n_theta + n_summary * (2 + n_theta) + 1)
-    if n_bytes > IN_MEMORY_LIMIT_BYTES:
-        return ts, train_idx
-    rows = ts.load(train_idx)  # sorted, like train_idx
-    return InMemoryTrainingSet(**rows, prior=ts.prior, observations=ts.observations), np.arange(train_idx.size)
-
-
-def calibrate_spread(emu: SobolevEmulator, rows: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Factor c on the ensemble spread such that a fraction ``TWO_SIGMA_COVERAGE`` (95.45%)
-    of the errors |mean - exact| on ``rows`` (the validation split) lies inside +-2 c spread,
-    over all points and summaries.  Returns the factor and the raw / calibrated coverage."""
-    mean, spread = (np.asarray(a) for a in emu.predict(rows["theta"], calibrated=False))
-    err = np.abs(mean - rows["summaries"])
-    if emu.ensemble_size < 2 or not np.all(spread > 0):
-        return {"factor": 1.0, "raw_coverage": float(np.mean(err <= 2 * spread)), "calibrated_coverage": float("nan"),
-                "n_points": int(err.shape[0])}
-    ratio = err / (2.0 * spread)
-    factor = float(np.quantile(ratio, TWO_SIGMA_COVERAGE))
-    factor = max(factor, 1e-3)
-    return {
-        "factor": factor,
-        "raw_coverage": float(np.mean(ratio <= 1.0)),
-        "calibrated_coverage": float(np.mean(ratio <= factor)),
-        "n_points": int(err.shape[0]),
-    }
 
 
 # ----------------------------------------------------------------------------------------------

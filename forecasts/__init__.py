@@ -15,6 +15,7 @@ error scaling), ``plots`` (figures).
 """
 
 import sapphire  # noqa: F401  (enables float64 before any array is made)
+from sapphire.likelihood import gaussian_log_likelihood  # the one Gaussian likelihood, re-exported
 
 from .campaigns import (
     ALL_RELATION_SETS,
@@ -28,7 +29,7 @@ from .campaigns import (
 )
 from .crossval import CrossValidationReport, Thresholds, classifier_two_sample_auc, cross_validate
 from .fisher import FisherResult, finite_difference_hessian, fisher_result, gauss_newton_fisher, laplace
-from .forward import EmulatorForward, ExactForward, ForwardModel, LinearGaussianForward, ValueAndGrad, gaussian_log_likelihood
+from .forward import EmulatorForward, ExactForward, ForwardModel, LinearGaussianForward, ValueAndGrad
 from .hmc import CheckpointMismatch, HmcResult, run_hmc
 from .optimize import MapOptions, MapResult, find_map
 

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 import sapphire
-from sapphire.likelihood import latin_hypercube
+from sapphire.prior import latin_hypercube
 from sapphire.observations import RELATION_NAMES, Observations, Relation
 
 from .fisher import gauss_newton_fisher, laplace
-from .forward import EmulatorForward, ExactForward, ForwardModel, _resolve_fixed, _resolve_free
+from .forward import EmulatorForward, ExactForward, ForwardModel, resolve_fixed, resolve_free
 from .hmc import run_hmc
 from .optimize import MapOptions, find_map
 
@@ -229,11 +229,11 @@ def mock_recovery(
     factory = forward_factory or exact_factory(model, halos, obs, free=free, fixed=fixed)
     probe = factory(obs, None, 1.0)
     free_names, free_index, fixed_full = probe.free_names, list(probe.free_index), np.array(probe.fixed)
-    if free is not None and _resolve_free(free, probe.parameter_names) != probe.free_index:
-        wanted = tuple(probe.parameter_names[i] for i in _resolve_free(free, probe.parameter_names))
+    if free is not None and resolve_free(free, probe.parameter_names) != probe.free_index:
+        wanted = tuple(probe.parameter_names[i] for i in resolve_free(free, probe.parameter_names))
         raise ValueError(f"forward_factory frees {probe.free_names}, but free = {wanted}")
     if fixed is not None:
-        wanted = _resolve_fixed(fixed, probe.full_prior, probe.free_index)
+        wanted = resolve_fixed(fixed, probe.full_prior, probe.free_index)
         held = [i for i in range(len(fixed_full)) if i not in free_index]
         if not np.allclose(wanted[held], fixed_full[held], rtol=0, atol=1e-12):
             names = [probe.parameter_names[i] for i in held]

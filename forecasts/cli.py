@@ -1,5 +1,6 @@
-"""``sapphire forecast``, ``sapphire validate`` and ``sapphire recover`` (issue 6; registered by
-sapphire/cli.py through :func:`register`).
+"""``sapphire forecast``, ``sapphire validate`` and ``sapphire recover`` (a ``sapphire.commands``
+entry point, :func:`register`).  The problem the options describe: forecasts/problem.py; the
+shared steps (MAP, Fisher cache, HMC checkpoints): forecasts/steps.py.
 
 Thin: each subcommand parses its options into the objects of the ``forecasts`` package, calls
 the same functions a notebook would, writes JSON and PNG files under ``--out`` and prints a
@@ -28,346 +29,27 @@ options end with a message naming the offending value (``SystemExit``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-RELATIONS = ("smhm", "gas_ratio", "mzr")
 HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
 
+from sapphire.cli_common import add_solver_options
+from sapphire.jsonio import write_json
 
-# ------------------------------------------------------------------------------------------------
-# Loaders (module level so that tests can replace them)
-# ------------------------------------------------------------------------------------------------
-def load_emulator(path, observations=None):
-    """``emulator.SobolevEmulator.load(path, observations)``."""
-    from emulator import SobolevEmulator
-
-    return SobolevEmulator.load(path, observations=observations)
-
-
-def exact_forward(model, halos, obs, **kwargs):
-    """``forecasts.ExactForward(model, halos, obs, **kwargs)``."""
-    from .forward import ExactForward
-
-    return ExactForward(model, halos, obs, **kwargs)
-
-
-def emulator_forward(emu, obs, include_emulator_error: bool = True, **kwargs):
-    """``forecasts.EmulatorForward(emu, obs, include_emulator_error, **kwargs)``."""
-    from .forward import EmulatorForward
-
-    return EmulatorForward(emu, obs, include_emulator_error, **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------
-# Option parsing
-# ------------------------------------------------------------------------------------------------
-def _fail(args, message: str) -> SystemExit:
-    return SystemExit(f"sapphire {args.command}: {message}")
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _parse_names(args, text: str | None, choices, option: str) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    names = _split(text)
-    if not names:
-        raise _fail(args, f"{option}: no name given; choose from {', '.join(choices)}")
-    for name in names:
-        if name not in choices:
-            raise _fail(args, f"{option}: unknown name {name!r}; choose from {', '.join(choices)}")
-    if len(set(names)) != len(names):
-        raise _fail(args, f"{option}: a name is given twice in {text!r}")
-    return tuple(names)
-
-
-def _parse_vector(args, text: str | None, option: str, prior=None) -> np.ndarray | None:
-    """8 comma-separated numbers in ``sapphire.PARAMETER_NAMES`` order (inside ``prior`` if given)."""
-    import sapphire
-
-    if text is None:
-        return None
-    names = sapphire.PARAMETER_NAMES
-    try:
-        values = np.array([float(v) for v in _split(text)], dtype=np.float64)
-    except ValueError:
-        raise _fail(args, f"{option} must be {len(names)} comma-separated numbers ({', '.join(names)}); got {text!r}") from None
-    if values.shape != (len(names),):
-        raise _fail(args, f"{option} needs {len(names)} values ({', '.join(names)}); got {values.size} in {text!r}")
-    if prior is not None:
-        try:
-            prior.validate(values)
-        except ValueError as err:
-            raise _fail(args, f"{option}: {err}") from None
-    return values
-
-
-def _parse_sigma_scale(args, text: str):
-    try:
-        if "=" not in text:
-            value = float(text)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError
-            return value
-        scale = {}
-        for item in _split(text):
-            name, _, value = item.partition("=")
-            name = name.strip()
-            if name not in RELATIONS:
-                raise _fail(args, f"--sigma-scale: unknown relation {name!r}; choose from {', '.join(RELATIONS)}")
-            scale[name] = float(value)
-            if not (np.isfinite(scale[name]) and scale[name] > 0):
-                raise ValueError
-        return scale
-    except ValueError:
-        raise _fail(args, f"--sigma-scale must be a positive number or relation=number pairs (smhm=0.5,mzr=1); got {text!r}") from None
-
-
-def _parse_relation_sets(args, text: str) -> list[tuple[str, ...]] | None:
-    """None for 'all', else the sets separated by ';' (names checked; presence in the data later)."""
-    if text.strip() == "all":
-        return None
-    sets = [_parse_names(args, part, RELATIONS, "--relation-sets") for part in text.split(";") if part.strip()]
-    if not sets:
-        raise _fail(args, f"--relation-sets: no relation set in {text!r} (e.g. 'all' or 'smhm,mzr;smhm')")
-    return sets
-
-
-def _available_relation_sets(args, sets, available: tuple[str, ...]) -> list[tuple[str, ...]]:
-    from .campaigns import ALL_RELATION_SETS
-
-    if sets is None:
-        return [s for s in ALL_RELATION_SETS if set(s) <= set(available)]
-    for s in sets:
-        missing = [r for r in s if r not in available]
-        if missing:
-            raise _fail(args, f"--relation-sets: relation {missing[0]!r} is not in the observations ({', '.join(available)})")
-    return sets
-
-
-# ------------------------------------------------------------------------------------------------
-# The problem: data, exact model, emulator, free/fixed
-# ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Problem:
-    """What the options describe (before any forward model is built)."""
-
-    obs: Any  # sapphire.Observations compared with (all relations; the mock if --mock-theta)
-    model: Any = None  # sapphire.Model or None
-    halos: Any = None  # sapphire.HaloPopulation or None
-    emu: Any = None
-    truth: np.ndarray | None = None  # (8,) the mock's theta
-    free: tuple[str, ...] | None = None
-    fixed: np.ndarray | None = None  # (8,) or None (prior centre)
-    relations: tuple[str, ...] | None = None
-    sigma_scale: Any = 1.0
-    info: dict = dataclasses.field(default_factory=dict)
-
-    def free_truth(self, fm) -> np.ndarray | None:
-        return None if self.truth is None else self.truth[list(fm.free_index)]
-
-
-def _load_observations(args):
-    import sapphire
-
-    if args.observations is None:
-        return sapphire.Observations.default()
-    path = Path(args.observations)
-    if not path.is_file():
-        raise _fail(args, f"--observations: no file {str(path)!r}")
-    try:
-        return sapphire.Observations.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise _fail(args, f"--observations {str(path)!r}: not an Observations JSON ({type(err).__name__}: {err})") from None
-
-
-def _exact_model(args, why: str, mock_text: str | None = None):
-    """(model, halos, info, mock theta or None) from --store or --halos; --mock-theta is checked
-    against the model's prior before the halos are made."""
-    import sapphire
-    from sapphire.cli import _model_from_args
-
-    store, n_halos = getattr(args, "store", None), getattr(args, "halos", None)
-    if store is not None and n_halos is not None:
-        raise _fail(args, "give --halos or --store, not both")
-    if store is None and n_halos is None:
-        raise _fail(args, f"{why} needs the exact model: give --halos N (diffmah halos) or --store TS.zarr")
-    if store is not None:
-        import training_sets
-        from training_sets.generate import model_from_attrs
-
-        if not Path(store).exists():
-            raise _fail(args, f"--store: no training-set store at {store!r}")
-        try:
-            ts = training_sets.open_training_set(store)
-            model = model_from_attrs(ts.attrs)
-            truth = _parse_vector(args, mock_text, "--mock-theta", model.prior)
-            halos = ts.halos()
-        except (ValueError, KeyError, OSError) as err:
-            raise _fail(args, f"--store {store!r}: {err}") from None
-        return model, halos, {"source": "store", "store": str(store), "store_fingerprint": ts.fingerprint,
-                              "n_halos": int(halos.n_halos), "solver": model.settings.to_dict()}, truth
-    if n_halos < 2:
-        raise _fail(args, f"--halos must be >= 2, got {n_halos}")
-    model = _model_from_args(args)
-    truth = _parse_vector(args, mock_text, "--mock-theta", model.prior)
-    try:
-        halos = sapphire.HaloPopulation.from_diffmah(n_halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
-    except ValueError as err:
-        raise _fail(args, f"--halos: {err}") from None
-    return model, halos, {"source": "diffmah", "n_halos": int(n_halos), "halo_seed": args.halo_seed,
-                          "logm": [args.logm_min, args.logm_max], "solver": model.settings.to_dict()}, truth
-
-
-def _emulator(args):
-    if args.emulator is None:
-        raise _fail(args, "the emulator forward model needs --emulator PATH (a saved SobolevEmulator)")
-    if not Path(args.emulator).exists():
-        raise _fail(args, f"--emulator: no emulator at {args.emulator!r}")
-    try:
-        return load_emulator(args.emulator, None)
-    except ValueError as err:
-        raise _fail(args, f"--emulator: {err}") from None
-
-
-def build_problem(args, *, need_exact: bool, need_emulator: bool, allow_mock: bool = True) -> Problem:
-    """Parse the shared options into a :class:`Problem` (making the mock if asked)."""
-    import sapphire
-
-    from . import campaigns
-
-    free = _parse_names(args, args.free, sapphire.PARAMETER_NAMES, "--free")
-    relations = _parse_names(args, getattr(args, "relations", None), RELATIONS, "--relations")
-    sigma_scale = _parse_sigma_scale(args, args.sigma_scale)
-    fixed = _parse_vector(args, args.fixed, "--fixed")
-    mock_text = getattr(args, "mock_theta", None) if allow_mock else None
-    obs = _load_observations(args)
-    if relations is not None:
-        missing = [r for r in relations if r not in obs.names]
-        if missing:
-            raise _fail(args, f"--relations: {missing[0]!r} is not in the observations ({', '.join(obs.names)})")
-    problem = Problem(obs=obs, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale)
-    problem.info["observations"] = {"source": args.observations or "Observations.default()", "fingerprint": obs.fingerprint()}
-    if need_emulator:  # before the exact model: its errors are cheaper to find
-        problem.emu = _emulator(args)
-        problem.info["emulator"] = {"path": str(args.emulator), "repr": repr(problem.emu)}
-    truth = None
-    if need_exact or mock_text is not None:
-        why = "--mock-theta" if not need_exact else ("--forward exact" if args.command == "forecast" else f"sapphire {args.command}")
-        problem.model, problem.halos, problem.info["exact"], truth = _exact_model(args, why, mock_text)
-    store_fp = problem.info.get("exact", {}).get("store_fingerprint")
-    emu_fp = getattr(problem.emu, "store_fingerprint", None)
-    if store_fp is not None and emu_fp is not None and store_fp != emu_fp:
-        _note(args, f"the emulator was trained on store {emu_fp}, not on --store {args.store} ({store_fp})")
-    if truth is not None:
-        try:
-            problem.obs = campaigns.mock_observations(problem.model, problem.halos, obs, truth)
-        except ValueError as err:
-            raise _fail(args, f"--mock-theta: {err}") from None
-        problem.truth = truth
-        if problem.fixed is None:
-            problem.fixed = truth
-        problem.info["mock_theta"] = truth.tolist()
-    return problem
-
-
-def make_forward(args, problem: Problem, kind: str):
-    """The forward model of ``kind`` ("exact" or "emulator") for the problem."""
-    common = dict(free=problem.free, fixed=problem.fixed, relations=problem.relations, sigma_scale=problem.sigma_scale)
-    try:
-        if kind == "exact":
-            return exact_forward(problem.model, problem.halos, problem.obs, **common)
-        return emulator_forward(problem.emu, problem.obs, not args.no_emulator_error, **common)
-    except ValueError as err:
-        raise _fail(args, f"{kind} forward model: {err}") from None
-
-
-# ------------------------------------------------------------------------------------------------
-# Steps shared by the subcommands
-# ------------------------------------------------------------------------------------------------
-def _note(args, text: str) -> None:
-    print(f"note: {text}")
-
-
-def _expansion_point(args, fm, problem: Problem):
-    """(theta_free, MapResult dict or None): the MAP from --starts starts, or the truth."""
-    from .optimize import find_map
-
-    if args.fisher_at == "truth":
-        if problem.truth is None:
-            raise _fail(args, "--fisher-at truth needs --mock-theta")
-        return np.asarray(problem.free_truth(fm)), None
-    if args.starts < 1:
-        raise _fail(args, f"--starts must be >= 1, got {args.starts}")
-    fit = find_map(fm, args.starts, seed=args.seed)
-    return fit.best, fit.to_dict()
-
-
-def _fisher(args, fm, theta):
-    from .fisher import gauss_newton_fisher, laplace
-
-    if args.hessian == "gauss-newton":
-        return gauss_newton_fisher(fm, theta)
-    return laplace(fm, theta, method=None if args.hessian == "auto" else args.hessian)
-
-
-def _fisher_from_dict(d: dict):
-    from .fisher import fisher_result
-
-    return fisher_result(np.asarray(d["matrix"], dtype=np.float64), d["names"], np.asarray(d["theta"]), kind=d["kind"])
-
-
-def _laplace_step(args, fm, problem: Problem, cache: Path | None = None):
-    """(point, map dict or None, FisherResult); with ``cache``, reused when the forward model's
-    fingerprint and the settings match (validate reruns)."""
-    settings = {"fingerprint": fm.fingerprint(), "fisher_at": args.fisher_at, "starts": args.starts, "seed": args.seed,
-                "hessian": args.hessian}
-    if cache is not None and cache.exists():
-        try:
-            saved = json.loads(cache.read_text())
-            if saved.get("settings") == settings:
-                return np.asarray(saved["point"]), saved["map"], _fisher_from_dict(saved["fisher"])
-        except (ValueError, KeyError, TypeError):
-            pass
-    point, fit = _expansion_point(args, fm, problem)
-    fisher = _fisher(args, fm, point)
-    if cache is not None:
-        from sapphire.cli import _write_json
-
-        _write_json(cache, {"settings": settings, "point": np.asarray(point), "map": fit, "fisher": fisher.to_dict()})
-    return point, fit, fisher
-
-
-def _progress_bar(args, description: str, total: int):
-    """An HMC progress bar unless ``--quiet``."""
-    from .hmc import progress_bar
-
-    return None if args.quiet else progress_bar(description, total)
-
-
-def _hmc(args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path | None, init_point=None, label: str = "HMC"):
-    from .hmc import CheckpointMismatch, run_hmc
-
-    if chains < 1 or warmup < 0 or draws < 1:
-        raise _fail(args, f"HMC needs chains >= 1, warmup >= 0, draws >= 1; got {chains}, {warmup}, {draws}")
-    init = None
-    if args.hmc_init == "map" and init_point is not None:
-        low, width = np.asarray(fm.prior.low), np.asarray(fm.prior.width)
-        init = np.clip(np.asarray(init_point, dtype=np.float64), low + 1e-6 * width, low + (1 - 1e-6) * width)
-    try:
-        return run_hmc(fm, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=args.seed, init=init,
-                       checkpoint=checkpoint, time_limit_s=args.time_limit,
-                       progress=_progress_bar(args, label, warmup + draws))
-    except CheckpointMismatch as err:
-        raise _fail(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
+from .problem import (
+    Problem,
+    available_relation_sets,
+    build_problem,
+    make_forward,
+    note,
+    option_error,
+    parse_relation_sets,
+    split_list,
+)
+from .steps import fisher_draws, hmc_step, laplace_step
 
 
 def _fmt(value, spec: str = ".4g") -> str:
@@ -387,19 +69,12 @@ def _header(args, fm, problem: Problem) -> None:
           f"({fm.n_summary} summaries); sigma scale {fm.sigma_scale}; data: {data}")
 
 
-def _fisher_draws(fisher, n: int, seed: int) -> np.ndarray | None:
-    if fisher.covariance is None:
-        return None
-    return np.random.default_rng(seed).multivariate_normal(fisher.theta, fisher.covariance, size=n)
-
-
 # ------------------------------------------------------------------------------------------------
 # sapphire forecast
 # ------------------------------------------------------------------------------------------------
 def cmd_forecast(args: argparse.Namespace) -> int:
     """MAP, Laplace (Fisher) at the MAP and optionally HMC for one forward model."""
     import sapphire
-    from sapphire.cli import _write_json
 
     from .plots import corner_overlay, fisher_ellipses
 
@@ -411,20 +86,20 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     if problem.truth is not None:
         (out / "mock_observations.json").write_text(problem.obs.to_json())
     _header(args, fm, problem)
-    point, fit, fisher = _laplace_step(args, fm, problem)
+    point, fit, fisher = laplace_step(args, fm, problem)
     post = None
     if args.hmc:
         checkpoint = None if args.checkpoint is None else Path(args.checkpoint or out / "hmc_checkpoint.pkl")
         if checkpoint is None and args.time_limit is not None:
             checkpoint = out / "hmc_checkpoint.pkl"  # a run cut by the time limit must be resumable
-        post = _hmc(args, fm, chains=args.chains, warmup=args.warmup, draws=args.draws, checkpoint=checkpoint, init_point=point)
+        post = hmc_step(args, fm, chains=args.chains, warmup=args.warmup, draws=args.draws, checkpoint=checkpoint, init_point=point)
         post.save(out / "hmc_samples.npz")
     truth = problem.free_truth(fm)
 
     # figure: HMC with the Laplace Gaussian overlaid, or the Fisher ellipses alone
     if post is not None and post.samples.shape[1] >= 2:
         sets, labels = [post.flat], [f"HMC ({post.samples.shape[0]} x {post.samples.shape[1]})"]
-        draws = _fisher_draws(fisher, 4000, args.seed)
+        draws = fisher_draws(fisher, 4000, args.seed)
         if draws is not None:
             sets.append(draws)
             labels.append(f"Fisher ({fisher.kind})")
@@ -439,7 +114,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         "hmc": None if post is None else post.summary(),
         "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
     }
-    _write_json(out / "forecast.json", payload)
+    write_json(out / "forecast.json", payload)
 
     # table
     if fit is not None:
@@ -475,7 +150,6 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Emulator-versus-exact posterior cross-check on the same problem."""
     import sapphire
-    from sapphire.cli import _write_json
 
     from .crossval import Thresholds, cross_validate
 
@@ -483,7 +157,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problem = build_problem(args, need_exact=True, need_emulator=True)
     forwards = {"emulator": make_forward(args, problem, "emulator"), "exact": make_forward(args, problem, "exact")}
     if tuple(forwards["emulator"].prior.low) != tuple(forwards["exact"].prior.low) or tuple(forwards["emulator"].prior.high) != tuple(forwards["exact"].prior.high):
-        _note(args, f"the emulator's prior box {forwards['emulator'].prior.to_dict()} differs from the exact model's "
+        note(args, f"the emulator's prior box {forwards['emulator'].prior.to_dict()} differs from the exact model's "
                     f"{forwards['exact'].prior.to_dict()}: the two posteriors are truncated differently")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -501,9 +175,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     results = {}
     for label, fm in forwards.items():  # the emulator first: cheap, and an early look
         _header(args, fm, problem)
-        point, fit, fisher = _laplace_step(args, fm, problem, cache=out / f"laplace_{label}.json")
+        point, fit, fisher = laplace_step(args, fm, problem, cache=out / f"laplace_{label}.json")
         chains, warmup, draws = sizes[label]
-        post = _hmc(args, fm, chains=chains, warmup=warmup, draws=draws, checkpoint=out / f"hmc_{label}.pkl",
+        post = hmc_step(args, fm, chains=chains, warmup=warmup, draws=draws, checkpoint=out / f"hmc_{label}.pkl",
                     init_point=point, label=f"{label} HMC")
         post.save(out / f"hmc_{label}.npz")
         results[label] = {"fm": fm, "point": point, "map": fit, "fisher": fisher, "post": post}
@@ -521,7 +195,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         report = cross_validate(exact["post"], emu["post"], fisher_reference=exact["fisher"], fisher_candidate=emu["fisher"],
                                 thresholds=thresholds, labels=("exact", "emulator"), seed=args.seed)
     except ValueError as err:
-        raise _fail(args, f"cross-validation: {err}") from None
+        raise option_error(args, f"cross-validation: {err}") from None
     truth = problem.free_truth(exact["fm"])
     payload = report.to_dict() | {
         "problem": problem.info, "truth": truth,
@@ -530,7 +204,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                  for label, r in results.items()},
         "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
     }
-    _write_json(out / "crossval.json", payload)
+    write_json(out / "crossval.json", payload)
     fm = exact["fm"]
     intro = (f"# sapphire validate\n\nFree: {', '.join(fm.free_names)}; relations: {', '.join(fm.relations)}; sigma scale "
              f"{fm.sigma_scale}; data: {'mock at ' + str(np.round(problem.truth, 4).tolist()) if problem.truth is not None else problem.info['observations']['source']}; "
@@ -556,20 +230,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Mock parameter recovery over relation sets, optionally the error-scaling forecast."""
     import sapphire
-    from sapphire.cli import _write_json
 
     from . import campaigns
 
     started = time.perf_counter()
     if args.truths < 1:
-        raise _fail(args, f"--truths must be >= 1, got {args.truths}")
+        raise option_error(args, f"--truths must be >= 1, got {args.truths}")
     if args.starts < 1:
-        raise _fail(args, f"--starts must be >= 1, got {args.starts}")
+        raise option_error(args, f"--starts must be >= 1, got {args.starts}")
     if not 0 <= args.truth_margin < 0.5:
-        raise _fail(args, f"--truth-margin must lie in [0, 0.5), got {args.truth_margin}")
-    sets = _parse_relation_sets(args, args.relation_sets)
+        raise option_error(args, f"--truth-margin must lie in [0, 0.5), got {args.truth_margin}")
+    sets = parse_relation_sets(args, args.relation_sets)
     problem = build_problem(args, need_exact=True, need_emulator=args.forward == "emulator", allow_mock=False)
-    sets = _available_relation_sets(args, sets, problem.obs.names)
+    sets = available_relation_sets(args, sets, problem.obs.names)
     # the mocks carry the (scaled) observational errors: fold --sigma-scale into the observations
     obs = problem.obs if problem.sigma_scale == 1.0 else problem.obs.scaled(problem.sigma_scale)
     if args.forward == "emulator":
@@ -591,9 +264,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
             progress=None if args.quiet else (lambda line: print("  " + line)),
         )
     except ValueError as err:
-        raise _fail(args, str(err)) from None
+        raise option_error(args, str(err)) from None
     data = report.to_dict() | {"problem": problem.info, "settings_cli": _settings(args), "sapphire_version": sapphire.__version__}
-    _write_json(out / "recovery.json", data)
+    write_json(out / "recovery.json", data)
     written = [out / "recovery.json", report.plot(out / "recovery.png")]
 
     names = report.free
@@ -616,7 +289,7 @@ def _checked_factory(args, factory, obs):
     try:
         return factory(obs, None, 1.0)
     except ValueError as err:
-        raise _fail(args, f"{args.forward} forward model: {err}") from None
+        raise option_error(args, f"{args.forward} forward model: {err}") from None
 
 
 def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
@@ -624,11 +297,11 @@ def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
     from . import campaigns
 
     try:
-        scales = [float(v) for v in _split(args.scales)]
+        scales = [float(v) for v in split_list(args.scales)]
     except ValueError:
-        raise _fail(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}") from None
+        raise option_error(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}") from None
     if not scales or any(not (np.isfinite(s) and s > 0) for s in scales):
-        raise _fail(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}")
+        raise option_error(args, f"--scales must be comma-separated positive numbers; got {args.scales!r}")
     theta8 = np.array(probe.fixed)  # --fixed (all 8 entries), or the prior centre
     try:
         mock = campaigns.mock_observations(problem.model, problem.halos, obs, theta8)
@@ -638,7 +311,7 @@ def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
             n_starts=args.starts, seed=args.seed, hessian_method=hessian,
         )
     except ValueError as err:
-        raise _fail(args, f"--error-scaling: {err}") from None
+        raise option_error(args, f"--error-scaling: {err}") from None
     print(f"error scaling at theta = {np.round(theta8, 4).tolist()} (noise-free mock), all relations of the observations")
     print(f"{'scale':>7} " + " ".join(f"{n:>10}" for n in scaling.free) + "   (Fisher sigma; HMC std in brackets)")
     for row in scaling.rows:
@@ -652,7 +325,7 @@ def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
 # ------------------------------------------------------------------------------------------------
 # Registration
 # ------------------------------------------------------------------------------------------------
-def _add_problem_options(p: argparse.ArgumentParser, add_solver_options, *, mock: bool = True, relations: bool = True) -> None:
+def _add_problem_options(p: argparse.ArgumentParser, *, mock: bool = True, relations: bool = True) -> None:
     g = p.add_argument_group("problem")
     g.add_argument("--emulator", help="saved emulator (SobolevEmulator artifact directory)")
     g.add_argument("--no-emulator-error", action="store_true", help="leave the emulator's error estimate out of the likelihood")
@@ -695,12 +368,12 @@ def _add_hmc_options(p: argparse.ArgumentParser, *, chains: int = 4, warmup: int
     g.add_argument("--time-limit", type=float, help="stop HMC after about this many seconds (exit 2; rerun resumes from the checkpoint)")
 
 
-def register(sub, add_solver_options) -> None:
+def register(sub) -> None:
     """Add the ``forecast``, ``validate`` and ``recover`` subcommands to the ``sapphire`` parser."""
     p = sub.add_parser("forecast", help="MAP, Fisher (Laplace) and optionally HMC with the emulator or the exact model",
                        description=cmd_forecast.__doc__ + " Writes forecast.json, corner.png (and hmc_samples.npz).")
     p.add_argument("--forward", default="emulator", choices=["emulator", "exact"], help="forward model (default emulator)")
-    _add_problem_options(p, add_solver_options)
+    _add_problem_options(p)
     _add_fit_options(p)
     p.add_argument("--hmc", action="store_true", help="also run NUTS")
     _add_hmc_options(p)
@@ -713,7 +386,7 @@ def register(sub, add_solver_options) -> None:
                        description=cmd_validate.__doc__ + " HMC checkpoints and Laplace results live in OUT, so a rerun "
                        "resumes. Writes crossval.json, crossval.md, crossval_corner.png, crossval_fisher.png. Exit 0 "
                        "whatever the verdict unless --strict (1 on FAIL); 2 if HMC stopped at --time-limit.")
-    _add_problem_options(p, add_solver_options)
+    _add_problem_options(p)
     _add_fit_options(p)
     _add_hmc_options(p)
     g = p.add_argument_group("exact-model HMC sizes (default: as the emulator's)")
@@ -733,7 +406,7 @@ def register(sub, add_solver_options) -> None:
                        description=cmd_recover.__doc__ + " Mocks come from the exact model (--halos or --store); fits "
                        "use --forward. Writes recovery.json, recovery.png (and error_scaling.json/.png).")
     p.add_argument("--forward", default="emulator", choices=["emulator", "exact"], help="forward model fitted (default emulator)")
-    _add_problem_options(p, add_solver_options, mock=False, relations=False)
+    _add_problem_options(p, mock=False, relations=False)
     _add_fit_options(p, fisher_at=False, gauss_newton=False)
     p.set_defaults(starts=4)
     g = p.add_argument_group("campaign")

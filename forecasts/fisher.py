@@ -22,7 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .forward import ForwardModel, _jit_value_and_grad, _log_likelihood
+from sapphire.likelihood import gauss_newton_fisher_matrix
+
+from .forward import ForwardModel, jit_value_and_grad, log_likelihood_at
 
 __all__ = ["FisherResult", "fisher_result", "laplace", "gauss_newton_fisher", "finite_difference_hessian"]
 
@@ -143,7 +145,7 @@ def finite_difference_hessian(fun: Callable, x, step) -> np.ndarray:
     return H
 
 
-_jit_hessian = jax.jit(jax.hessian(lambda spec, data, theta: -_log_likelihood(spec, data, theta), argnums=2), static_argnums=0)
+_jit_hessian = jax.jit(jax.hessian(lambda spec, data, theta: -log_likelihood_at(spec, data, theta), argnums=2), static_argnums=0)
 
 
 def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step: float = 1e-4) -> FisherResult:
@@ -161,10 +163,10 @@ def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step
     method = fm.hessian_method if method is None else method
     theta_j = fm.check_theta(theta)
     if method == "autodiff":
-        H = np.asarray(_jit_hessian(fm._spec, fm._data, theta_j))
+        H = np.asarray(_jit_hessian(fm.spec, fm.data, theta_j))
     elif method == "fd_grad":
         steps = relative_step * fm.prior.width
-        grad = lambda t: np.asarray(_jit_value_and_grad(fm._spec, fm._data, jnp.asarray(t))[1])  # noqa: E731
+        grad = lambda t: np.asarray(jit_value_and_grad(fm.spec, fm.data, jnp.asarray(t))[1])  # noqa: E731
         theta_np = np.asarray(theta_j)
         columns = []
         for j in range(fm.n_free):
@@ -177,17 +179,18 @@ def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step
     return fisher_result(H, fm.free_names, np.asarray(theta_j), kind=f"laplace ({method})")
 
 
-def gauss_newton_fisher(fm: ForwardModel, theta) -> FisherResult:
+def gauss_newton_fisher(fm: ForwardModel, theta, *, prior_term: bool = False) -> FisherResult:
     """Gauss-Newton Fisher matrix F = J^T C^-1 J at ``theta`` (n_free,).
 
     J = d mean / d theta_free (S, n_free) (``fm.summary_jacobian``) and C = diag(model variance +
     sigma_obs^2) at theta.  The theta-dependence of C (the model's standard error or the
     emulator error) is neglected, as are second derivatives of the mean: F equals the Laplace
-    Hessian only for a linear mean with constant variance (the toy).
+    Hessian only for a linear mean with constant variance (the toy).  ``prior_term=True`` adds
+    diag(12 / width^2) of the free parameters' prior box, the convention of the emulator report
+    (``sapphire.likelihood.gauss_newton_fisher_matrix``).
     """
     theta_j = fm.check_theta(theta)
-    J = fm._eager_jacobian(theta_j)
-    _, model_variance, _ = fm._eager_predict(theta_j)
-    C = model_variance + fm.sigma**2
-    F = J.T @ (J / C[:, None])
-    return fisher_result(F, fm.free_names, np.asarray(theta_j), kind="gauss-newton")
+    J = fm.summary_jacobian_numpy(theta_j)
+    _, model_variance, _ = fm.predict_with_failures_numpy(theta_j)
+    F = gauss_newton_fisher_matrix(J, model_variance + fm.sigma**2, fm.prior.width if prior_term else None)
+    return fisher_result(F, fm.free_names, np.asarray(theta_j), kind="gauss-newton" + (" + prior" if prior_term else ""))

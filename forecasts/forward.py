@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sapphire
-from sapphire.likelihood import summary_function
+from sapphire.likelihood import gaussian_log_likelihood, safe_square, summary_function
 from sapphire.observations import Observations
 from sapphire.prior import Prior
 
@@ -49,7 +49,11 @@ __all__ = [
     "EmulatorForward",
     "LinearGaussianForward",
     "ValueAndGrad",
-    "gaussian_log_likelihood",
+    "ForwardSpec",
+    "log_likelihood_at",
+    "jit_value_and_grad",
+    "resolve_free",
+    "resolve_fixed",
 ]
 
 
@@ -60,7 +64,7 @@ class ValueAndGrad(NamedTuple):
     grad: np.ndarray
 
 
-class _Spec(NamedTuple):
+class ForwardSpec(NamedTuple):
     """Hashable structure of a forward model (a static jit argument)."""
 
     cls: type
@@ -68,48 +72,32 @@ class _Spec(NamedTuple):
     extra: Any  # subclass-specific, hashable
 
 
-def _safe_square(x):
-    """x^2 where x is finite, NaN elsewhere, with a zero (never NaN) cotangent at non-finite x."""
-    finite = jnp.isfinite(x)
-    return jnp.where(finite, jnp.where(finite, x, 0.0) ** 2, jnp.nan)
-
-
-def gaussian_log_likelihood(mean, model_variance, y, sigma) -> jax.Array:
-    """sum_i log N(y_i | mean_i, model_variance_i + sigma_i^2), all arrays (S,); ``-inf`` (gradient
-    0, never NaN) if any mean or variance is not finite.  Same value as
-    ``sapphire.likelihood.gaussian_log_likelihood`` with ``stderr = sqrt(model_variance)``, but in
-    variances, so that a zero model variance has a finite derivative."""
-    finite = jnp.isfinite(mean) & jnp.isfinite(model_variance)
-    mean = jnp.where(finite, mean, y)
-    model_variance = jnp.where(finite, model_variance, 0.0)
-    var = model_variance + sigma**2
-    terms = -0.5 * ((mean - y) ** 2 / var + jnp.log(2.0 * jnp.pi * var))
-    return jnp.where(jnp.all(finite), jnp.sum(terms), -jnp.inf)
-
-
 # ------------------------------------------------------------------------------------------------
 # Pure functions of (spec, data, theta_free); the methods of ForwardModel call these.
 # ------------------------------------------------------------------------------------------------
-def _full_theta(spec: _Spec, data, theta_free):
+def _full_theta(spec: ForwardSpec, data, theta_free):
     theta_free = jnp.asarray(theta_free, jnp.float64)
     return data["fixed"].at[np.asarray(spec.free_index)].set(theta_free)
 
 
-def _predict_with_failures(spec: _Spec, data, theta_free):
+def _predict_with_failures(spec: ForwardSpec, data, theta_free):
     return spec.cls._predict_full(spec.extra, data, _full_theta(spec, data, theta_free))
 
 
-def _predict(spec: _Spec, data, theta_free):
+def _predict(spec: ForwardSpec, data, theta_free):
     mean, model_variance, _ = _predict_with_failures(spec, data, theta_free)
     return mean, model_variance
 
 
-def _log_likelihood(spec: _Spec, data, theta_free):
+def log_likelihood_at(spec: ForwardSpec, data, theta_free):
+    """ln L of the forward model ``(spec, data)`` (``fm.spec``, ``fm.data``) at ``theta_free``
+    (n_free,): the pure, traceable function behind ``ForwardModel.log_likelihood``, for code
+    that jits or samples many forward models of one structure (MAP, Laplace, HMC)."""
     mean, model_variance = _predict(spec, data, theta_free)
     return gaussian_log_likelihood(mean, model_variance, data["y"], data["sigma"])
 
 
-def _summary_jacobian(spec: _Spec, data, theta_free):
+def _summary_jacobian(spec: ForwardSpec, data, theta_free):
     custom = getattr(spec.cls, "_jacobian_full", None)
     if custom is not None:
         jac = custom(spec.extra, data, _full_theta(spec, data, theta_free))
@@ -117,7 +105,8 @@ def _summary_jacobian(spec: _Spec, data, theta_free):
     return jax.jacfwd(lambda t: _predict(spec, data, t)[0])(jnp.asarray(theta_free, jnp.float64))
 
 
-_jit_value_and_grad = jax.jit(jax.value_and_grad(_log_likelihood, argnums=2), static_argnums=0)
+#: ``(spec, data, theta_free) -> (ln L, d ln L / d theta_free)``, compiled once per ``spec``.
+jit_value_and_grad = jax.jit(jax.value_and_grad(log_likelihood_at, argnums=2), static_argnums=0)
 _jit_predict = jax.jit(_predict_with_failures, static_argnums=0)
 _jit_summary_jacobian = jax.jit(_summary_jacobian, static_argnums=0)
 
@@ -125,7 +114,8 @@ _jit_summary_jacobian = jax.jit(_summary_jacobian, static_argnums=0)
 # ------------------------------------------------------------------------------------------------
 # Base class
 # ------------------------------------------------------------------------------------------------
-def _resolve_free(free, names: tuple[str, ...]) -> tuple[int, ...]:
+def resolve_free(free, names: tuple[str, ...]) -> tuple[int, ...]:
+    """Sorted indices of the free parameters ``free`` (names or indices; None: all of ``names``)."""
     if free is None:
         return tuple(range(len(names)))
     items = (free,) if isinstance(free, (str, int, np.integer)) else tuple(free)
@@ -146,7 +136,9 @@ def _resolve_free(free, names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(sorted(index))
 
 
-def _resolve_fixed(fixed, prior: Prior, free_index: tuple[int, ...]) -> np.ndarray:
+def resolve_fixed(fixed, prior: Prior, free_index: tuple[int, ...]) -> np.ndarray:
+    """The full (n_params,) read-only parameter vector: the prior centre, or ``fixed`` (array in
+    ``prior.names`` order, or a mapping name -> value), with the held values checked."""
     names = prior.names
     full = prior.centre.astype(np.float64)
     if fixed is None:
@@ -195,7 +187,7 @@ def _observation_fields(selected: Observations) -> dict:
     """The ``_setup`` arguments that come from the (selected, scaled) observations."""
     return {
         "observations": selected, "relations": selected.names, "y": selected.y, "sigma": selected.sigma,
-        "summary_names": sapphire.likelihood.summary_names(selected),
+        "summary_names": sapphire.population_summaries.summary_names(selected),
     }
 
 
@@ -247,8 +239,8 @@ class ForwardModel:
         extra_data: dict,
         description: dict,
     ) -> None:
-        free_index = _resolve_free(free, tuple(parameter_names))
-        fixed_full = _resolve_fixed(fixed, full_prior, free_index)
+        free_index = resolve_free(free, tuple(parameter_names))
+        fixed_full = resolve_fixed(fixed, full_prior, free_index)
         y, sigma = _frozen(y), _frozen(sigma)
         if y.shape != sigma.shape or y.ndim != 1:
             raise ValueError(f"y and sigma must be 1-D arrays of equal length; got {y.shape} and {sigma.shape}")
@@ -269,8 +261,8 @@ class ForwardModel:
             "y": y,
             "sigma": sigma,
             "summary_names": tuple(summary_names),
-            "_spec": _Spec(type(self), free_index, extra_spec),
-            "_data": {"y": jnp.asarray(y), "sigma": jnp.asarray(sigma), "fixed": jnp.asarray(fixed_full), **extra_data},
+            "spec": ForwardSpec(type(self), free_index, extra_spec),
+            "data": {"y": jnp.asarray(y), "sigma": jnp.asarray(sigma), "fixed": jnp.asarray(fixed_full), **extra_data},
             "_description": description,
         }
         for key, value in values.items():
@@ -309,31 +301,31 @@ class ForwardModel:
     # ---- the forward model ----------------------------------------------------------------
     def full_theta(self, theta_free) -> jax.Array:
         """(n_params,) full parameter vector: ``fixed`` with the free entries replaced."""
-        return _full_theta(self._spec, self._data, self.check_theta(theta_free))
+        return _full_theta(self.spec, self.data, self.check_theta(theta_free))
 
     def log_likelihood(self, theta_free) -> jax.Array:
         """ln L at ``theta_free`` (n_free,): float64 scalar, traceable and differentiable (module
         docstring).  A concrete theta is checked against the box (``ValueError``)."""
-        return _log_likelihood(self._spec, self._data, self.check_theta(theta_free))
+        return log_likelihood_at(self.spec, self.data, self.check_theta(theta_free))
 
     def log_likelihood_and_grad(self, theta_free) -> ValueAndGrad:
         """ln L and d ln L / d theta_free (n_free,), jitted (compiled once per structure)."""
-        value, grad = _jit_value_and_grad(self._spec, self._data, self.check_theta(theta_free))
+        value, grad = jit_value_and_grad(self.spec, self.data, self.check_theta(theta_free))
         return ValueAndGrad(float(value), np.asarray(grad))
 
     def predict(self, theta_free) -> tuple[jax.Array, jax.Array]:
         """(mean (S,), model_variance (S,)) of the compared summaries; traceable."""
-        return _predict(self._spec, self._data, self.check_theta(theta_free))
+        return _predict(self.spec, self.data, self.check_theta(theta_free))
 
     def summary_jacobian(self, theta_free) -> jax.Array:
         """d mean / d theta_free, shape (S, n_free); traceable."""
-        return _summary_jacobian(self._spec, self._data, self.check_theta(theta_free))
+        return _summary_jacobian(self.spec, self.data, self.check_theta(theta_free))
 
     def diagnostics(self, theta_free) -> dict:
         """Eager: ``log_likelihood``, ``n_failed`` (halos excluded; 0 except for the exact
         model), ``finite`` (all predictions finite)."""
-        mean, variance, n_failed = self._eager_predict(self.check_theta(theta_free))
-        value = gaussian_log_likelihood(jnp.asarray(mean), jnp.asarray(variance), self._data["y"], self._data["sigma"])
+        mean, variance, n_failed = self.predict_with_failures_numpy(self.check_theta(theta_free))
+        value = gaussian_log_likelihood(jnp.asarray(mean), jnp.asarray(variance), self.data["y"], self.data["sigma"])
         return {
             "log_likelihood": float(value),
             "n_failed": int(n_failed),
@@ -341,14 +333,14 @@ class ForwardModel:
         }
 
     # ---- eager evaluations (overridden by the exact model to reuse Model's compiled solves) ----
-    def _eager_predict(self, theta) -> tuple[np.ndarray, np.ndarray, int]:
+    def predict_with_failures_numpy(self, theta) -> tuple[np.ndarray, np.ndarray, int]:
         """(mean (S,), model_variance (S,), n_failed) at a checked theta, as NumPy."""
-        mean, variance, n_failed = _jit_predict(self._spec, self._data, theta)
+        mean, variance, n_failed = _jit_predict(self.spec, self.data, theta)
         return np.asarray(mean), np.asarray(variance), int(n_failed)
 
-    def _eager_jacobian(self, theta) -> np.ndarray:
+    def summary_jacobian_numpy(self, theta) -> np.ndarray:
         """(S, n_free) d mean / d theta_free at a checked theta, as NumPy."""
-        return np.asarray(_jit_summary_jacobian(self._spec, self._data, theta))
+        return np.asarray(_jit_summary_jacobian(self.spec, self.data, theta))
 
     # ---- identity ----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -439,14 +431,14 @@ class ExactForward(ForwardModel):
     @staticmethod
     def _predict_full(extra, data, theta_full):
         mean, stderr, success = data["summaries"](theta_full)
-        return mean, _safe_square(stderr), jnp.sum(~success)
+        return mean, safe_square(stderr), jnp.sum(~success)
 
-    def _eager_predict(self, theta):
+    def predict_with_failures_numpy(self, theta):
         # Model.summaries runs the compiled solve that Model.evolve uses (no new compilation).
         s = self.model.summaries(np.asarray(self.full_theta(theta)), self.halos, self.observations)
         return np.asarray(s.mean), np.asarray(s.stderr) ** 2, int(s.n_failed)
 
-    def _eager_jacobian(self, theta):
+    def summary_jacobian_numpy(self, theta):
         # Model.summary_jacobian: the compiled sensitivity solve of Model.jacobian.
         jac = self.model.summary_jacobian(np.asarray(self.full_theta(theta)), self.halos, self.observations)
         return np.asarray(jac)[:, list(self.free_index)]
@@ -549,7 +541,7 @@ class EmulatorForward(ForwardModel):
         mean, error = emu.obj.predict(theta_full)
         index = np.asarray(index)
         mean = jnp.asarray(mean)[index]
-        variance = _safe_square(jnp.asarray(error)[index]) if with_error else jnp.zeros_like(mean)
+        variance = safe_square(jnp.asarray(error)[index]) if with_error else jnp.zeros_like(mean)
         return mean, variance, jnp.zeros((), jnp.int32)
 
     @staticmethod

@@ -34,7 +34,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, init_to_uniform
 
-from .forward import ForwardModel, _log_likelihood
+from .forward import ForwardModel, log_likelihood_at
 
 __all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 
@@ -327,7 +327,7 @@ def run_hmc(
         raise ValueError(f"block_size must be >= 1; got {block_size}")
     t_call = time.perf_counter()
     prior_dist = _prior_distribution(fm, prior)
-    spec, data, n_free = fm._spec, fm._data, fm.n_free
+    spec, data, n_free = fm.spec, fm.data, fm.n_free
     settings = {
         "num_chains": int(num_chains), "num_warmup": int(num_warmup), "seed": int(seed), "prior": _prior_tag(prior_dist),
         "dense_mass": bool(dense_mass), "target_accept_prob": float(target_accept_prob), "max_tree_depth": int(max_tree_depth),
@@ -338,7 +338,7 @@ def run_hmc(
 
     def model():
         theta = numpyro.sample("theta", prior_dist)
-        numpyro.factor("log_likelihood", _log_likelihood(spec, data, theta))
+        numpyro.factor("log_likelihood", log_likelihood_at(spec, data, theta))
 
     checkpoint = None if checkpoint is None else Path(checkpoint)
     saved = None

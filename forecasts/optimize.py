@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sapphire.likelihood import latin_hypercube
+from sapphire.prior import latin_hypercube
 
-from .forward import ForwardModel, _log_likelihood, _Spec
+from .forward import ForwardModel, log_likelihood_at, ForwardSpec
 
 __all__ = ["MapOptions", "MapResult", "find_map"]
 
@@ -116,10 +116,10 @@ def _optimizer(options: MapOptions) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
 
-def _run_one(spec: _Spec, data, low, width, u0, options: MapOptions):
+def _run_one(spec: ForwardSpec, data, low, width, u0, options: MapOptions):
     """One start: (u_end, loss_end, steps, converged)."""
     opt = _optimizer(options)
-    loss_fn = lambda u: -_log_likelihood(spec, data, low + width * u)  # noqa: E731
+    loss_fn = lambda u: -log_likelihood_at(spec, data, low + width * u)  # noqa: E731
     value_and_grad = jax.value_and_grad(loss_fn)
 
     def cond(carry):
@@ -199,9 +199,9 @@ def find_map(
     vectorize = fm.vectorizable if vectorize is None else bool(vectorize)
     t0 = time.perf_counter()
     if vectorize:
-        u, loss, steps, converged = _run_vectorized(fm._spec, fm._data, low, width, u0, options)
+        u, loss, steps, converged = _run_vectorized(fm.spec, fm.data, low, width, u0, options)
     else:
-        outs = [_run_single(fm._spec, fm._data, low, width, u0[i], options) for i in range(u0.shape[0])]
+        outs = [_run_single(fm.spec, fm.data, low, width, u0[i], options) for i in range(u0.shape[0])]
         u, loss, steps, converged = (jnp.stack(parts) for parts in zip(*outs))
     u, loss, steps, converged = (np.asarray(a) for a in (u, loss, steps, converged))
     wall = time.perf_counter() - t0

@@ -9,7 +9,6 @@ checkpoints), so an interrupted quickstart picks up where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 import sapphire
-from sapphire.cli import _write_json as write_json  # the CLI's strict JSON writer (NaN -> null)
+from sapphire.jsonio import write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +80,6 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
     import training_sets
     from emulator import SobolevEmulator, emulator_report, train_emulator
     from training_sets.generate import model_from_attrs
-    from training_sets.store import read_halos
 
     from .campaigns import mock_observations
     from .crossval import cross_validate
@@ -108,7 +106,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
 
     stages.run("training sets", training_sets_stage)
     train = training_sets.open_training_set(out / "train.zarr")
-    state["model"], state["halos"] = model_from_attrs(train.attrs), read_halos(train._root)
+    state["model"], state["halos"] = model_from_attrs(train.attrs), train.halos()
 
     # 2. Emulator (retrained only if the training store changed).
     def emulator_stage() -> str:

@@ -29,8 +29,8 @@
 # A good prior brackets every data point with room to spare, without being absurdly wide.
 #
 # This is the notebook version of `sapphire ppc` (which also offers `--corners`: the 256 corners
-# of the box); it calls the same functions: `sapphire.likelihood.latin_hypercube`,
-# `Model.summaries`, `sapphire.likelihood.predictive_coverage` and
+# of the box); it calls the same functions: `sapphire.prior.latin_hypercube`,
+# `Model.summaries`, `sapphire.predictive.predictive_coverage` and
 # `sapphire.plots.prior_predictive_bands`.
 
 # %%
@@ -45,7 +45,9 @@ import numpy as np
 import sapphire
 from sapphire.plots import save_and_show
 from sapphire import plots
-from sapphire.likelihood import latin_hypercube, predictive_coverage, summary_names
+from sapphire.population_summaries import summary_names
+from sapphire.predictive import predictive_coverage
+from sapphire.prior import latin_hypercube
 
 TINY = os.environ.get("SAPPHIRE_NOTEBOOK_SIZE", "small") == "tiny"
 OUT = Path(os.environ.get("SAPPHIRE_NOTEBOOK_OUT", "runs/notebooks")) / "02_prior_predictive"

@@ -17,12 +17,13 @@ from .devices import set_host_device_count  # noqa: E402
 from .halos import HaloForcing, HaloPopulation  # noqa: E402
 from .model import Evolution, Model  # noqa: E402
 from .observations import Observations, Relation  # noqa: E402
-from .likelihood import LikelihoodResult, Summaries, log_likelihood, log_likelihood_and_grad  # noqa: E402
+from .likelihood import LikelihoodResult, log_likelihood, log_likelihood_and_grad  # noqa: E402
+from .population_summaries import Summaries  # noqa: E402
 from .physics import STATE_NAMES  # noqa: E402
 from .prior import DEFAULT_PRIOR, PARAMETER_NAMES, Prior  # noqa: E402
 from .solve import SolverSettings  # noqa: E402
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 __all__ = [
     "DEFAULT_CONFIG", "DEFAULT_PRIOR", "PARAMETER_NAMES", "PLANCK15", "STATE_NAMES", "Cosmology",

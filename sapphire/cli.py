@@ -12,18 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-
-def _parse_theta(text: str | None, prior) -> np.ndarray:
-    if text is None:
-        return prior.centre
-    try:
-        values = np.array([float(v) for v in text.split(",")])
-    except ValueError:
-        raise SystemExit(f"--theta must be {prior.ndim} comma-separated numbers ({', '.join(prior.names)}); got {text!r}")
-    try:
-        return prior.validate(values)
-    except ValueError as err:
-        raise SystemExit(f"--theta: {err}")
+from .cli_common import add_solver_options, model_from_options, parse_theta
+from .jsonio import write_json
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -36,7 +26,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     prior = sapphire.DEFAULT_PRIOR
-    theta = _parse_theta(args.theta, prior)
+    theta = parse_theta(args.theta, prior)
     model = sapphire.Model(solver=args.solver, rtol=args.rtol)
     halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
     batch = min(args.batch, halos.n_halos)
@@ -98,15 +88,6 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     return 0 if success.all() else 3
 
 
-def _model_from_args(args: argparse.Namespace):
-    import sapphire
-
-    try:
-        return sapphire.Model(solver=args.solver, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps)
-    except ValueError as err:
-        raise SystemExit(f"solver options: {err}")
-
-
 def _append_halos(first, second):
     """One population with the halos of ``first`` followed by those of ``second`` (same grid)."""
     import jax.numpy as jnp
@@ -129,27 +110,6 @@ def _append_halos(first, second):
     )
 
 
-def _json_ready(value):
-    """NaN/inf -> None (strict JSON), numpy -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    return value
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(_json_ready(payload), indent=1, allow_nan=False))
-
-
 def _check_counts(args: argparse.Namespace, min_halos: int) -> None:
     if args.halos < min_halos:
         raise SystemExit(f"--halos must be >= {min_halos}, got {args.halos}")
@@ -163,14 +123,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     parameter dominates per mass bin."""
     import sapphire
     from sapphire import plots
-    from sapphire.likelihood import latin_hypercube
+    from sapphire.prior import latin_hypercube
     from tqdm import tqdm
 
     _check_counts(args, 2)
     if args.bins < 1:
         raise SystemExit(f"--bins must be >= 1, got {args.bins}")
     prior = sapphire.DEFAULT_PRIOR
-    model = _model_from_args(args)
+    model = model_from_options(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     sample = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
@@ -235,7 +195,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "halo_fingerprint": halos.fingerprint(),
         "sapphire_version": sapphire.__version__,
     }
-    _write_json(out_dir / "sensitivity.json", payload)
+    write_json(out_dir / "sensitivity.json", payload)
 
     print(f"{len(thetas)} solves (prior centre + {args.draws} draws) x {halos.n_halos} halos in {elapsed:.1f} s; "
           f"failed halos per draw: {failed_per_draw.tolist()}")
@@ -254,12 +214,13 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     corners), against the default data."""
     import sapphire
     from sapphire import plots
-    from sapphire.likelihood import latin_hypercube, predictive_coverage
+    from sapphire.predictive import predictive_coverage
+    from sapphire.prior import latin_hypercube
     from tqdm import tqdm
 
     _check_counts(args, 2)
     prior = sapphire.DEFAULT_PRIOR
-    model = _model_from_args(args)
+    model = model_from_options(args)
     obs = sapphire.Observations.default()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,9 +265,9 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         "halo_fingerprint": halos.fingerprint(),
         "sapphire_version": sapphire.__version__,
     }
-    _write_json(out_dir / "ppc.json", payload)
+    write_json(out_dir / "ppc.json", payload)
     np.savez_compressed(out_dir / "ppc_draws.npz", thetas=thetas, kind=np.array(kinds), mean=means, stderr=stderrs,
-                        n_failed=failed, names=np.array(sapphire.likelihood.summary_names(obs)))
+                        n_failed=failed, names=np.array(sapphire.population_summaries.summary_names(obs)))
 
     print(f"{n_draw} draws x {args.halos} halos in {elapsed:.1f} s; draws with failed halos: "
           f"{payload['draws_with_failures']} (failed halo solves in total: {payload['failed_halos_total']})")
@@ -321,14 +282,20 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_solver_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", default="auto", choices=["auto", "tsit5", "kvaerno3", "kvaerno5"])
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-6)
-    p.add_argument("--max-steps", type=int, default=16384)
-    p.add_argument("--logm-min", type=float, default=10.0)
-    p.add_argument("--logm-max", type=float, default=12.5)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+#: The order in which the other packages' subcommands appear in ``sapphire --help``.
+COMMAND_GROUP_ORDER = ("training_sets", "emulator", "forecasts", "quickstart")
+
+
+def register_plugin_commands(sub) -> None:
+    """Add the subcommands that other packages declare as ``sapphire.commands`` entry points
+    (pyproject.toml): each entry point is a ``register(subparsers)`` function.  The engine
+    imports none of them by name, so imports flow one way."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group="sapphire.commands")}
+    rank = {name: i for i, name in enumerate(COMMAND_GROUP_ORDER)}
+    for name in sorted(found, key=lambda n: (rank.get(n, len(rank)), n)):
+        found[name].load()(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
     p.add_argument("--bins", type=int, default=5, help="halo-mass bins (default 5)")
     p.add_argument("--out", default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)")
-    _add_solver_options(p)
+    add_solver_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("ppc", help="prior predictive bands of the three relations with the data")
@@ -364,20 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corners", action="store_true", help="add the 256 corners of the prior box")
     p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
     p.add_argument("--out", default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
-    _add_solver_options(p)
+    add_solver_options(p)
     p.set_defaults(func=cmd_ppc)
 
-    # The other packages' subcommands (imported here only: sapphire itself never imports them).
-    from training_sets.cli import register as register_training_sets
-
-    from emulator.cli import register as register_emulator
-    from forecasts.cli import register as register_forecasts
-    from forecasts.quickstart import register as register_quickstart
-
-    register_training_sets(sub, _add_solver_options)
-    register_emulator(sub)
-    register_forecasts(sub, _add_solver_options)
-    register_quickstart(sub)
+    register_plugin_commands(sub)
     return parser
 
 

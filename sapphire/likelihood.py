@@ -53,8 +53,6 @@ tight, may count different failures).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -63,44 +61,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .config import ModelConfig
 from .halos import HaloPopulation
+from .model import Model
 from .observations import Observations
-from .solve import SolverSettings
-from .summaries import summary_statistics
+from .population_summaries import (
+    SummaryKernel,
+    check_observations,
+    differentiable_summaries,
+    placed_summaries,
+    placed_summaries_and_jacobian,
+)
 
 __all__ = [
-    "Summaries",
     "LikelihoodResult",
-    "summary_names",
     "log_likelihood",
     "log_likelihood_and_grad",
     "gaussian_log_likelihood",
+    "safe_square",
     "summary_function",
-    "latin_hypercube",
-    "predictive_coverage",
+    "gauss_newton_fisher_matrix",
 ]
 
 ON_FAILURE = ("exclude", "reject")
-
-
-class Summaries(NamedTuple):
-    """What ``Model.summaries`` returns.
-
-    Attributes:
-        mean: (n_summary,) kernel-regression means [dex, or 12 + log(O/H)], in the order of
-            ``names`` (module docstring).
-        stderr: (n_summary,) their standard errors (local scatter / sqrt(n_eff)).
-        n_failed: number of halos whose solve failed (excluded from the regressions).
-        names: (n_summary,) ``"<relation>@<x>"``, e.g. ``"smhm@10.25"``, ``"mzr@8.5"``.
-        success: (n_halo,) bool, per halo.
-    """
-
-    mean: jax.Array
-    stderr: jax.Array
-    n_failed: int
-    names: tuple[str, ...]
-    success: jax.Array
 
 
 class LikelihoodResult(NamedTuple):
@@ -113,28 +95,13 @@ class LikelihoodResult(NamedTuple):
     n_failed: int
 
 
-def summary_names(obs: Observations) -> tuple[str, ...]:
-    """``"<relation>@<x>"`` for every entry of the stacked summary vector of ``obs``."""
-    return tuple(f"{rel.name}@{x:g}" for rel in obs.relations for x in rel.x)
-
-
 # ----------------------------------------------------------------------------------------------
 # Checks
 # ----------------------------------------------------------------------------------------------
 def _check_model(model):
-    from .model import Model
-
     if not isinstance(model, Model):
         raise ValueError(f"model must be a sapphire.Model, got {type(model).__name__}")
     return model
-
-
-def _check_obs(obs) -> Observations:
-    if obs is None:
-        return Observations.default()
-    if not isinstance(obs, Observations):
-        raise ValueError(f"obs must be a sapphire.Observations, got {type(obs).__name__}")
-    return obs
 
 
 def _check_sigma_scale(sigma_scale):
@@ -174,108 +141,6 @@ def _check_on_failure(on_failure: str) -> str:
     return on_failure
 
 
-# ----------------------------------------------------------------------------------------------
-# Summaries from solved states (small jitted pieces; the solve is Model's own compiled _evolve)
-# ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("observations", "config"))
-def _summaries_from_states(log_mhalo, log_state, success, observations: Observations, config: ModelConfig):
-    return summary_statistics(log_mhalo, log_state, success, observations, config)
-
-
-@functools.partial(jax.jit, static_argnames=("observations", "config"))
-def _summaries_and_jacobian_from_states(log_mhalo, log_state, success, state_jacobian, observations, config):
-    """(mean, stderr, d mean/d theta, d stderr/d theta): the kernel regression's derivative in
-    the log states, contracted with the state Jacobian (n_halo, 7, 8).  Failed halos' rows (NaN)
-    are zeroed first: they have zero weight."""
-    state_jacobian = jnp.where(success[:, None, None], state_jacobian, 0.0)
-    (mean, stderr), linear = jax.linearize(
-        lambda ls: summary_statistics(log_mhalo, ls, success, observations, config), log_state
-    )
-    jac_mean, jac_stderr = jax.vmap(linear, in_axes=2, out_axes=1)(state_jacobian)
-    return mean, stderr, jac_mean, jac_stderr
-
-
-def _solve(theta, forcings, settings: SolverSettings, config: ModelConfig, with_jacobian: bool):
-    """z = 0 (log_mhalo (n,), log_state (n, 7), success (n,), jacobian (n, 7, 8) or None)."""
-    from .model import _evolve
-
-    return _at_z0(_evolve(theta, forcings, None, settings, config, with_jacobian))
-
-
-def _solve_concrete(model, theta, halos: HaloPopulation, with_jacobian: bool):
-    """:func:`_solve` for a concrete theta, placed on the devices by ``Model.evolve_placed``."""
-    return _at_z0(model.evolve_placed(theta, halos, None, with_jacobian))
-
-
-def _at_z0(evolved):
-    log_state, log_mhalo, solution, _, jacobian = evolved
-    return (
-        log_mhalo[:, 0],
-        log_state[:, 0],
-        solution.success,
-        None if jacobian is None else jacobian[:, 0],
-    )
-
-
-def _summaries_with_jacobian(theta, forcings, settings, config, observations):
-    solved = _solve(theta, forcings, settings, config, True)
-    return _summaries_and_jacobian_from_solve(solved, observations, config)
-
-
-def _summaries_and_jacobian_from_solve(solved, observations, config):
-    log_mhalo, log_state, success, jacobian = solved
-    mean, stderr, jac_mean, jac_stderr = _summaries_and_jacobian_from_states(
-        log_mhalo, log_state, success, jacobian, observations, config
-    )
-    return mean, stderr, success, jac_mean, jac_stderr
-
-
-def _concrete_summaries(model, theta, halos, observations):
-    """(mean, stderr, success) for a concrete theta (no derivative)."""
-    log_mhalo, log_state, success, _ = _solve_concrete(model, theta, halos, False)
-    mean, stderr = _summaries_from_states(log_mhalo, log_state, success, observations, model.config)
-    return mean, stderr, success
-
-
-def _concrete_summaries_with_jacobian(model, theta, halos, observations):
-    solved = _solve_concrete(model, theta, halos, True)
-    return _summaries_and_jacobian_from_solve(solved, observations, model.config)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _summary_function(settings, config, observations, theta, forcings):
-    """(mean, stderr, success) of the population at theta; differentiable in theta."""
-    log_mhalo, log_state, success, _ = _solve(theta, forcings, settings, config, False)
-    mean, stderr = _summaries_from_states(log_mhalo, log_state, success, observations, config)
-    return mean, stderr, success
-
-
-@_summary_function.defjvp
-def _summary_function_jvp(settings, config, observations, primals, tangents):
-    theta, forcings = primals
-    theta_dot = tangents[0]  # the halo forcing is not differentiated
-    mean, stderr, success, jac_mean, jac_stderr = _summaries_with_jacobian(theta, forcings, settings, config, observations)
-    # A summary that is not finite (< 2 valid halos) has no derivative: zero rows, so that a
-    # reverse-mode cotangent of 0 there gives 0 rather than 0 * NaN.
-    jac_mean = jnp.where(jnp.isfinite(mean)[:, None], jac_mean, 0.0)
-    jac_stderr = jnp.where(jnp.isfinite(stderr)[:, None], jac_stderr, 0.0)
-    no_tangent = np.zeros(success.shape, dtype=jax.dtypes.float0)
-    return (mean, stderr, success), (jac_mean @ theta_dot, jac_stderr @ theta_dot, no_tangent)
-
-
-@dataclasses.dataclass(frozen=True)
-class _SummaryKernel:
-    """The static part of :func:`summary_function` (hashable: equal settings, config and
-    relation geometry give equal kernels, hence shared jit compilations)."""
-
-    settings: SolverSettings
-    config: ModelConfig
-    observations: Observations
-
-    def __call__(self, forcings, theta):
-        return _summary_function(self.settings, self.config, self.observations, jnp.asarray(theta, jnp.float64), forcings)
-
-
 def summary_function(model, halos: HaloPopulation, obs: Observations | None = None) -> jax.tree_util.Partial:
     """A traceable ``theta (8,) -> (mean, stderr, success)`` of ``model`` on ``halos``.
 
@@ -295,72 +160,53 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     data set (y, sigma) and every population of the same size.
     """
     model = _check_model(model)
-    obs = _check_obs(obs)
+    obs = check_observations(obs)
     halos = model.check_halos(halos)
     geometry = Observations(tuple(
         type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size), detection_limit=rel.detection_limit)
         for rel in obs.relations
     ))
-    return jax.tree_util.Partial(_SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
-
-
-def model_summaries(model, theta, halos, obs) -> Summaries:
-    """Implementation of ``Model.summaries`` (primal solve; no derivatives)."""
-    obs = _check_obs(obs)
-    theta = model.check_theta(theta)
-    halos = model.check_halos(halos)
-    mean, stderr, success = _concrete_summaries(model, theta, halos, obs)
-    return Summaries(
-        mean=mean,
-        stderr=stderr,
-        n_failed=int(np.sum(~np.asarray(success))),
-        names=summary_names(obs),
-        success=success,
-    )
-
-
-def model_summaries_with_jacobian(model, theta, halos, obs) -> tuple[Summaries, jax.Array]:
-    """Implementation of ``Model.summaries_with_jacobian``."""
-    obs = _check_obs(obs)
-    theta = model.check_theta(theta)
-    halos = model.check_halos(halos)
-    mean, stderr, success, jac_mean, _ = _concrete_summaries_with_jacobian(model, theta, halos, obs)
-    summaries = Summaries(
-        mean=mean, stderr=stderr, n_failed=int(np.sum(~np.asarray(success))), names=summary_names(obs), success=success
-    )
-    return summaries, jac_mean
-
-
-def model_summary_jacobian(model, theta, halos, obs, with_stderr: bool = False):
-    """Implementation of ``Model.summary_jacobian``."""
-    obs = _check_obs(obs)
-    theta = model.check_theta(theta)
-    halos = model.check_halos(halos)
-    _, _, _, jac_mean, jac_stderr = _concrete_summaries_with_jacobian(model, theta, halos, obs)
-    return (jac_mean, jac_stderr) if with_stderr else jac_mean
+    return jax.tree_util.Partial(SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
 
 
 # ----------------------------------------------------------------------------------------------
 # Likelihood
 # ----------------------------------------------------------------------------------------------
-@jax.jit
-def gaussian_log_likelihood(mean, stderr, y, sigma, mask, sigma_scale=1.0):
-    """sum over mask of log N(y_i | mean_i, stderr_i^2 + (sigma_scale sigma_i)^2).
+def safe_square(x):
+    """x^2 where x is finite, NaN elsewhere, with a zero (never NaN) cotangent at non-finite x."""
+    finite = jnp.isfinite(x)
+    return jnp.where(finite, jnp.where(finite, x, 0.0) ** 2, jnp.nan)
 
-    Independent Gaussians, normalisation included (the variance depends on theta through the
-    model's standard error).  ``-inf`` if a selected mean or stderr is not finite; its gradient
-    is then 0 (never NaN: non-finite entries are replaced before any arithmetic).
+
+def gaussian_log_likelihood(mean, model_variance, y, sigma, mask=None) -> jax.Array:
+    """sum_i log N(y_i | mean_i, model_variance_i + sigma_i^2) over the entries selected by
+    ``mask`` (bool, default all); arrays (S,).
+
+    Independent Gaussians, normalisation included (the model variance may depend on theta).
+    ``-inf`` if a selected mean or variance is not finite; its gradient is then 0, never NaN
+    (non-finite entries are replaced before any arithmetic).  Written in variances so that a
+    zero model variance has a finite derivative.  The one Gaussian likelihood of sapphire:
+    :func:`log_likelihood` and every forecast forward model evaluate it.
     """
-    finite = jnp.isfinite(mean) & jnp.isfinite(stderr)
+    finite = jnp.isfinite(mean) & jnp.isfinite(model_variance)
     mean = jnp.where(finite, mean, y)
-    stderr = jnp.where(finite, stderr, 0.0)
-    var = stderr**2 + (sigma_scale * sigma) ** 2
+    model_variance = jnp.where(finite, model_variance, 0.0)
+    var = model_variance + sigma**2
     terms = -0.5 * ((mean - y) ** 2 / var + jnp.log(2.0 * jnp.pi * var))
+    if mask is None:
+        return jnp.where(jnp.all(finite), jnp.sum(terms), -jnp.inf)
     total = jnp.sum(jnp.where(mask, terms, 0.0))
     return jnp.where(jnp.any(mask & ~finite), -jnp.inf, total)
 
 
-_gaussian_value_and_grad = jax.jit(jax.value_and_grad(gaussian_log_likelihood, argnums=(0, 1)))
+@jax.jit
+def _summary_log_likelihood(mean, stderr, y, sigma, mask, sigma_scale):
+    """:func:`gaussian_log_likelihood` of summaries with standard errors ``stderr``, observational
+    errors scaled by ``sigma_scale``."""
+    return gaussian_log_likelihood(mean, safe_square(stderr), y, sigma_scale * sigma, mask)
+
+
+_summary_value_and_grad = jax.jit(jax.value_and_grad(_summary_log_likelihood, argnums=(0, 1)))
 
 
 class _Checked(NamedTuple):
@@ -375,7 +221,7 @@ class _Checked(NamedTuple):
 
 def _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure) -> _Checked:
     model = _check_model(model)
-    obs = _check_obs(obs)
+    obs = check_observations(obs)
     return _Checked(
         model=model,
         obs=obs,
@@ -415,10 +261,10 @@ def log_likelihood(
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
     if isinstance(c.theta, jax.core.Tracer):  # traced (jax.grad etc.): the differentiable kernel
-        mean, stderr, success = _summary_function(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos))
+        mean, stderr, success = differentiable_summaries(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos))
     else:
-        mean, stderr, success = _concrete_summaries(c.model, c.theta, c.halos, c.obs)
-    value = gaussian_log_likelihood(
+        mean, stderr, success = placed_summaries(c.model, c.theta, c.halos, c.obs)
+    value = _summary_log_likelihood(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale
     )
     if c.on_failure == "reject":
@@ -445,8 +291,8 @@ def log_likelihood_and_grad(
     ``grad = 0``.
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
-    mean, stderr, success, jac_mean, jac_stderr = _concrete_summaries_with_jacobian(c.model, c.theta, c.halos, c.obs)
-    value, (grad_mean, grad_stderr) = _gaussian_value_and_grad(
+    mean, stderr, success, jac_mean, jac_stderr = placed_summaries_and_jacobian(c.model, c.theta, c.halos, c.obs)
+    value, (grad_mean, grad_stderr) = _summary_value_and_grad(
         mean, stderr, jnp.asarray(c.obs.y), jnp.asarray(c.obs.sigma), jnp.asarray(c.mask), c.sigma_scale
     )
     grad = _chain(grad_mean, grad_stderr, jac_mean, jac_stderr)
@@ -466,61 +312,25 @@ def _chain(grad_mean, grad_stderr, jac_mean, jac_stderr):
 
 
 # ----------------------------------------------------------------------------------------------
-# Prior predictive checks
+# Fisher information of the Gaussian likelihood
 # ----------------------------------------------------------------------------------------------
-def latin_hypercube(prior, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` points of a seeded Latin hypercube (``scipy.stats.qmc``) in the prior box, (n, d)."""
-    from scipy.stats import qmc
+def gauss_newton_fisher_matrix(jacobian, variance, prior_width=None) -> np.ndarray:
+    """The Gauss-Newton Fisher matrix of :func:`gaussian_log_likelihood`, the one convention of
+    the package:
 
-    if n < 0:
-        raise ValueError(f"number of Latin-hypercube draws must be >= 0, got {n}")
-    if n == 0:
-        return np.zeros((0, prior.ndim))
-    unit = qmc.LatinHypercube(d=prior.ndim, rng=np.random.default_rng(seed)).random(n)
-    return prior.from_unit(unit)
+        F = J^T diag(1 / variance) J  [+ diag(12 / prior_width^2)],
 
-
-def predictive_coverage(obs: Observations, draws, percentiles: tuple[float, float] = (2.5, 97.5)) -> dict:
-    """Does the prior predictive bracket each data point?
-
-    Args:
-        obs: observations.
-        draws: (n_draw, obs.n_summary) summary means over prior draws; NaN entries (too few
-            valid halos) are ignored point by point.
-        percentiles: the central band.
-
-    Returns:
-        JSON-ready dict: ``points`` (one per data point: relation, x, y, sigma, envelope
-        [min, max], band [p_lo, p_hi], ``inside_envelope``, ``inside_band``, ``n_finite`` draws),
-        and ``fractions`` (per relation and ``"all"``: fraction of points inside the envelope and
-        inside the band).  A point with no finite draw is outside both.
+    with J = d mean / d theta, shape (..., S, P), and ``variance`` (..., S) the total variance of
+    each summary (model + observational).  The theta-dependence of the variance and second
+    derivatives of the mean are neglected.  ``prior_width`` (P,), if given, adds the precision
+    of the uniform prior box seen as a Gaussian of the same variance (width^2 / 12): it keeps
+    directions the data do not constrain finite (the emulator report compares Fisher ellipses
+    that way); forecasts leave it out (``forecasts.gauss_newton_fisher(..., prior_term=True)``
+    adds it).  Returns (..., P, P).
     """
-    import warnings
-
-    means = np.atleast_2d(np.asarray(draws, dtype=np.float64))
-    if means.shape[-1] != obs.n_summary:
-        raise ValueError(f"draws must have shape (n_draw, {obs.n_summary}); got {means.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanmin(means, axis=0), np.nanmax(means, axis=0)
-        p_lo, p_hi = np.nanpercentile(means, percentiles, axis=0)
-    y = obs.y
-    in_env = (y >= lo) & (y <= hi)  # False where NaN
-    in_band = (y >= p_lo) & (y <= p_hi)
-    n_finite = np.sum(np.isfinite(means), axis=0)
-    names = [rel.name for rel in obs.relations for _ in rel.x]
-    fin = lambda v: float(v) if np.isfinite(v) else None
-    points = [
-        {
-            "relation": names[i], "x": float(obs.x[i]), "y": float(y[i]), "sigma": float(obs.sigma[i]),
-            "envelope": [fin(lo[i]), fin(hi[i])], "band": [fin(p_lo[i]), fin(p_hi[i])],
-            "inside_envelope": bool(in_env[i]), "inside_band": bool(in_band[i]), "n_finite": int(n_finite[i]),
-        }
-        for i in range(obs.n_summary)
-    ]
-    fractions = {
-        name: {"inside_envelope": float(np.mean(in_env[sl])), "inside_band": float(np.mean(in_band[sl])), "n_points": sl.stop - sl.start}
-        for name, sl in obs.slices.items()
-    }
-    fractions["all"] = {"inside_envelope": float(np.mean(in_env)), "inside_band": float(np.mean(in_band)), "n_points": obs.n_summary}
-    return {"percentiles": list(percentiles), "n_draws": int(means.shape[0]), "points": points, "fractions": fractions}
+    jacobian = np.asarray(jacobian, dtype=np.float64)
+    variance = np.asarray(variance, dtype=np.float64)
+    fisher = np.swapaxes(jacobian, -1, -2) @ (jacobian / variance[..., None])
+    if prior_width is not None:
+        fisher = fisher + np.diag(12.0 / np.asarray(prior_width, dtype=np.float64) ** 2)
+    return fisher

@@ -81,6 +81,23 @@ class Prior:
         return {"names": list(self.names), "low": list(self.low), "high": list(self.high)}
 
 
+def latin_hypercube(prior: Prior, n: int, seed: int = 0, *, optimization: str | None = None) -> np.ndarray:
+    """``n`` points of a seeded Latin hypercube (``scipy.stats.qmc``) in the prior box, (n, d).
+
+    ``optimization``: None (plain) or scipy's ``"random-cd"`` (coordinate swaps lowering the
+    centred discrepancy, which keeps the Latin property: the space-filling training designs).
+    Same seed, same points.  The one Latin-hypercube helper of the package.
+    """
+    from scipy.stats import qmc
+
+    if n < 0:
+        raise ValueError(f"number of Latin-hypercube draws must be >= 0, got {n}")
+    if n == 0:
+        return np.zeros((0, prior.ndim))
+    unit = qmc.LatinHypercube(d=prior.ndim, optimization=optimization, rng=np.random.default_rng(seed)).random(n)
+    return prior.from_unit(unit)
+
+
 DEFAULT_PRIOR = Prior(
     names=PARAMETER_NAMES,
     low=(-1.0, -3.0, -2.0, -3.0, -2.0, -3.0, -0.5, -3.0),

@@ -2,7 +2,7 @@
 ``sapphire.cli.main``.
 
 The emulator paths use a fake emulator (a smooth map with the emulator protocol) returned by a
-monkeypatched ``forecasts.cli.load_emulator`` (the emulator's file format is not exercised
+monkeypatched ``forecasts.problem.load_emulator`` (the emulator's file format is not exercised
 here).  The exact model costs a compilation per solve kind (~15-40 s each on a shared 2-core
 machine), so it runs once (a forecast on 4 halos, Fisher at the mock's truth by differences of
 exact gradients); elsewhere the exact-model mocks are replaced by the fake emulator's
@@ -22,6 +22,7 @@ import pytest
 import forecasts
 import forecasts.campaigns
 import forecasts.cli
+import forecasts.problem
 import sapphire
 from sapphire.cli import main
 
@@ -47,7 +48,7 @@ def fake(tmp_path, monkeypatch):
     """An emulator path whose loading returns EMU; mocks from EMU."""
     path = tmp_path / "fake.emu"
     path.mkdir()
-    monkeypatch.setattr(forecasts.cli, "load_emulator", lambda p, observations=None: EMU)
+    monkeypatch.setattr(forecasts.problem, "load_emulator", lambda p, observations=None: EMU)
     monkeypatch.setattr(forecasts.campaigns, "mock_observations", fake_mock_observations)
     return str(path)
 
@@ -87,7 +88,7 @@ def test_bad_options_are_named(tmp_path, fake, monkeypatch, capsys):
     # an emulator trained on other kernel centres than the observations
     other = sapphire.Observations.default()
     shifted = sapphire.Observations(tuple(dataclasses.replace(r, x=r.x + (0.05 if r.name == "mzr" else 0.0)) for r in other.relations))
-    monkeypatch.setattr(forecasts.cli, "load_emulator", lambda p, observations=None: FakeEmulator(shifted))
+    monkeypatch.setattr(forecasts.problem, "load_emulator", lambda p, observations=None: FakeEmulator(shifted))
     with pytest.raises(SystemExit, match="emulator forward model: obs: relation 'mzr' x\\[0\\] = .* differs from the emulator's"):
         run("forecast", "--emulator", fake)
 
@@ -149,7 +150,7 @@ def test_validate_resumes_and_reports_the_verdict(tmp_path, fake, monkeypatch, c
     # the "exact" side: the same fake emulator (so the verdict must be PASS; without --strict a
     # FAIL exits 0 too); its checkpoints,
     # Laplace cache and outputs are the real ones
-    monkeypatch.setattr(forecasts.cli, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw))
+    monkeypatch.setattr(forecasts.problem, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw))
     out = tmp_path / "val"
     argv = ["validate", "--emulator", fake, "--halos", 4, "--free", "A_etaM,A_tdep", "--starts", 2, "--chains", 2,
             "--warmup", 60, "--draws", 40, "--exact-draws", 40, "--quiet", "--out", out]

@@ -17,7 +17,9 @@ import pytest
 
 import sapphire
 from sapphire import cosmology
-from sapphire.likelihood import gaussian_log_likelihood, predictive_coverage, summary_names
+from sapphire.likelihood import gaussian_log_likelihood
+from sapphire.population_summaries import summary_names
+from sapphire.predictive import predictive_coverage
 from sapphire.summaries import relation_coordinates
 
 N_HALOS = 10

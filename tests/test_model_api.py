@@ -176,8 +176,8 @@ def test_stiff_batch_split_over_devices_matches_one_device():
     script = f"""
 import os, json, numpy as np, jax, jax.numpy as jnp
 import sapphire
-from sapphire.model import _evolve
-from sapphire.likelihood import _summaries_with_jacobian
+from sapphire.evolution import evolve_population
+from sapphire.population_summaries import summaries_and_jacobian
 assert jax.local_device_count() == 2
 model, theta = sapphire.Model(), jnp.asarray({STIFF_CORNER})
 halos = sapphire.HaloPopulation.from_diffmah(6, seed=0)
@@ -185,8 +185,8 @@ obs = sapphire.Observations.default()
 ev, jac = model.evolve_with_jacobian(theta, halos)
 s, sjac = model.summaries_with_jacobian(theta, halos, obs)
 one = jax.device_put(halos.forcing(), jax.local_devices()[0])
-ref_state, _, ref_sol, _, ref_jac = _evolve(theta, one, None, model.settings, model.config, True)
-ref_mean, _, _, ref_sjac, _ = _summaries_with_jacobian(theta, one, model.settings, model.config, obs)
+ref_state, _, ref_sol, _, ref_jac = evolve_population(theta, one, None, model.settings, model.config, True)
+ref_mean, _, _, ref_sjac, _ = summaries_and_jacobian(theta, one, model.settings, model.config, obs)
 print(json.dumps(dict(
     implicit=np.asarray(ev.implicit).tolist(), ref_implicit=np.asarray(ref_sol.implicit).tolist(),
     success=bool(np.all(ev.success)),

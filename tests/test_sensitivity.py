@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 import sapphire
 from sapphire import plots
 from sapphire.cli import _append_halos, main
-from sapphire.likelihood import latin_hypercube
+from sapphire.prior import latin_hypercube
 
 TIGHT_ARGS = ["--solver", "tsit5", "--rtol", "1e-10", "--atol", "1e-10", "--quiet", "--seed", "1"]
 PRIOR = sapphire.DEFAULT_PRIOR

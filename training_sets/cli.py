@@ -1,9 +1,11 @@
-"""``sapphire generate`` and ``sapphire inspect`` (registered by sapphire/cli.py)."""
+"""``sapphire generate`` and ``sapphire inspect`` (a ``sapphire.commands`` entry point)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from sapphire.cli_common import add_solver_options, model_from_options
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -12,7 +14,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .design import read_design_table
     from .generate import extend_store, generate
 
-    model = sapphire.Model(solver=args.solver, rtol=args.rtol, atol=args.atol, max_steps=args.max_steps)
+    model = model_from_options(args)
     table = read_design_table(args.design, model.prior) if args.design else None
     if args.extend:
         n = extend_store(args.out, args.extend, args.seed)
@@ -64,7 +66,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub, add_solver_options) -> None:
+def register(sub) -> None:
     """Add the ``generate`` and ``inspect`` subcommands to the ``sapphire`` parser."""
     p = sub.add_parser("generate", help="evaluate a Latin-hypercube design (summaries + exact Jacobians) into a Zarr store")
     p.add_argument("out", help="the Zarr store to create (or finish with --resume)")

@@ -33,7 +33,7 @@ import numpy as np
 import sapphire
 from sapphire.config import ModelConfig
 from sapphire.halos import HaloPopulation
-from sapphire.likelihood import _solve, _summaries_and_jacobian_from_states
+from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states
 from sapphire.model import Model
 from sapphire.observations import Observations
 from sapphire.prior import Prior
@@ -48,8 +48,8 @@ ROW_ARRAYS = ("summaries", "summary_stderr", "summary_jacobian", "n_failed")
 def _point_outputs(theta, forcing, settings, config, observations, save_states):
     """One design point: (mean (S,), stderr (S,), d mean/d theta (S, 8), n_failed, z = 0 log
     states (H, 7) or None)."""
-    log_mhalo, log_state, success, state_jacobian = _solve(theta, forcing, settings, config, True)
-    mean, stderr, jac_mean, _ = _summaries_and_jacobian_from_states(
+    log_mhalo, log_state, success, state_jacobian = solve_z0(theta, forcing, settings, config, True)
+    mean, stderr, jac_mean, _ = summaries_and_jacobian_from_states(
         log_mhalo, log_state, success, state_jacobian, observations, config
     )
     n_failed = jnp.sum(~success).astype(jnp.int32)
@@ -72,10 +72,10 @@ def _block_outputs(thetas, forcing, settings, config, observations, save_states)
     n_points, n_halo = thetas.shape[0], forcing.t_start.shape[0]
     lane_theta = jnp.repeat(thetas, n_halo, axis=0)
     lane_forcing = jax.tree.map(lambda a: jnp.tile(a, (n_points,) + (1,) * (a.ndim - 1)), forcing)
-    solved = _solve(lane_theta, lane_forcing, settings, config, True)
+    solved = solve_z0(lane_theta, lane_forcing, settings, config, True)
     log_mhalo, log_state, success, state_jacobian = (a.reshape((n_points, n_halo) + a.shape[1:]) for a in solved)
     mean, stderr, jac_mean, _ = jax.vmap(
-        lambda *per_point: _summaries_and_jacobian_from_states(*per_point, observations, config)
+        lambda *per_point: summaries_and_jacobian_from_states(*per_point, observations, config)
     )(log_mhalo, log_state, success, state_jacobian)
     n_failed = jnp.sum(~success, axis=1).astype(jnp.int32)
     return mean, stderr, jac_mean, n_failed, (log_state if save_states else None)

@@ -36,7 +36,7 @@ import numpy as np
 
 import sapphire
 from sapphire.halos import HaloPopulation
-from sapphire.likelihood import summary_names
+from sapphire.population_summaries import summary_names
 from sapphire.observations import Observations
 from sapphire.prior import Prior
 
