@@ -281,7 +281,7 @@ def test_failed_points_are_recorded_and_excluded(reference_store, tmp_path):
     root["n_failed"][2] = 3
     ts = T.open_training_set(copy)
     assert list(np.nonzero(~ts.valid_mask())[0]) == [2]
-    from training_sets.inspect import summarise
+    from training_sets.inspection import summarise
 
     summary = summarise(ts)
     assert summary["points_with_failed_halos"] == 1 and summary["failed_halos_total"] == 3 and summary["valid_points"] == N_POINTS - 1

@@ -42,7 +42,7 @@ def _first_seed(path) -> int | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_store
+    from .inspection import inspect_store
 
     try:
         summary = inspect_store(args.store, figure=args.figure)
