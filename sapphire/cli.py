@@ -112,7 +112,7 @@ def _append_halos(first, second):
     import jax.numpy as jnp
 
     import sapphire
-    from sapphire.halos import _set_provenance
+    from sapphire.halos import set_provenance as _set_provenance
 
     if first.n_times != second.n_times or not np.allclose(np.asarray(first.times), np.asarray(second.times)):
         raise ValueError("can only append halos on the same time grid")

@@ -91,7 +91,7 @@ from .config import DEFAULT_CONFIG, PLANCK15, Cosmology, ModelConfig
 Array = jnp.ndarray
 Provenance = tuple[tuple[str, str], ...]
 
-__all__ = ["HaloForcing", "HaloPopulation", "common_time_grid"]
+__all__ = ["HaloForcing", "HaloPopulation", "common_time_grid", "set_provenance"]
 
 #: Default number of points of the common time grid.
 DEFAULT_N_TIMES = 384
@@ -213,8 +213,9 @@ def _start_times(
     return np.maximum(t_start, exists_from)
 
 
-def _set_provenance(provenance: Provenance, **items: Any) -> Provenance:
-    """Return ``provenance`` with the given keys replaced (or appended), values as strings."""
+def set_provenance(provenance: Provenance, **items: Any) -> Provenance:
+    """Return ``provenance`` (a tuple of (key, value) string pairs, as in
+    ``HaloPopulation.provenance``) with the given keys replaced (or appended), values as strings."""
     new = {k: str(v) for k, v in items.items()}
     kept = tuple((k, v) for k, v in provenance if k not in new)
     return kept + tuple(new.items())
@@ -278,7 +279,7 @@ class HaloPopulation(eqx.Module):
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.n_halos or idx.max() >= self.n_halos):
             raise IndexError(f"halo index out of range for {self.n_halos} halos: {idx}")
-        prov = _set_provenance(
+        prov = set_provenance(
             self.provenance, n_halos=idx.size, subset_of=self.fingerprint()
         )
         return HaloPopulation(
@@ -370,7 +371,7 @@ class HaloPopulation(eqx.Module):
         t_start = _start_times(
             times, log_mhalo, coeffs, math.log10(config.halo_start_mass), exists, labels
         )
-        provenance = _set_provenance(
+        provenance = set_provenance(
             provenance,
             n_halos=n_halo,
             n_times=n_t,
