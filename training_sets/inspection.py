@@ -1,5 +1,5 @@
 """Summarise a training-set store: coverage, failures, value ranges, and a figure of the
-design's pairwise projections."""
+design's pairwise projections; verify it chunk by chunk (:func:`verify_store`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from .store import TrainingSet, open_training_set
+from .store import TrainingSet, open_group, open_training_set, read_rows, scan_chunks
+
+#: Physical bounds that :func:`verify_store` checks on every done row whose halos all solved:
+#: summaries are log10 masses, mass ratios and 12 + log10(O/H) (a few dex to ~12), so |value|
+#: beyond 30 dex (1e30) cannot be physical; standard errors lie in [0, 30] dex; Jacobian
+#: entries (dex per unit of a parameter) finite and below 1e6 in size (measured: < 10 on the
+#: test stores; 1e6 would mean a 1e-6 change of a parameter moves a summary by a dex).  All of
+#: them finite.  theta lies inside the stored prior box, n_failed in [0, n_halos].
+PHYSICAL_BOUNDS = {"summaries": (-30.0, 30.0), "summary_stderr": (0.0, 30.0), "summary_jacobian": (-1e6, 1e6)}
 
 
 def summarise(ts: TrainingSet) -> dict[str, Any]:
@@ -93,3 +101,63 @@ def inspect_store(path: str | os.PathLike, figure: str | os.PathLike | None = No
     if figure is not None:
         summary["figure"] = str(plot_design(ts, figure))
     return summary
+
+
+def _worst(values: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Per row of ``values`` (n, k), the bad entry of largest size (non-finite first)."""
+    size = np.where(bad, np.nan_to_num(np.abs(values), nan=np.inf), -1.0)
+    return values[np.arange(values.shape[0]), np.argmax(size, axis=1)]
+
+
+def _out_of_bounds(root, skip: set[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Rows whose values break :data:`PHYSICAL_BOUNDS`, the prior box or the halo count,
+    block by block (an array's damaged blocks, ``(array, first row)`` in ``skip``, are left
+    out)."""
+    attrs = dict(root.attrs)
+    low, high = np.asarray(attrs["prior"]["low"], float), np.asarray(attrs["prior"]["high"], float)
+    n_halos = int(attrs["halos"]["n_halos"])
+    n, chunk = root["theta"].shape[0], int(attrs["chunk"])
+    flagged: list[dict[str, Any]] = []
+
+    def flag(name: str, start: int, values: np.ndarray, bad: np.ndarray, rows: np.ndarray, allowed: str) -> None:
+        worst = _worst(values, bad)
+        for i in np.nonzero(rows & bad.any(axis=1))[0]:
+            flagged.append({"array": name, "row": start + int(i), "value": float(worst[i]), "allowed": allowed})
+
+    for start in range(0, n, chunk):
+        block = slice(start, min(start + chunk, n))
+        every = np.ones(block.stop - start, bool)
+        if ("theta", start) not in skip:
+            theta = read_rows(root, "theta", block)
+            flag("theta", start, theta, ~np.isfinite(theta) | (theta < low) | (theta > high), every, "inside the prior box")
+        if ("done", start) in skip or ("n_failed", start) in skip:
+            continue
+        done, n_failed = read_rows(root, "done", block), read_rows(root, "n_failed", block)
+        counts = n_failed[:, None].astype(float)
+        flag("n_failed", start, counts, (counts < 0) | (counts > n_halos), done, f"0..{n_halos}")
+        solved = done & (n_failed == 0)
+        for name, (lo, hi) in PHYSICAL_BOUNDS.items():
+            if (name, start) not in skip and solved.any():
+                values = read_rows(root, name, block).reshape(block.stop - start, -1)
+                flag(name, start, values, ~np.isfinite(values) | (values < lo) | (values > hi), solved, f"finite, in [{lo:g}, {hi:g}]")
+    return flagged
+
+
+def verify_store(path: str | os.PathLike, progress: bool = False) -> dict[str, Any]:
+    """Read every chunk of a store (checksums verified) and check its values.  Returns
+    ``damaged``: one entry per chunk that does not decode or is missing where data must be
+    (array, chunk key, rows [start, stop), problem; see
+    :func:`~training_sets.store.scan_chunks`), and ``out_of_bounds``: one entry per row and
+    array whose values break :data:`PHYSICAL_BOUNDS`, the prior box or the halo count
+    (array, row, the worst value, what is allowed).  ``ok``: neither found."""
+    root = open_group(path)
+    damage = scan_chunks(root, progress=progress)
+    chunk = int(root.attrs["chunk"])
+    skip = {(d.array, d.rows[0] // chunk * chunk) for d in damage}
+    flagged = _out_of_bounds(root, skip)
+    return {
+        "path": str(path),
+        "damaged": [{"array": d.array, "chunk": d.key, "rows": list(d.rows), "problem": d.problem, "line": d.describe()} for d in damage],
+        "out_of_bounds": flagged,
+        "ok": not damage and not flagged,
+    }
