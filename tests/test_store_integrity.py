@@ -92,6 +92,18 @@ def test_a_damaged_chunk_raises_one_line_naming_array_chunk_rows_and_path(copy_o
     ts.load([0, 1, 4, 5])  # the other blocks still read
 
 
+def test_a_missing_chunk_of_a_finished_block_is_an_error_not_fill_values(copy_of):
+    """Issue 18 case 2: with a chunk deleted, training went on with NaN / -1 fill values."""
+    path = copy_of()
+    (path / "n_failed" / "c" / "2").unlink()
+    with pytest.raises(T.StoreError) as info:
+        T.open_training_set(path).valid_mask()
+    assert str(info.value) == (
+        f"{path}: array n_failed chunk c/2 (rows 4-5): missing (its rows are marked done); `sapphire inspect {path} --verify` "
+        f"lists every damaged chunk, `sapphire generate {path} --resume` recomputes them"
+    )
+
+
 def test_cli_prints_a_damaged_chunk_as_one_line(copy_of):
     from sapphire.cli import main
 

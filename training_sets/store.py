@@ -352,6 +352,27 @@ class CheckedArray:
         return read_rows(self.root, self.name, selection)
 
 
+def _missing_error(root, damage: "ChunkDamage") -> StoreError:
+    where = group_path(root) or root.store
+    return StoreError(
+        f"{where}: {damage.describe()} (its rows are marked done); `sapphire inspect {where} --verify` lists every "
+        f"damaged chunk, `sapphire generate {where} --resume` recomputes them"
+    )
+
+
+def check_present(root, name: str, rows: slice) -> None:
+    """Raise a one-line :class:`StoreError` if a chunk file of ``name`` holding ``rows`` is
+    missing (Zarr would silently read the fill value).  Local stores only; others pass."""
+    directory = group_path(root)
+    if directory is None:
+        return
+    arr = root[name]
+    for coords in _chunk_grid(arr, rows):
+        key = arr.metadata.encode_chunk_key(coords)
+        if not (directory / arr.path / key).exists():
+            raise _missing_error(root, ChunkDamage(name, key, _chunk_rows(arr, coords), "missing"))
+
+
 def array_names(root) -> list[str]:
     """Every array of a store: the data arrays, then ``halos/<name>``."""
     return sorted(root.array_keys()) + [f"halos/{k}" for k in HALO_ARRAYS if k in root["halos"]]
@@ -467,10 +488,15 @@ class TrainingSet:
 
     def valid_mask(self) -> np.ndarray:
         """(N,) bool: row done, no failed halo, every summary and Jacobian entry finite.
-        Read block by block (memory: one chunk of each array)."""
+        Read block by block (memory: one chunk of each array).  Raises a one-line
+        :class:`StoreError` for a damaged chunk, or a missing one in a finished block."""
         parts = []
         for rows in self._blocks():
-            ok = read_rows(self._root, "done", rows) & (read_rows(self._root, "n_failed", rows) == 0)
+            done = read_rows(self._root, "done", rows)
+            if done.all():  # a finished block has a file in every array: a missing one is damage
+                for name in DATA_ARRAYS:
+                    check_present(self._root, name, rows)
+            ok = done & (read_rows(self._root, "n_failed", rows) == 0)
             for name, axes in (("summaries", (1,)), ("summary_stderr", (1,)), ("summary_jacobian", (1, 2))):
                 ok &= np.isfinite(read_rows(self._root, name, rows)).all(axis=axes)
             parts.append(ok)
