@@ -2,9 +2,10 @@
 design point, block by block, over every local device (or Dask workers), resumably.
 
 Work unit = one block of ``chunk`` consecutive design points (= one Zarr chunk of every
-array).  Each point is evaluated by ONE compiled function (:func:`~training_sets.evaluate.point_outputs`: the
-population solve with forward sensitivities, then the kernel regressions and their Jacobian)
-with fixed shapes, whatever the backend.  Several devices are used by placing whole blocks on
+array).  Each point is evaluated by ONE compiled function
+(:func:`~training_sets.evaluate.point_outputs`: the population solve with forward
+sensitivities, then the kernel regressions and their Jacobian) with fixed shapes, whatever the
+backend.  Several devices are used by placing whole blocks on
 different devices (round robin) and letting JAX's asynchronous dispatch run them
 concurrently; no computation is split across devices.  Why not a Mesh-sharded batch of
 points: (1) a point's result would then depend on how the batch was partitioned, while here

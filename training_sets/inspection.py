@@ -14,9 +14,8 @@ from .store import TrainingSet, open_group, open_training_set, read_rows, scan_c
 #: Physical bounds that :func:`verify_store` checks on every done row whose halos all solved:
 #: summaries are log10 masses, mass ratios and 12 + log10(O/H) (a few dex to ~12), so |value|
 #: beyond 30 dex (1e30) cannot be physical; standard errors lie in [0, 30] dex; Jacobian
-#: entries (dex per unit of a parameter) finite and below 1e6 in size (measured: < 10 on the
-#: test stores; 1e6 would mean a 1e-6 change of a parameter moves a summary by a dex).  All of
-#: them finite.  theta lies inside the stored prior box, n_failed in [0, n_halos].
+#: entries (dex per unit of a parameter) finite and below 1e6 in size (1e6 would mean a 1e-6
+#: change of a parameter moves a summary by a dex).  All of them finite.  theta lies inside the stored prior box, n_failed in [0, n_halos].
 PHYSICAL_BOUNDS = {"summaries": (-30.0, 30.0), "summary_stderr": (0.0, 30.0), "summary_jacobian": (-1e6, 1e6)}
 
 
