@@ -37,7 +37,7 @@ import numpy as np
 import sapphire
 from sapphire.plots import save_and_show
 import training_sets
-from training_sets.inspect import inspect_store, plot_design
+from training_sets.inspection import inspect_store, plot_design
 
 from demo_settings import (CHUNK, HALO_SEED, MODEL, N_HALOS, N_TEST, N_TRAIN, ROOT, STORES, TEST_SEED, TINY, TRAIN_SEED,
                            generate_store)

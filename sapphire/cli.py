@@ -93,7 +93,7 @@ def _append_halos(first, second):
     import jax.numpy as jnp
 
     import sapphire
-    from sapphire.halos import _set_provenance
+    from sapphire.halos import set_provenance
 
     if first.n_times != second.n_times or not np.allclose(np.asarray(first.times), np.asarray(second.times)):
         raise ValueError("can only append halos on the same time grid")
@@ -104,7 +104,7 @@ def _append_halos(first, second):
         mhalo_rate=cat(first.mhalo_rate, second.mhalo_rate),
         t_start=cat(first.t_start, second.t_start),
         coeffs=tuple(cat(a, b) for a, b in zip(first.coeffs, second.coeffs)),
-        provenance=_set_provenance(
+        provenance=set_provenance(
             first.provenance, n_halos=first.n_halos + second.n_halos, appended=second.fingerprint()
         ),
     )

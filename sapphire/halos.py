@@ -48,30 +48,12 @@ Default source: diffmah
     0.1 Gyr, with M_h(t_start) > 1e9 Msun); provenance counts them (``n_start_at_grid_min``).
 
 Second source: merger-tree main branches from a file (:meth:`HaloPopulation.from_file`)
-    CSV (suffix ``.csv``), long format, one row per (halo, snapshot), header::
-
-        halo_id,time_gyr,mhalo_msun        (cosmic time in Gyr), or
-        halo_id,redshift,mhalo_msun        (converted with this package's cosmology)
-
-    Rows of one halo must be in increasing time (decreasing redshift); halos may interleave.
-    HDF5 (suffix ``.h5``, ``.hdf5`` or ``.hdf``): dataset ``time_gyr`` or ``redshift`` of shape
-    (n_t,), dataset ``mhalo_msun`` of shape (n_halo, n_t) with NaN or 0 before a halo exists,
-    optional dataset ``halo_id`` (n_halo,) used in error messages.
-    Masses in Msun; NaN or 0 are allowed only before a halo's first positive mass; the last
-    sample of every halo must lie within 0.25 Gyr of t0.  Processing: the rate is
-    ``numpy.gradient`` (second order) of M_h(t), forced >= 0, set to 0 before the halo exists,
-    linearly resampled to a fine uniform grid (sigma / 20) and Gaussian-smoothed
-    (``scipy.ndimage.gaussian_filter1d``, width ``smoothing_gyr``).  log10 M_h is put on the
-    common grid by monotone PCHIP interpolation in time (not smoothed); before the halo exists
-    it is held at its first value; beyond the last sample (at most 0.25 Gyr) it grows at the
-    last rate.
+    CSV or HDF5; format, checks and processing in :mod:`sapphire.halo_files`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -82,24 +64,22 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from scipy import interpolate, ndimage, special
+from scipy import interpolate, special
 from scipy.integrate import cumulative_trapezoid
 
 from . import cosmology as cosmo_mod
 from .config import DEFAULT_CONFIG, PLANCK15, Cosmology, ModelConfig
+from .halo_files import read_main_branches, write_halo_file
 
 Array = jnp.ndarray
 Provenance = tuple[tuple[str, str], ...]
 
-__all__ = ["HaloForcing", "HaloPopulation", "common_time_grid"]
+__all__ = ["HaloForcing", "HaloPopulation", "common_time_grid", "set_provenance"]
 
 #: Default number of points of the common time grid.
 DEFAULT_N_TIMES = 384
 #: Default Gaussian width (Gyr) of the rate smoothing.
 DEFAULT_SMOOTHING_GYR = 0.1
-#: How far (Gyr) a file's last sample may end before t0.
-_MAX_END_GAP_GYR = 0.25
-_HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 #: Redraw a diffmah history whose realised log10 M_h(t0) misses the requested one by more.
 _MAX_LOGM0_MISMATCH_DEX = 0.3
 #: diffmahpop's lower clip of t_peak / t0 for centrals (UTP_MIN in tp_pdf_cens_flex).
@@ -213,19 +193,12 @@ def _start_times(
     return np.maximum(t_start, exists_from)
 
 
-def _set_provenance(provenance: Provenance, **items: Any) -> Provenance:
-    """Return ``provenance`` with the given keys replaced (or appended), values as strings."""
+def set_provenance(provenance: Provenance, **items: Any) -> Provenance:
+    """Return ``provenance`` (a tuple of (key, value) string pairs, as in
+    ``HaloPopulation.provenance``) with the given keys replaced (or appended), values as strings."""
     new = {k: str(v) for k, v in items.items()}
     kept = tuple((k, v) for k, v in provenance if k not in new)
     return kept + tuple(new.items())
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class HaloPopulation(eqx.Module):
@@ -278,7 +251,7 @@ class HaloPopulation(eqx.Module):
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.n_halos or idx.max() >= self.n_halos):
             raise IndexError(f"halo index out of range for {self.n_halos} halos: {idx}")
-        prov = _set_provenance(
+        prov = set_provenance(
             self.provenance, n_halos=idx.size, subset_of=self.fingerprint()
         )
         return HaloPopulation(
@@ -301,32 +274,10 @@ class HaloPopulation(eqx.Module):
 
     def to_file(self, path: str | os.PathLike) -> Path:
         """Write the common-grid histories (time_gyr, mhalo_msun) in the format that
-        :meth:`from_file` reads; CSV or HDF5 chosen by suffix.  Returns the path."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        times = np.asarray(self.times)
+        :meth:`from_file` reads; CSV or HDF5 chosen by suffix
+        (:func:`sapphire.halo_files.write_halo_file`).  Returns the path."""
         mass = 10.0 ** np.asarray(self.log_mhalo)
-        if suffix == ".csv":
-            n_h, n_t = mass.shape
-            with open(path, "w", newline="") as f:
-                f.write("halo_id,time_gyr,mhalo_msun\n")
-                for i in range(n_h):
-                    block = np.column_stack([np.full(n_t, i), times, mass[i]])
-                    np.savetxt(f, block, fmt=["%d", "%.17g", "%.17g"], delimiter=",")
-        elif suffix in _HDF5_SUFFIXES:
-            import h5py
-
-            with h5py.File(path, "w") as f:
-                f.create_dataset("time_gyr", data=times)
-                f.create_dataset("mhalo_msun", data=mass)
-                f.create_dataset("halo_id", data=np.arange(mass.shape[0]))
-                f.attrs["provenance"] = json.dumps(dict(self.provenance))
-                f.attrs["fingerprint"] = self.fingerprint()
-        else:
-            raise ValueError(
-                f"unknown halo-file suffix {path.suffix!r} for {path}; use .csv or one of {_HDF5_SUFFIXES}"
-            )
-        return path
+        return write_halo_file(path, np.asarray(self.times), mass, self.provenance, self.fingerprint())
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -370,7 +321,7 @@ class HaloPopulation(eqx.Module):
         t_start = _start_times(
             times, log_mhalo, coeffs, math.log10(config.halo_start_mass), exists, labels
         )
-        provenance = _set_provenance(
+        provenance = set_provenance(
             provenance,
             n_halos=n_halo,
             n_times=n_t,
@@ -495,198 +446,23 @@ class HaloPopulation(eqx.Module):
         smoothing_gyr: float = DEFAULT_SMOOTHING_GYR,
         n_times: int = DEFAULT_N_TIMES,
     ) -> "HaloPopulation":
-        """Merger-tree main branches from a CSV or HDF5 file (formats: module docstring).
+        """Merger-tree main branches from a CSV or HDF5 file (format, checks and processing:
+        :mod:`sapphire.halo_files`).
 
-        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (naming the halo,
-        column or value) for an unknown suffix, missing columns/datasets, non-monotonic times,
-        negative or non-finite masses, or a halo that never reaches ``config.halo_start_mass``.
+        Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (one line naming the
+        file, and the halo, column or value) for an unreadable file, an unknown suffix, missing
+        columns/datasets, implausible units (times not in Gyr, masses not in Msun), samples
+        after t0, non-monotonic times, negative or non-finite masses, or a halo that never
+        reaches ``config.halo_start_mass``.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"halo file not found: {path}")
-        if smoothing_gyr <= 0:
-            raise ValueError(f"smoothing_gyr must be > 0, got {smoothing_gyr}")
-        suffix = path.suffix.lower()
-        cosmo = config.cosmology
-        if suffix == ".csv":
-            halos, time_column = _read_csv(path)
-        elif suffix in _HDF5_SUFFIXES:
-            halos, time_column = _read_hdf5(path)
-        else:
-            raise ValueError(
-                f"unknown halo-file suffix {path.suffix!r} for {path}; use .csv or one of {_HDF5_SUFFIXES}"
-            )
-        if not halos:
-            raise ValueError(f"{path}: no halos found")
-
-        t0 = cosmo_mod.present_age(cosmo)
-        times = common_time_grid(n_times, cosmo)
-        fine_dt = smoothing_gyr / 20.0
-        fine = np.arange(0.0, t0 + fine_dt, fine_dt)
-
-        labels, logms, rates, firsts = [], [], [], []
-        for label, x, m in halos:
-            t = (
-                np.asarray(cosmo_mod.age_at_redshift(x, cosmo), dtype=np.float64)
-                if time_column == "redshift"
-                else x
-            )
-            t, m = _validate_branch(label, t, m, time_column, x, t0, config.halo_start_mass)
-            rate = np.maximum(np.gradient(m, t), 0.0)
-            logm = np.log10(m)
-            # Rate: 0 before the halo exists, last value after its last sample; smooth.
-            rate_fine = np.interp(fine, t, rate, left=0.0, right=rate[-1])
-            rate_fine = ndimage.gaussian_filter1d(rate_fine, smoothing_gyr / fine_dt, mode="nearest")
-            rate_grid = np.maximum(np.interp(times, fine, rate_fine), 0.0)
-            # log10 M_h: PCHIP inside, held before, extended at the last rate after.
-            logm_grid = np.empty_like(times)
-            inside = (times >= t[0]) & (times <= t[-1])
-            logm_grid[inside] = interpolate.PchipInterpolator(t, logm)(times[inside])
-            logm_grid[times < t[0]] = logm[0]
-            after = times > t[-1]
-            logm_grid[after] = np.log10(m[-1] + rate[-1] * (times[after] - t[-1]))
-            labels.append(label)
-            logms.append(logm_grid)
-            rates.append(rate_grid)
-            firsts.append(t[0])
-
-        provenance: Provenance = (
-            ("source", "file"),
-            ("path", str(path)),
-            ("file_sha256", _file_sha256(path)),
-            ("file_time_column", time_column),
-            ("smoothing_gyr", repr(float(smoothing_gyr))),
-            ("t0_gyr", repr(t0)),
-        )
+        times = common_time_grid(n_times, config.cosmology)
+        branches = read_main_branches(path, config, smoothing_gyr, times)
         return cls.from_arrays(
             times,
-            np.array(logms),
-            np.array(rates),
+            branches.log_mhalo,
+            branches.mhalo_rate,
             config=config,
-            provenance=provenance,
-            exists_from=np.array(firsts),
-            labels=labels,
+            provenance=branches.provenance,
+            exists_from=branches.exists_from,
+            labels=branches.labels,
         )
-
-
-# ---------------------------------------------------------------------- file readers
-_TIME_COLUMNS = ("time_gyr", "redshift")
-
-
-def _time_column(path: Path, names: list[str], required: tuple[str, ...], kind: str) -> str:
-    """The one time column ('time_gyr' or 'redshift') among ``names``; ``ValueError`` naming
-    what is missing (``required`` too) or ambiguous.  ``kind`` is "column" or "dataset"."""
-    time_cols = [c for c in _TIME_COLUMNS if c in names]
-    missing = [c for c in required if c not in names]
-    if not time_cols:
-        missing.append("time_gyr or redshift")
-    if missing:
-        raise ValueError(f"{path}: missing {kind}(s) {missing}; found {kind}s {names}")
-    if len(time_cols) > 1:
-        raise ValueError(f"{path}: give either a 'time_gyr' or a 'redshift' {kind}, not both")
-    return time_cols[0]
-
-
-def _read_csv(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
-    """Rows grouped by halo_id (order of first appearance): [(label, time_or_z, mass)]."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise ValueError(f"{path}: empty file (expected header halo_id,time_gyr,mhalo_msun)") from None
-        time_column = _time_column(path, header, ("halo_id", "mhalo_msun"), "column")
-        i_id, i_t, i_m = header.index("halo_id"), header.index(time_column), header.index("mhalo_msun")
-        groups: dict[str, tuple[list[float], list[float]]] = {}
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            try:
-                hid = row[i_id].strip()
-                tval, mval = float(row[i_t]), float(row[i_m])
-            except (IndexError, ValueError) as err:
-                raise ValueError(f"{path}, line {line_no}: cannot parse row {row} ({err})") from None
-            ts, ms = groups.setdefault(hid, ([], []))
-            ts.append(tval)
-            ms.append(mval)
-    halos = [(hid, np.array(ts), np.array(ms)) for hid, (ts, ms) in groups.items()]
-    return halos, time_column
-
-
-def _read_hdf5(path: Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], str]:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        time_column = _time_column(path, list(f.keys()), ("mhalo_msun",), "dataset")
-        x = np.asarray(f[time_column][()], dtype=np.float64)
-        mass = np.asarray(f["mhalo_msun"][()], dtype=np.float64)
-        ids = np.asarray(f["halo_id"][()]) if "halo_id" in f else None
-    if mass.ndim == 1:
-        mass = mass[None, :]
-    if x.ndim != 1 or mass.ndim != 2 or mass.shape[1] != x.size:
-        raise ValueError(
-            f"{path}: '{time_column}' must have shape (n_t,) and 'mhalo_msun' (n_halo, n_t); "
-            f"got {x.shape} and {mass.shape}"
-        )
-    if ids is None or ids.shape != (mass.shape[0],):
-        ids = np.arange(mass.shape[0])
-    labels = [i.decode() if isinstance(i, bytes) else str(i) for i in ids.tolist()]
-    return [(labels[i], x, mass[i]) for i in range(mass.shape[0])], time_column
-
-
-def _validate_branch(
-    label: str,
-    t: np.ndarray,
-    m: np.ndarray,
-    time_column: str,
-    raw: np.ndarray,
-    t0: float,
-    start_mass: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Check one main branch and drop the entries before the halo exists (NaN or 0)."""
-    bad_t = ~np.isfinite(t)
-    if bad_t.any():
-        i = int(np.argmax(bad_t))
-        raise ValueError(f"halo {label}: non-finite {time_column} {float(raw[i])!r} (entry {i})")
-    steps = np.diff(t)
-    if np.any(steps <= 0):
-        i = int(np.argmax(steps <= 0)) + 1
-        order = "decreasing" if time_column == "redshift" else "increasing"
-        raise ValueError(
-            f"halo {label}: {time_column} not strictly {order} at entry {i} "
-            f"({time_column}={float(raw[i - 1])!r} then {float(raw[i])!r})"
-        )
-    if np.any(m < 0):
-        i = int(np.argmax(m < 0))
-        raise ValueError(
-            f"halo {label}: negative mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}"
-        )
-    if np.any(np.isinf(m)):
-        i = int(np.argmax(np.isinf(m)))
-        raise ValueError(
-            f"halo {label}: non-finite mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}"
-        )
-    present = np.isfinite(m) & (m > 0)
-    if not present.any():
-        raise ValueError(f"halo {label}: no positive, finite mhalo_msun")
-    first = int(np.argmax(present))
-    if not present[first:].all():
-        i = first + int(np.argmax(~present[first:]))
-        raise ValueError(
-            f"halo {label}: non-finite or zero mass mhalo_msun={float(m[i])!r} at "
-            f"{time_column}={float(raw[i])!r} after the halo exists "
-            "(NaN/0 are allowed only before its first entry)"
-        )
-    t, m = t[first:], m[first:]
-    if t.size < 2:
-        raise ValueError(f"halo {label}: needs at least 2 samples with positive mass, got {t.size}")
-    if t[-1] < t0 - _MAX_END_GAP_GYR:
-        raise ValueError(
-            f"halo {label}: last sample at t={t[-1]:.3f} Gyr is more than {_MAX_END_GAP_GYR} Gyr "
-            f"before t0={t0:.3f} Gyr (main branches must reach z=0)"
-        )
-    if m.max() < start_mass:
-        raise ValueError(
-            f"halo {label} never reaches M_h >= {start_mass:g} Msun (max mhalo_msun={m.max():.4g})"
-        )
-    return t, m

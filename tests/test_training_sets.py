@@ -167,16 +167,16 @@ def test_batched_points_pick_the_solver_per_point():
     lanes sorted by stiffness, solver chosen per group) agree with each solved alone."""
     import jax.numpy as jnp
 
-    from training_sets.generate import _block_outputs, _point_outputs
+    from training_sets.evaluate import block_outputs, point_outputs
 
     model = sapphire.Model()
     forcing = sapphire.HaloPopulation.from_diffmah(4, seed=0).forcing()
     obs = sapphire.Observations.default()
     thetas = jnp.asarray(np.stack([sapphire.DEFAULT_PRIOR.centre, [2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0]]))
     static = (model.settings, model.config, obs, False)
-    batched = _block_outputs(thetas, forcing, *static)
+    batched = block_outputs(thetas, forcing, *static)
     for i in range(2):
-        alone = _point_outputs(thetas[i], forcing, *static)
+        alone = point_outputs(thetas[i], forcing, *static)
         for a, b in zip(batched[:4], alone[:4]):
             _assert_within_solver_tolerance(np.asarray(a[i]), np.asarray(b), f"point {i}")
 
@@ -281,7 +281,7 @@ def test_failed_points_are_recorded_and_excluded(reference_store, tmp_path):
     root["n_failed"][2] = 3
     ts = T.open_training_set(copy)
     assert list(np.nonzero(~ts.valid_mask())[0]) == [2]
-    from training_sets.inspect import summarise
+    from training_sets.inspection import summarise
 
     summary = summarise(ts)
     assert summary["points_with_failed_halos"] == 1 and summary["failed_halos_total"] == 3 and summary["valid_points"] == N_POINTS - 1

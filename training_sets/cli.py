@@ -13,15 +13,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from .design import read_design_table
     from .generate import extend_store, generate
+    from .store import store_identity
 
     model = model_from_options(args)
     table = read_design_table(args.design, model.prior) if args.design else None
-    if args.extend:
-        n = extend_store(args.out, args.extend, args.seed)
-        print(f"{args.out}: design extended by {args.extend} points (seed {args.seed}) to {n}; computing them")
-        args.resume = True
     halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
     try:
+        if args.extend is not None:  # settings and halos are checked before the store grows
+            expected = store_identity(model, halos, sapphire.Observations.default(), args.chunk, args.save_states)
+            n = extend_store(args.out, args.extend, args.seed, expected=expected)
+            print(f"{args.out}: design extended by {args.extend} points (seed {args.seed}) to {n}; computing them")
+            args.resume = True
         report = generate(
             args.out, n_points=args.points, seed=args.seed if not args.extend else _first_seed(args.out), halos=halos,
             model=model, chunk=args.chunk, save_states=args.save_states, design_table=table, resume=args.resume,
@@ -34,6 +36,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"({report.points_per_hour:,.0f} points/hour); store holds {report.n_points} points, "
         f"{report.failed_points} with failed halo solves ({report.failed_halos} halos in total)"
     )
+    for line in report.repaired:
+        print(f"  recomputed damaged {line}")
     return 0
 
 
@@ -44,8 +48,10 @@ def _first_seed(path) -> int | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect import inspect_store
+    from .inspection import inspect_store
 
+    if args.verify:
+        return _verify(args)
     try:
         summary = inspect_store(args.store, figure=args.figure)
     except ValueError as err:
@@ -64,6 +70,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if "figure" in summary:
         print(f"  wrote {summary['figure']}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """``sapphire inspect STORE --verify``: every chunk read, damage and implausible values
+    listed; exit status 1 if any."""
+    from .inspection import verify_store
+
+    try:
+        result = verify_store(args.store, progress=not args.json)
+    except ValueError as err:
+        raise SystemExit(f"sapphire inspect: {err}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
+    for d in result["damaged"]:
+        print(f"{result['path']}: damaged {d['line']}")
+    for f in result["out_of_bounds"]:
+        print(f"{result['path']}: {f['array']} row {f['row']} holds {f['value']:.6g}, outside the physical bounds ({f['allowed']})")
+    if result["ok"]:
+        print(f"{result['path']}: every chunk verified (crc32c), every value within its physical bounds")
+    elif result["damaged"]:
+        print(f"{result['path']}: {len(result['damaged'])} damaged chunk(s); `sapphire generate {result['path']} --resume` recomputes their rows")
+    return 0 if result["ok"] else 1
 
 
 def register(sub) -> None:
@@ -91,4 +120,7 @@ def register(sub) -> None:
     p.add_argument("store")
     p.add_argument("--figure", help="write the design's pairwise projections to this PNG")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--verify", action="store_true",
+                   help="read every chunk (crc32c checksums) and check values against physical bounds; "
+                        "list damaged chunks with their rows; exit status 1 if anything is found")
     p.set_defaults(func=cmd_inspect)

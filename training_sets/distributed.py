@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import store as store_module
+from .evaluate import Evaluator, block_theta, model_from_attrs, write_block
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,8 +35,6 @@ def _worker_evaluator(path: str, batch_points: bool = False):
     import jax
 
     from sapphire.observations import Observations
-
-    from .generate import Evaluator, model_from_attrs
 
     root = store_module.open_group(path, mode="r+")
     attrs = dict(root.attrs)
@@ -53,11 +52,9 @@ def _worker_evaluator(path: str, batch_points: bool = False):
 def compute_block(path: str, block: int, batch_points: bool = False) -> dict[str, Any]:
     """Dask task: evaluate and write one block of a store; returns its size, failures and
     seconds."""
-    from .generate import _block_theta, write_block
-
     started = time.perf_counter()
     root, evaluator = _worker_evaluator(str(Path(path).resolve()), batch_points)
-    rows = evaluator.evaluate(_block_theta(root, block))
+    rows = evaluator.evaluate(block_theta(root, block))
     write_block(root, block, rows)
     return {"block": block, "points": int(rows["n_failed"].shape[0]), "failed_points": int(np.sum(rows["n_failed"] > 0)), "seconds": time.perf_counter() - started}
 

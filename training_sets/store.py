@@ -1,6 +1,6 @@
 """The training-set store: a Zarr v3 group of design points, summaries and exact gradients.
 
-Layout (``SCHEMA_VERSION`` 1), every array chunked along the design axis N in blocks of
+Layout (``SCHEMA_VERSION`` 2), every array chunked along the design axis N in blocks of
 ``chunk`` points (one block = one work unit: a worker writes whole blocks, never parts)::
 
     theta             (N, 8)     float64   design points (physical parameter units)
@@ -22,10 +22,19 @@ leaves it out, so two stores computed differently compare equal when their conte
 Crash safety: Zarr's local store writes each chunk file atomically (temporary file + rename),
 and a block's ``done`` flags are written after all its data.  A killed job therefore leaves
 every block either complete (``done``) or to be recomputed in full.
+
+Damage (schema 2): every chunk of every array is zstd-compressed and then carries a crc32c
+checksum of its bytes (Zarr v3's ``crc32c`` codec), verified whenever it is read; chunks are
+written even when they equal the fill value, so a done block has a file for every array.  A
+chunk that does not decode (flipped bits, truncation) raises :class:`StoreError` naming the
+array, the chunk, its rows and the store; :func:`scan_chunks` lists every unreadable or
+missing chunk, ``sapphire inspect --verify`` reports them, and ``sapphire generate --resume``
+recomputes their rows (:func:`training_sets.generate.repair_store`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,12 +44,17 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 import sapphire
+from sapphire.jsonio import json_ready
 from sapphire.halos import HaloPopulation
 from sapphire.population_summaries import summary_names
 from sapphire.observations import Observations
 from sapphire.prior import Prior
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each schema version changed, quoted when an older store is refused.
+SCHEMA_CHANGES = {
+    2: "every chunk carries a crc32c checksum verified on read, and chunks equal to the fill value are written",
+}
 DATA_ARRAYS = ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed")
 HALO_ARRAYS = ("times", "log_mhalo", "mhalo_rate", "t_start", "coeff_d", "coeff_c", "coeff_b", "coeff_a")
 # Attributes that must agree between a store and the run that writes into it.
@@ -51,15 +65,24 @@ class StoreError(ValueError):
     """A store that is missing, corrupt, of another schema, or made with other settings."""
 
 
-def _jsonable(value: Any) -> Any:
-    """Round-trip through JSON so that tuples become lists and comparisons are exact."""
-    return json.loads(json.dumps(value))
+def chunk_codecs() -> tuple:
+    """The bytes-to-bytes codecs of every array: zstd, then a crc32c checksum of the
+    compressed bytes (so truncation and flipped bits are both caught before decompression)."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
+
+def writable(root, name: str):
+    """Array ``name`` of the group, configured to write chunks even when they equal the fill
+    value (a failed point's all-NaN block still gets its files, so a missing file means damage)."""
+    return root[name].with_config({"write_empty_chunks": True})
 
 
 def store_identity(model, halos: HaloPopulation, obs: Observations, chunk: int, save_states: bool) -> dict[str, Any]:
     """The attributes that define what a store's rows mean: model constants, solver settings,
     prior box, observations (kernel centres), halo population and chunking."""
-    return _jsonable(
+    return json_ready(
         {
             "schema_version": SCHEMA_VERSION,
             "model_config": model.config.to_dict(),
@@ -111,7 +134,7 @@ def create_store(
     attrs.update(
         sapphire_version=sapphire.__version__,
         summary_names=list(summary_names(obs)),
-        design={"batches": [_jsonable(dict(design, n_points=n))]},
+        design={"batches": [json_ready(dict(design, n_points=n))]},
         history=[],
     )
     shapes = {
@@ -125,16 +148,18 @@ def create_store(
     if save_states:
         shapes["halo_log_state"] = ((n, h, 7), "float64", np.nan)
     for name, (shape, dtype, fill) in shapes.items():
-        root.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype, fill_value=fill)
-    root["theta"][:] = theta
+        root.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype, fill_value=fill, compressors=chunk_codecs())
+    writable(root, "theta")[:] = theta
     halo_group = root.create_group("halos")
-    for name, values in _halo_arrays(halos).items():
-        halo_group.create_array(name, data=values)
+    for name, values in halo_arrays(halos).items():
+        halo_group.create_array(name, shape=values.shape, dtype=values.dtype, compressors=chunk_codecs())
+        writable(halo_group, name)[...] = values
     root.attrs.update(attrs)  # attributes last: a store without them is recognisably unfinished
     return path
 
 
-def _halo_arrays(halos: HaloPopulation) -> dict[str, np.ndarray]:
+def halo_arrays(halos: HaloPopulation) -> dict[str, np.ndarray]:
+    """The arrays stored under ``halos/`` (:data:`HALO_ARRAYS`), as numpy."""
     d, c, b, a = (np.asarray(x) for x in halos.coeffs)
     return {
         "times": np.asarray(halos.times),
@@ -162,9 +187,10 @@ def open_group(path: str | os.PathLike, mode: str = "r"):
         raise StoreError(f"{path} has no schema_version attribute: not a sapphire training set, or its creation was interrupted")
     if version != SCHEMA_VERSION:
         newer = "newer" if int(version) > SCHEMA_VERSION else "older"
+        changes = "; ".join(f"version {v}: {what}" for v, what in sorted(SCHEMA_CHANGES.items()) if v > int(version))
         raise StoreError(
             f"{path} has schema version {version} ({newer} than this sapphire {sapphire.__version__}, "
-            f"which reads version {SCHEMA_VERSION})"
+            f"which reads version {SCHEMA_VERSION})" + (f"; changed since: {changes}; regenerate the store" if changes else "")
         )
     missing = [name for name in DATA_ARRAYS + ("done",) if name not in root]
     if missing or "halos" not in root:
@@ -179,7 +205,7 @@ def open_group(path: str | os.PathLike, mode: str = "r"):
 def check_identity(path, attrs: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
     """Raise :class:`StoreError` naming every identity attribute in which ``attrs`` (a store's)
     differs from ``expected`` (the current run's)."""
-    differing = [key for key in IDENTITY_KEYS if _jsonable(attrs.get(key)) != _jsonable(expected.get(key))]
+    differing = [key for key in IDENTITY_KEYS if json_ready(attrs.get(key)) != json_ready(expected.get(key))]
     if differing:
         details = "; ".join(_first_difference(key, attrs.get(key), expected.get(key)) for key in differing)
         raise StoreError(f"{path} was made with other settings: {details}")
@@ -188,7 +214,7 @@ def check_identity(path, attrs: Mapping[str, Any], expected: Mapping[str, Any]) 
 def _first_difference(key: str, stored: Any, wanted: Any) -> str:
     if isinstance(stored, dict) and isinstance(wanted, dict):
         for sub in sorted(set(stored) | set(wanted)):
-            if _jsonable(stored.get(sub)) != _jsonable(wanted.get(sub)):
+            if json_ready(stored.get(sub)) != json_ready(wanted.get(sub)):
                 return f"{key}.{sub} is {_short(stored.get(sub))} in the store, {_short(wanted.get(sub))} here"
     return f"{key} is {_short(stored)} in the store, {_short(wanted)} here"
 
@@ -202,8 +228,7 @@ def read_halos(root) -> HaloPopulation:
     """The halo population stored in the group, checked against its recorded fingerprint."""
     import jax.numpy as jnp
 
-    group = root["halos"]
-    arrays = {name: np.asarray(group[name][...]) for name in HALO_ARRAYS}
+    arrays = {name: read_rows(root, f"halos/{name}", slice(None)) for name in HALO_ARRAYS}
     info = root.attrs["halos"]
     halos = HaloPopulation(
         times=jnp.asarray(arrays["times"]),
@@ -220,6 +245,172 @@ def read_halos(root) -> HaloPopulation:
     return halos
 
 
+def group_path(root) -> Path | None:
+    """The directory of a group's local store (None for other kinds of store)."""
+    location = getattr(root.store, "root", None)
+    return None if location is None else Path(location) / root.path
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkDamage:
+    """One damaged chunk: ``array`` (``"summaries"``, ``"halos/times"``), its ``key`` in the
+    array (``"c/1/0"``), the ``rows`` [start, stop) along the array's first axis that it holds
+    (design points, or halos under ``halos/``), and the ``problem`` (``"missing"``, or why it
+    did not decode)."""
+
+    array: str
+    key: str
+    rows: tuple[int, int]
+    problem: str
+
+    def describe(self) -> str:
+        what = "halos" if self.array.startswith("halos/") else "rows"
+        return f"array {self.array} chunk {self.key} ({what} {self.rows[0]}-{self.rows[1] - 1}): {self.problem}"
+
+
+def _problem(err: BaseException) -> str:
+    """One short line for a chunk that did not decode."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "checksum" in text.lower():
+        return "crc32c checksum mismatch (bytes changed or truncated)"
+    return f"unreadable ({type(err).__name__}: {text[:100]})"
+
+
+def _chunk_rows(arr, coords: tuple[int, ...]) -> tuple[int, int]:
+    if not arr.ndim:
+        return (0, 1)
+    start = coords[0] * arr.chunks[0]
+    return (start, min(start + arr.chunks[0], arr.shape[0]))
+
+
+def _chunk_grid(arr, rows: slice = slice(None)) -> Iterator[tuple[int, ...]]:
+    """Chunk coordinates of ``arr`` whose rows meet ``rows`` (all of them for 0-d arrays)."""
+    grid = arr.cdata_shape if arr.ndim else ()
+    if not arr.ndim:
+        yield ()
+        return
+    start, stop, _ = rows.indices(arr.shape[0])
+    first, last = start // arr.chunks[0], max(stop - 1, start) // arr.chunks[0]
+    for coords in np.ndindex(*grid):
+        if first <= coords[0] <= last:
+            yield tuple(int(c) for c in coords)
+
+
+def _check_chunk_readable(arr, coords: tuple[int, ...]) -> str | None:
+    """None if the chunk decodes, else the problem."""
+    try:
+        arr.blocks[coords] if coords else arr[...]
+    except Exception as err:  # codecs raise ValueError, zstd its own error types
+        return _problem(err)
+    return None
+
+
+def damage_error(root, name: str, selection: Any = slice(None), err: BaseException | None = None) -> StoreError:
+    """The one-line :class:`StoreError` for a read of ``name`` that failed: the first chunk
+    of the selection that does not decode, its rows, the store, and what to run."""
+    arr = root[name]
+    rows = selection[0] if isinstance(selection, tuple) and selection else selection
+    rows = rows if isinstance(rows, slice) else slice(None)
+    where = group_path(root) or root.store
+    for coords in _chunk_grid(arr, rows):
+        problem = _check_chunk_readable(arr, coords)
+        if problem is not None:
+            damage = ChunkDamage(name, arr.metadata.encode_chunk_key(coords), _chunk_rows(arr, coords), problem)
+            return StoreError(
+                f"{where}: {damage.describe()}; `sapphire inspect {where} --verify` lists every damaged chunk, "
+                f"`sapphire generate {where} --resume` recomputes them"
+            )
+    detail = _problem(err) if err is not None else "unknown problem"
+    return StoreError(f"{where}: array {name} could not be read: {detail}")
+
+
+def read_rows(root, name: str, selection: Any = slice(None)) -> np.ndarray:
+    """``root[name][selection]`` as numpy; a chunk that does not decode (checksum mismatch,
+    truncation) raises :func:`damage_error`'s one-line :class:`StoreError` instead of the
+    codec's traceback."""
+    arr = root[name]
+    try:
+        return np.asarray(arr[selection] if arr.ndim else arr[...])
+    except Exception as err:
+        raise damage_error(root, name, selection, err) from None
+
+
+class CheckedArray:
+    """Array-like view of one array of a group whose reads go through :func:`read_rows`
+    (what :class:`TrainingSet` hands to ``dask.array.from_array``)."""
+
+    def __init__(self, root, name: str):
+        arr = root[name]
+        self.root, self.name = root, name
+        self.shape, self.dtype, self.ndim = tuple(arr.shape), np.dtype(arr.dtype), arr.ndim
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return read_rows(self.root, self.name, selection)
+
+
+def _missing_error(root, damage: "ChunkDamage") -> StoreError:
+    where = group_path(root) or root.store
+    return StoreError(
+        f"{where}: {damage.describe()} (its rows are marked done); `sapphire inspect {where} --verify` lists every "
+        f"damaged chunk, `sapphire generate {where} --resume` recomputes them"
+    )
+
+
+def check_present(root, name: str, rows: slice) -> None:
+    """Raise a one-line :class:`StoreError` if a chunk file of ``name`` holding ``rows`` is
+    missing (Zarr would silently read the fill value).  Local stores only; others pass."""
+    directory = group_path(root)
+    if directory is None:
+        return
+    arr = root[name]
+    for coords in _chunk_grid(arr, rows):
+        key = arr.metadata.encode_chunk_key(coords)
+        if not (directory / arr.path / key).exists():
+            raise _missing_error(root, ChunkDamage(name, key, _chunk_rows(arr, coords), "missing"))
+
+
+def array_names(root) -> list[str]:
+    """Every array of a store: the data arrays, then ``halos/<name>``."""
+    return sorted(root.array_keys()) + [f"halos/{k}" for k in HALO_ARRAYS if k in root["halos"]]
+
+
+def scan_chunks(root, progress: bool = False) -> list[ChunkDamage]:
+    """Read every chunk of every array of a store (checksums verified) and list the damaged
+    ones: chunks that do not decode, and missing chunk files where the store says data must
+    be (``theta`` and ``halos/`` always; the per-point arrays in blocks whose rows are all
+    ``done``).  A missing ``done`` chunk reads as "not done", so its rows are recomputed
+    anyway.  Memory: one chunk at a time."""
+    from tqdm.auto import tqdm
+
+    directory = group_path(root)
+    names = array_names(root)
+    done_arr = root["done"]
+    done = np.zeros(done_arr.shape[0], bool)
+    damaged: list[ChunkDamage] = []
+    total = sum(int(np.prod(root[name].cdata_shape)) if root[name].ndim else 1 for name in names)
+    with tqdm(total=total, desc="chunks", unit="chunk", disable=not progress, dynamic_ncols=True) as bar:
+        for name in ["done"] + [n for n in names if n != "done"]:
+            arr = root[name]
+            for coords in _chunk_grid(arr):
+                bar.update(1)
+                key = arr.metadata.encode_chunk_key(coords)
+                rows = _chunk_rows(arr, coords)
+                present = directory is None or (directory / arr.path / key).exists()
+                if not present:
+                    must_exist = name == "theta" or name.startswith("halos/") or (
+                        name != "done" and bool(done[rows[0] : rows[1]].all())
+                    )
+                    if must_exist:
+                        damaged.append(ChunkDamage(name, key, rows, "missing"))
+                    continue
+                problem = _check_chunk_readable(arr, coords)
+                if problem is not None:
+                    damaged.append(ChunkDamage(name, key, rows, problem))
+                elif name == "done":
+                    done[rows[0] : rows[1]] = np.asarray(arr[rows[0] : rows[1]])
+    return damaged
+
+
 def store_digest(path: str | os.PathLike) -> str:
     """sha256 (16 hex digits) of every array's bytes and every attribute except ``history``:
     equal digests mean bit-identical contents."""
@@ -232,8 +423,8 @@ def store_digest(path: str | os.PathLike) -> str:
         arr = root[name]
         digest.update(f"{name}{arr.shape}{arr.dtype}".encode())
         for start in range(0, arr.shape[0], max(arr.chunks[0], 1) if arr.ndim else 1):
-            block = np.ascontiguousarray(arr[start : start + arr.chunks[0]] if arr.ndim else arr[...])
-            digest.update(block.tobytes())
+            rows = slice(start, start + arr.chunks[0]) if arr.ndim else slice(None)
+            digest.update(np.ascontiguousarray(read_rows(root, name, rows)).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -253,7 +444,8 @@ class TrainingSet:
         self.attrs: dict[str, Any] = dict(self._root.attrs)
         for name in DATA_ARRAYS + ("done", "halo_log_state"):
             if name in self._root:
-                setattr(self, name, da.from_zarr(self._root[name]))
+                arr = self._root[name]
+                setattr(self, name, da.from_array(CheckedArray(self._root, name), chunks=arr.chunks, name=f"{self.path}:{name}"))
         self.prior = Prior(**{k: tuple(v) for k, v in self.attrs["prior"].items()})
         self.observations = Observations.from_dict(self.attrs["observations"])
         self.summary_names: tuple[str, ...] = tuple(self.attrs["summary_names"])
@@ -292,12 +484,17 @@ class TrainingSet:
 
     def valid_mask(self) -> np.ndarray:
         """(N,) bool: row done, no failed halo, every summary and Jacobian entry finite.
-        Read block by block (memory: one chunk of each array)."""
+        Read block by block (memory: one chunk of each array).  Raises a one-line
+        :class:`StoreError` for a damaged chunk, or a missing one in a finished block."""
         parts = []
         for rows in self._blocks():
-            ok = np.asarray(self._root["done"][rows]) & (np.asarray(self._root["n_failed"][rows]) == 0)
+            done = read_rows(self._root, "done", rows)
+            if done.all():  # a finished block has a file in every array: a missing one is damage
+                for name in DATA_ARRAYS:
+                    check_present(self._root, name, rows)
+            ok = done & (read_rows(self._root, "n_failed", rows) == 0)
             for name, axes in (("summaries", (1,)), ("summary_stderr", (1,)), ("summary_jacobian", (1, 2))):
-                ok &= np.isfinite(np.asarray(self._root[name][rows])).all(axis=axes)
+                ok &= np.isfinite(read_rows(self._root, name, rows)).all(axis=axes)
             parts.append(ok)
         return np.concatenate(parts) if parts else np.zeros(0, bool)
 
@@ -315,7 +512,7 @@ class TrainingSet:
             local = idx[blocks == block] - start
             stop = start + int(local[-1]) + 1
             for name in DATA_ARRAYS:
-                out[name].append(np.asarray(self._root[name][start:stop])[local])
+                out[name].append(read_rows(self._root, name, slice(start, stop))[local])
         return {
             name: np.concatenate(parts) if parts else np.zeros((0,) + self._root[name].shape[1:], self._root[name].dtype)
             for name, parts in out.items()
