@@ -187,8 +187,7 @@ def to_network_space(batch: Mapping[str, np.ndarray], scalings: Scalings) -> tup
 
 
 #: A training split up to this size is read from the store once and shuffled in memory; a
-#: larger one streams from the store every epoch (measured on this project's 2-core CPU: the
-#: 1,280 training rows of a 1,600-point store streamed at ~0.8 s per epoch, in memory ~0.05 s).
+#: larger one streams from the store every epoch (the speed-up: docs/design.md s.11).
 IN_MEMORY_LIMIT_BYTES = 512 * 2**20
 
 

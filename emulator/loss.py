@@ -13,9 +13,8 @@ default ``huber_delta=0.01`` for the Jacobian term (close to an L1 penalty) and
 ``value_huber_delta=0.05`` for the values.  Why robust: the exact summaries have near-jumps
 (a halo crossing a sharp transition moves a kernel-regression mean by ~0.05-0.1 dex within
 ~0.001-0.01 of a parameter's prior width), where the local exact Jacobian is 10-100x its typical
-size; with squares those few points dominate the fit (measured on the 64-halo development set,
-one member, median test Jacobian error: 0.49 with squares and 0.24 with delta = 1 at 720
-training points; 0.13 with delta = 0.1 at 720; 0.15 with delta = 0.01 at 1,280).  w_i are
+size; with squares those few points dominate the fit (the measured choice of delta:
+docs/design.md s.11).  w_i are
 per-summary weights (``summary_weighting``, default ``"sigma_obs"``: residuals in units of the
 observational sigma, rescaled to unit RMS weight).
 """

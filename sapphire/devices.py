@@ -3,8 +3,8 @@
 XLA runs one vmapped solve on one core.  ``set_host_device_count(n)`` (call it before JAX
 first touches a device, like ``numpyro.set_host_device_count``) makes XLA expose ``n`` CPU
 devices; :func:`shard_halos` then places a stacked halo forcing across all local devices so
-that jit partitions the batch (measured: 256 halos at the prior centre, 2-core CPU,
-0.196 s on one device, 0.120 s on two).  The same path spreads a batch over several GPUs.
+that jit partitions the batch (speed-up measured in docs/design.md s.11).  The same path
+spreads a batch over several GPUs.
 """
 
 from __future__ import annotations

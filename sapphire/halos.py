@@ -12,10 +12,8 @@ Common time grid (:func:`common_time_grid`)
     (dt -> ds / (1 + tau / t0)); with the default 384 points: dt = 0.0044 Gyr at 0.1 Gyr,
     0.011 at 0.3 Gyr, 0.024 at 1 Gyr, 0.045 at t0.  Early halo growth is a steep power law
     of t (M ~ t^3), so relative, not absolute, resolution is what matters there; late on,
-    0.045 Gyr resolves the 0.1-Gyr smoothing kernel with >= 2 points per sigma.  Measured on
-    256 diffmah halos against a 4x finer grid (t >= t_start): |d log10 M_h| <= 2e-6 dex, rate
-    error <= 3e-5 of the halo's peak rate; the interpolated rate integrates to the interpolated
-    M_h(t0) - M_h(t_start) within 3e-7 (relative).
+    0.045 Gyr resolves the 0.1-Gyr smoothing kernel with >= 2 points per sigma (the grid's
+    accuracy against a 4x finer one: docs/design.md s.11).
 
 Interpolation (the solver pays for every kink)
     Columns interpolated per halo: log10 M_h and sqrt(dM_h/dt), each by a not-a-knot cubic

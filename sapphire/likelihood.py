@@ -42,7 +42,7 @@ zero cotangent).  The primal evaluation (no derivative requested) runs the plain
 eagerly, ``Model.summaries``, ``Model.summary_jacobian``, :func:`log_likelihood` and
 :func:`log_likelihood_and_grad` reuse those methods' compiled solves (no extra compilation);
 ``jax.grad``/``jax.jacfwd``/``jax.jit`` of :func:`log_likelihood` stage the solve into their own
-trace and compile a copy of it once per shape and mode (measured ~10-20 s on the 2-core CPU).
+trace and compile a copy of it once per shape and mode (compile times: docs/design.md s.11).
 First derivatives only (``jax.grad``, ``jax.jacfwd``, ``jax.value_and_grad``, ``jax.jvp``), not
 Hessians.
 

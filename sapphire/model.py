@@ -121,8 +121,7 @@ class Model:
                     for device, share in zip(devices, shares)
                 ]
                 # One thread per device: the Jacobian program does not dispatch asynchronously on
-                # CPU (measured: two devices' Jacobian solves ran one after the other, 3.2 s,
-                # vs 1.6 s from two threads; JAX releases the GIL while a program runs).
+                # CPU, and JAX releases the GIL while a program runs (docs/design.md s.11).
                 solve = lambda args: evolve_population(*args, self.settings, self.config, with_jacobian)
                 with ThreadPoolExecutor(len(inputs)) as pool:
                     parts = list(pool.map(solve, inputs))

@@ -263,8 +263,8 @@ def generate(
     ``chunk`` points are evaluated on ``devices`` (``"all"`` local devices, or a count), or,
     with ``scheduler`` (a ``tcp://`` address or a ``distributed.Client``), by Dask workers
     that each write their own blocks.  ``batch_points``: evaluate each block's points as one
-    flat batch of (point, halo) lanes (:func:`~training_sets.evaluate.block_outputs`; one H200: 1,600 points x 512
-    halos in 79 s; one CPU device: 1.07x faster than point by point), agreeing with the default
+    flat batch of (point, halo) lanes (:func:`~training_sets.evaluate.block_outputs`; for GPUs,
+    speed in docs/training_sets.md), agreeing with the default
     evaluation to the solver tolerance, not bit for bit (recorded in the store's history).
     ``on_block(block)`` is called after each block is written (tests use it).  With ``resume``,
     damaged or missing chunks are found first and their rows recomputed (:func:`prepare_store`),
