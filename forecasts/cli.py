@@ -44,6 +44,7 @@ DEFAULT_CHAINS = 4
 from sapphire.cli_common import (
     add_solver_options,
     fraction,
+    nonnegative_float,
     nonnegative_int,
     output_dir,
     positive_float,
@@ -248,8 +249,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.truths < 1:
         raise option_error(args, f"--truths must be >= 1, got {args.truths}")
-    if args.starts < 1:
-        raise option_error(args, f"--starts must be >= 1, got {args.starts}")
     if not 0 <= args.truth_margin < 0.5:
         raise option_error(args, f"--truth-margin must lie in [0, 0.5), got {args.truth_margin}")
     sets = parse_relation_sets(args, args.relation_sets)
@@ -358,7 +357,7 @@ def _add_problem_options(p: argparse.ArgumentParser, *, mock: bool = True, relat
 
 def _add_fit_options(p: argparse.ArgumentParser, *, fisher_at: bool = True, gauss_newton: bool = True) -> None:
     g = p.add_argument_group("MAP and Fisher")
-    g.add_argument("--starts", type=int, default=8, help="MAP starts (Latin hypercube; default 8; at least 1)")
+    g.add_argument("--starts", type=positive_int, default=8, help="MAP starts (Latin hypercube; default 8)")
     g.add_argument("--hessian", default="auto", choices=HESSIANS if gauss_newton else HESSIANS[:3],
                    help="Fisher matrix: the forward model's Laplace default (auto), autodiff, fd_grad"
                         + (", or gauss-newton (J^T C^-1 J)" if gauss_newton else ""))
@@ -408,7 +407,7 @@ def register(sub) -> None:
     g.add_argument("--exact-hmc-draws", "--exact-draws", dest="exact_draws", type=positive_int,
                    help="draws per exact-model chain (default --hmc-draws)")
     g = p.add_argument_group("verdict")
-    g.add_argument("--max-shift", type=positive_float, default=0.2, help="|mean shift| / exact sigma below this (default 0.2)")
+    g.add_argument("--max-shift", type=nonnegative_float, default=0.2, help="|mean shift| / exact sigma below this (default 0.2)")
     g.add_argument("--max-width-ratio", type=positive_float, default=1.25, help="width ratio within [1/r, r] (default 1.25)")
     g.add_argument("--max-auc", type=fraction, default=0.6, help="classifier two-sample AUC below this (default 0.6)")
     g.add_argument("--strict", action="store_true", help="exit 1 if the verdict is FAIL")
@@ -428,7 +427,7 @@ def register(sub) -> None:
     g.add_argument("--relation-sets", default="all", help="'all' (7 combinations) or sets separated by ';' (smhm,mzr;smhm)")
     g.add_argument("--noise", action="store_true", help="add Gaussian noise of the observational errors to each mock")
     g.add_argument("--truth-margin", type=float, default=0.1, help="keep truths this fraction of the width from the faces (default 0.1)")
-    g.add_argument("--failure-sigma", type=float, default=3.0, help="|normalised bias| above this is a failure (default 3)")
+    g.add_argument("--failure-sigma", type=positive_float, default=3.0, help="|normalised bias| above this is a failure (default 3)")
     g = p.add_argument_group("error scaling")
     g.add_argument("--error-scaling", action="store_true", help="also the Fisher errors with the errors scaled by --scales")
     g.add_argument("--scales", default="1,0.5,0.1", help="error scales (default 1,0.5,0.1)")

@@ -144,6 +144,9 @@ CASES = [
     (["forecast", "--fixed", "1,2,x,4,5,6,7,8"], ["--fixed", "'1,2,x,4,5,6,7,8'"]),
     (["validate", "--max-auc", "1.5"], ["--max-auc", "'1.5'", "[0, 1]"]),
     (["recover", "--truths", "0"], ["--truths", "0"]),
+    (["recover", "--starts", "0"], ["--starts", "'0'"]),
+    (["recover", "--failure-sigma", "-3"], ["--failure-sigma", "'-3'"]),
+    (["validate", "--exact-draws", "0"], ["--exact-hmc-draws", "'0'"]),
     (["quickstart", "--scale", "huge"], ["--scale", "'huge'"]),
 ]
 
