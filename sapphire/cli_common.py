@@ -259,10 +259,13 @@ def add_solver_options(p: argparse.ArgumentParser) -> None:
 
 def check_option_ranges(args: argparse.Namespace) -> None:
     """The checks that involve two options (one place for all subcommands): ``--logm-min``
-    below ``--logm-max``.  Exits 2 with one line (:class:`OptionError`)."""
+    below ``--logm-max``; ``--fisher-at truth`` only with ``--mock-theta``.  Exits 2 with one
+    line (:class:`OptionError`)."""
     lo, hi = getattr(args, "logm_min", None), getattr(args, "logm_max", None)
     if lo is not None and hi is not None and not lo < hi:
         raise OptionError(f"sapphire {args.command}: --logm-min must be below --logm-max, got {lo} and {hi}")
+    if getattr(args, "fisher_at", None) == "truth" and getattr(args, "mock_theta", None) is None:
+        raise OptionError(f"sapphire {args.command}: --fisher-at truth needs --mock-theta (the truth to expand at)")
 
 
 def model_from_options(args: argparse.Namespace) -> Model:

@@ -143,6 +143,7 @@ CASES = [
     (["forecast", "--out", "{a_file}"], ["--out", "not a directory"]),
     (["forecast", "--fixed", "1,2,x,4,5,6,7,8"], ["--fixed", "'1,2,x,4,5,6,7,8'"]),
     (["validate", "--max-auc", "1.5"], ["--max-auc", "'1.5'", "[0, 1]"]),
+    (["validate", "--fisher-at", "truth", "--out", "{root}/v"], ["--fisher-at truth needs --mock-theta"]),
     (["recover", "--truths", "0"], ["--truths", "0"]),
     (["recover", "--starts", "0"], ["--starts", "'0'"]),
     (["recover", "--failure-sigma", "-3"], ["--failure-sigma", "'-3'"]),
@@ -166,6 +167,7 @@ def test_refused_commands_write_nothing(stores, capsys):
     refused(["train", stores.small, stores.emu, "--force"], capsys)  # too few points: the old artifact stays
     refused(["generate", stores.root / "new.zarr", "--design", stores.outside], capsys)
     refused(["evolve", "--halos", "0", "--out", stores.root / "e.npz"], capsys)
+    refused(["forecast", "--fisher-at", "truth", "--out", stores.root / "f"], capsys)  # made its --out before
     assert sorted(p.relative_to(stores.root) for p in stores.root.rglob("*")) == before
     if stamp is not None:
         assert (stores.emu / "metadata.json").stat().st_mtime_ns == stamp
