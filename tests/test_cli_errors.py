@@ -114,6 +114,7 @@ CASES = [
     (["generate", "{root}/g.zarr", "--points", "4", "--halos", "0"], ["--halos", "'0'"]),
     (["generate", "{root}/g.zarr", "--points", "4", "--rtol", "-1"], ["--rtol", "'-1'"]),
     (["generate", "{root}/g.zarr", "--points", "0"], ["--points", "'0'"]),
+    (["generate", "{root}/g.zarr"], ["--points N", "--design"]),
     (["generate", "{root}/g.zarr", "--design", "{root}/nofile.csv"], ["--design", "nofile.csv", "no such file"]),
     (["generate", "{root}/g.zarr", "--design", "{table}"], ["--design", "missing_columns.csv", "missing", "A_etaE"]),
     (["generate", "{root}/g.zarr", "--design", "{outside}"], ["--design", "outside.csv", "A_etaM = 99.0", "prior box"]),

@@ -26,6 +26,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .design import read_design_table
     from .generate import extend_store, generate
 
+    if not (args.points or args.design or args.resume or args.extend):
+        raise OptionError("sapphire generate: give the number of design points (--points N) or a design table "
+                          "(--design table.csv); --resume or --extend M continue an existing store")
     if Path(args.out).exists() and not (args.resume or args.extend):  # before the halos are made
         raise OptionError(f"sapphire generate: {args.out} already exists; add --resume to finish it, --extend N to "
                           "grow it, or choose another path")
