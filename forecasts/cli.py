@@ -21,9 +21,10 @@ The problem (shared options)
 ``--mock-theta v1,...,v8``       replace the data by the exact model's (noise-free) summaries at
                                  this theta (``forecasts.mock_observations``; needs --halos or --store)
 
-Exit codes: 0 done; 1 ``validate --strict`` and the verdict is FAIL; 2 an HMC run stopped at
-``--time-limit`` before its end (rerun the same command to resume from the checkpoint).  Bad
-options end with a message naming the offending value (``SystemExit``).
+Exit codes: 0 done; 1 ``validate --strict`` and the verdict is FAIL; 2 a bad option or input
+(one line on stderr naming the option, the value and what is allowed; nothing computed);
+3 an HMC run stopped at ``--time-limit`` before its end (rerun the same command to resume from
+the checkpoint).
 """
 
 from __future__ import annotations
@@ -35,8 +36,20 @@ from pathlib import Path
 import numpy as np
 
 HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
+#: Exit status of a run whose HMC stopped at --time-limit (rerun to resume); 2 is a bad option.
+INCOMPLETE_EXIT = 3
+#: HMC chains, the same default for every subcommand.
+DEFAULT_CHAINS = 4
 
-from sapphire.cli_common import add_solver_options
+from sapphire.cli_common import (
+    add_solver_options,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    output_dir,
+    positive_float,
+    positive_int,
+)
 from sapphire.jsonio import write_json
 
 from .problem import (
@@ -140,7 +153,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     print(f"wrote {out / 'forecast.json'}, {out / 'corner.png'}" + (f", {out / 'hmc_samples.npz'}" if post is not None else ""))
     if post is not None and not post.complete:
         print(f"HMC stopped at --time-limit before its end: rerun (each run continues from {checkpoint})")
-        return 2
+        return INCOMPLETE_EXIT
     return 0
 
 
@@ -187,7 +200,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if incomplete:
         print(f"HMC of {', '.join(incomplete)} stopped at --time-limit: rerun the same command to resume "
               f"(checkpoints in {out}); no cross-validation yet")
-        return 2
+        return INCOMPLETE_EXIT
 
     thresholds = Thresholds(args.max_shift, args.max_width_ratio, args.max_auc)
     exact, emu = results["exact"], results["emulator"]
@@ -236,8 +249,6 @@ def cmd_recover(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.truths < 1:
         raise option_error(args, f"--truths must be >= 1, got {args.truths}")
-    if args.starts < 1:
-        raise option_error(args, f"--starts must be >= 1, got {args.starts}")
     if not 0 <= args.truth_margin < 0.5:
         raise option_error(args, f"--truth-margin must lie in [0, 0.5), got {args.truth_margin}")
     sets = parse_relation_sets(args, args.relation_sets)
@@ -327,10 +338,10 @@ def _error_scaling(args, problem: Problem, factory, probe, obs, hessian):
 # ------------------------------------------------------------------------------------------------
 def _add_problem_options(p: argparse.ArgumentParser, *, mock: bool = True, relations: bool = True) -> None:
     g = p.add_argument_group("problem")
-    g.add_argument("--emulator", help="saved emulator (SobolevEmulator artifact directory)")
+    g.add_argument("--emulator", help="saved emulator (SobolevEmulator artifact directory, sapphire train)")
     g.add_argument("--no-emulator-error", action="store_true", help="leave the emulator's error estimate out of the likelihood")
-    g.add_argument("--halos", type=int, help="exact model on this many diffmah halos (or use --store)")
-    g.add_argument("--halo-seed", type=int, default=0, help="seed of the diffmah halos (default 0)")
+    g.add_argument("--halos", type=positive_int, help="exact model on this many diffmah halos (or use --store)")
+    g.add_argument("--halo-seed", type=nonnegative_int, default=0, help="seed of the diffmah halo population (default 0)")
     g.add_argument("--store", help="training-set store: take the exact model and halos recorded in it")
     g.add_argument("--free", help="comma-separated free parameters (default all 8)")
     g.add_argument("--fixed", help="8 comma-separated values for the held parameters (default: the mock's truth, else the prior centre)")
@@ -340,13 +351,13 @@ def _add_problem_options(p: argparse.ArgumentParser, *, mock: bool = True, relat
     g.add_argument("--observations", help="observations JSON (Observations.to_json()); default Observations.default()")
     if mock:
         g.add_argument("--mock-theta", help="8 comma-separated values: fit noise-free exact-model mock data made there")
-    g.add_argument("--seed", type=int, default=0, help="seed of MAP starts, HMC and the classifier (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of MAP starts, HMC and the classifier (default 0)")
     add_solver_options(p)
 
 
 def _add_fit_options(p: argparse.ArgumentParser, *, fisher_at: bool = True, gauss_newton: bool = True) -> None:
     g = p.add_argument_group("MAP and Fisher")
-    g.add_argument("--starts", type=int, default=8, help="MAP starts (Latin hypercube; default 8)")
+    g.add_argument("--starts", type=positive_int, default=8, help="MAP starts (Latin hypercube; default 8)")
     g.add_argument("--hessian", default="auto", choices=HESSIANS if gauss_newton else HESSIANS[:3],
                    help="Fisher matrix: the forward model's Laplace default (auto), autodiff, fd_grad"
                         + (", or gauss-newton (J^T C^-1 J)" if gauss_newton else ""))
@@ -355,17 +366,18 @@ def _add_fit_options(p: argparse.ArgumentParser, *, fisher_at: bool = True, gaus
                        help="expand at the MAP (default) or at the --mock-theta truth (no MAP search: for a noise-free mock it is the MAP)")
 
 
-def _add_hmc_options(p: argparse.ArgumentParser, *, chains: int = 4, warmup: int = 500, draws: int = 1000,
-                     resumable: bool = True) -> None:
+def _add_hmc_options(p: argparse.ArgumentParser, *, warmup: int = 500, draws: int = 1000, resumable: bool = True) -> None:
     g = p.add_argument_group("HMC (NUTS)")
-    g.add_argument("--chains", type=int, default=chains, help=f"chains (default {chains})")
-    g.add_argument("--warmup", type=int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
-    g.add_argument("--draws", type=int, default=draws, help=f"draws per chain (default {draws})")
+    g.add_argument("--chains", type=positive_int, default=DEFAULT_CHAINS, help=f"chains (default {DEFAULT_CHAINS})")
+    g.add_argument("--warmup", type=positive_int, default=warmup, help=f"warmup iterations per chain (default {warmup})")
+    g.add_argument("--hmc-draws", "--draws", dest="draws", type=positive_int, default=draws,
+                   help=f"HMC draws per chain after warmup (default {draws})")
     if not resumable:
         return
     g.add_argument("--hmc-init", default="random", choices=["random", "map"],
                    help="chains start at numpyro's random init (default) or at the MAP / Fisher point")
-    g.add_argument("--time-limit", type=float, help="stop HMC after about this many seconds (exit 2; rerun resumes from the checkpoint)")
+    g.add_argument("--time-limit", type=positive_float,
+                   help=f"stop HMC after about this many seconds (exit {INCOMPLETE_EXIT}; rerun resumes from the checkpoint)")
 
 
 def register(sub) -> None:
@@ -379,27 +391,28 @@ def register(sub) -> None:
     _add_hmc_options(p)
     p.add_argument("--checkpoint", nargs="?", const="", default=None,
                    help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.pkl")
-    p.add_argument("--out", default="runs/forecast", help="output directory (default runs/forecast)")
+    p.add_argument("--out", type=output_dir, default="runs/forecast", help="output directory (default runs/forecast)")
     p.set_defaults(func=cmd_forecast)
 
     p = sub.add_parser("validate", help="cross-validate the emulator posterior against the exact model's (same problem)",
                        description=cmd_validate.__doc__ + " HMC checkpoints and Laplace results live in OUT, so a rerun "
                        "resumes. Writes crossval.json, crossval.md, crossval_corner.png, crossval_fisher.png. Exit 0 "
-                       "whatever the verdict unless --strict (1 on FAIL); 2 if HMC stopped at --time-limit.")
+                       f"whatever the verdict unless --strict (1 on FAIL); {INCOMPLETE_EXIT} if HMC stopped at --time-limit.")
     _add_problem_options(p)
     _add_fit_options(p)
     _add_hmc_options(p)
     g = p.add_argument_group("exact-model HMC sizes (default: as the emulator's)")
-    g.add_argument("--exact-chains", type=int)
-    g.add_argument("--exact-warmup", type=int)
-    g.add_argument("--exact-draws", type=int)
+    g.add_argument("--exact-chains", type=positive_int, help="chains of the exact-model HMC (default --chains)")
+    g.add_argument("--exact-warmup", type=positive_int, help="warmup iterations per exact-model chain (default --warmup)")
+    g.add_argument("--exact-hmc-draws", "--exact-draws", dest="exact_draws", type=positive_int,
+                   help="draws per exact-model chain (default --hmc-draws)")
     g = p.add_argument_group("verdict")
-    g.add_argument("--max-shift", type=float, default=0.2, help="|mean shift| / exact sigma below this (default 0.2)")
-    g.add_argument("--max-width-ratio", type=float, default=1.25, help="width ratio within [1/r, r] (default 1.25)")
-    g.add_argument("--max-auc", type=float, default=0.6, help="classifier two-sample AUC below this (default 0.6)")
+    g.add_argument("--max-shift", type=nonnegative_float, default=0.2, help="|mean shift| / exact sigma below this (default 0.2)")
+    g.add_argument("--max-width-ratio", type=positive_float, default=1.25, help="width ratio within [1/r, r] (default 1.25)")
+    g.add_argument("--max-auc", type=fraction, default=0.6, help="classifier two-sample AUC below this (default 0.6)")
     g.add_argument("--strict", action="store_true", help="exit 1 if the verdict is FAIL")
     p.add_argument("--restart", action="store_true", help="delete OUT's checkpoints and Laplace results first")
-    p.add_argument("--out", default="runs/validate", help="output directory (default runs/validate)")
+    p.add_argument("--out", type=output_dir, default="runs/validate", help="output directory (default runs/validate)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("recover", help="mock parameter recovery over relation sets (and the error-scaling forecast)",
@@ -414,11 +427,11 @@ def register(sub) -> None:
     g.add_argument("--relation-sets", default="all", help="'all' (7 combinations) or sets separated by ';' (smhm,mzr;smhm)")
     g.add_argument("--noise", action="store_true", help="add Gaussian noise of the observational errors to each mock")
     g.add_argument("--truth-margin", type=float, default=0.1, help="keep truths this fraction of the width from the faces (default 0.1)")
-    g.add_argument("--failure-sigma", type=float, default=3.0, help="|normalised bias| above this is a failure (default 3)")
+    g.add_argument("--failure-sigma", type=positive_float, default=3.0, help="|normalised bias| above this is a failure (default 3)")
     g = p.add_argument_group("error scaling")
     g.add_argument("--error-scaling", action="store_true", help="also the Fisher errors with the errors scaled by --scales")
     g.add_argument("--scales", default="1,0.5,0.1", help="error scales (default 1,0.5,0.1)")
-    g.add_argument("--scaling-hmc", action="store_true", help="HMC at each scale too (--chains --warmup --draws)")
-    _add_hmc_options(p, chains=2, warmup=300, draws=500, resumable=False)
-    p.add_argument("--out", default="runs/recover", help="output directory (default runs/recover)")
+    g.add_argument("--scaling-hmc", action="store_true", help="HMC at each scale too (--chains --warmup --hmc-draws)")
+    _add_hmc_options(p, warmup=300, draws=500, resumable=False)
+    p.add_argument("--out", type=output_dir, default="runs/recover", help="output directory (default runs/recover)")
     p.set_defaults(func=cmd_recover)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sapphire.cli_common import model_from_options
+from sapphire.cli_common import OptionError, model_from_options
 
 RELATIONS = ("smhm", "gas_ratio", "mzr")
 
@@ -45,9 +45,9 @@ def emulator_forward(emu, obs, include_emulator_error: bool = True, **kwargs):
 # ------------------------------------------------------------------------------------------------
 # Option parsing
 # ------------------------------------------------------------------------------------------------
-def option_error(args, message: str) -> SystemExit:
-    """A one-line ``SystemExit`` naming the subcommand: ``sapphire CMD: message``."""
-    return SystemExit(f"sapphire {args.command}: {message}")
+def option_error(args, message: str) -> OptionError:
+    """A one-line error naming the subcommand, ``sapphire CMD: message`` (exit status 2)."""
+    return OptionError(f"sapphire {args.command}: {message}")
 
 
 def split_list(text: str) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 import sapphire
+from sapphire.cli_common import nonnegative_int, output_dir
 from sapphire.jsonio import write_json
 
 
@@ -308,8 +309,11 @@ def register(sub) -> None:
     """Add the ``quickstart`` subcommand to the ``sapphire`` parser."""
     p = sub.add_parser("quickstart", help="the whole pipeline on embedded defaults: training set, emulator, mock, "
                                           "emulator MAP/Fisher/HMC, reduced exact HMC, cross-validation report")
-    p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart); rerun to resume")
+    p.add_argument("--out", type=output_dir, default="runs/quickstart",
+                   help="output directory (default runs/quickstart); rerun to resume")
     p.add_argument("--scale", default="small", choices=sorted(SCALES), help="small (laptop, default), tiny (CI), paper (GPU nodes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of every random draw of the run: halos, training design (the test design: seed + 1000), "
+                        "emulator training, MAP starts, HMC (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

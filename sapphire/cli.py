@@ -12,7 +12,20 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli_common import add_solver_options, model_from_options, parse_theta
+from .cli_common import (
+    ArgumentParser,
+    OptionError,
+    add_solver_options,
+    check_option_ranges,
+    join_negative_values,
+    model_from_options,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    parse_theta,
+    positive_int,
+    run_command,
+)
 from .jsonio import write_json
 
 
@@ -27,8 +40,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
     prior = sapphire.DEFAULT_PRIOR
     theta = parse_theta(args.theta, prior)
-    model = sapphire.Model(solver=args.solver, rtol=args.rtol)
-    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
+    model = model_from_options(args)
+    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
     batch = min(args.batch, halos.n_halos)
     pieces, jacobians = [], []
     started = time.perf_counter()
@@ -82,8 +95,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         )
         if args.jacobian:
             arrays["jacobian"] = np.concatenate(jacobians)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.out, **arrays)
+        with open(args.out, "wb") as f:  # exactly the path given (numpy would add .npz to a bare name)
+            np.savez_compressed(f, **arrays)
         print(f"wrote {args.out}")
     return 0 if success.all() else 3
 
@@ -114,7 +127,7 @@ def _check_counts(args: argparse.Namespace, min_halos: int) -> None:
     if args.halos < min_halos:
         raise SystemExit(f"--halos must be >= {min_halos}, got {args.halos}")
     if args.draws < 0 or (args.draws == 0 and not getattr(args, "corners", False)):
-        raise SystemExit(f"--draws must be >= 1 (or 0 with --corners), got {args.draws}")
+        raise SystemExit(f"--prior-draws (--draws) must be >= 1 (or 0 with --corners), got {args.draws}")
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -133,8 +146,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     model = model_from_options(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sample = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
-    mw = sapphire.HaloPopulation.from_diffmah(1, logm_min=11.99, logm_max=12.01, seed=args.seed)
+    sample = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max,
+                                                  seed=_halo_seed(args))
+    mw = sapphire.HaloPopulation.from_diffmah(1, logm_min=11.99, logm_max=12.01, seed=_halo_seed(args))
     halos = _append_halos(sample, mw)  # one compiled shape: the MW halo rides along as the last halo
     thetas = np.vstack([prior.centre[None, :], latin_hypercube(prior, args.draws, args.seed)])
 
@@ -190,6 +204,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "failed_per_draw": failed_per_draw,
         "n_halos": args.halos,
         "seed": args.seed,
+        "halo_seed": _halo_seed(args),
         "seconds": elapsed,
         "solver": model.settings.to_dict(),
         "halo_fingerprint": halos.fingerprint(),
@@ -224,7 +239,8 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     obs = sapphire.Observations.default()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.seed)
+    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max,
+                                                 seed=_halo_seed(args))
     thetas = latin_hypercube(prior, args.draws, args.seed)
     kinds = ["lhs"] * len(thetas)
     if args.corners:
@@ -256,6 +272,7 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         "corners": bool(args.corners),
         "n_halos": args.halos,
         "seed": args.seed,
+        "halo_seed": _halo_seed(args),
         "failed_per_draw": failed,
         "draws_with_failures": int(np.sum(failed > 0)),
         "failed_halos_total": int(failed.sum()),
@@ -298,39 +315,55 @@ def register_plugin_commands(sub) -> None:
         found[name].load()(sub)
 
 
+def _halo_seed(args: argparse.Namespace) -> int:
+    """``--halo-seed``, or ``--seed`` where it is not given (sensitivity, ppc)."""
+    return args.seed if args.halo_seed is None else args.halo_seed
+
+
+def add_halo_seed_option(p: argparse.ArgumentParser, *, default: int | None = 0, seed_alias: bool = False) -> None:
+    """``--halo-seed``: the seed of the diffmah halo population (every subcommand).  With
+    ``seed_alias``, ``--seed`` is accepted for it too (only where the command has no other
+    random draws: ``evolve``)."""
+    names = ["--halo-seed", "--seed"] if seed_alias else ["--halo-seed"]
+    fallback = "--seed" if default is None else str(default)
+    p.add_argument(*names, dest="halo_seed", type=nonnegative_int, default=default,
+                   help=f"seed of the diffmah halo population (default {fallback})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sapphire", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="sapphire", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("evolve", help="evolve a diffmah halo population at one theta")
-    p.add_argument("--halos", type=int, default=64, help="number of halos (default 64)")
-    p.add_argument("--theta", help="8 comma-separated parameters (default: prior centre)")
-    p.add_argument("--seed", type=int, default=0, help="halo population seed")
-    p.add_argument("--logm-min", type=float, default=10.0)
-    p.add_argument("--logm-max", type=float, default=12.5)
-    p.add_argument("--solver", default="auto", choices=["auto", "tsit5", "kvaerno3", "kvaerno5"])
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--batch", type=int, default=256, help="halos per compiled batch")
+    p.add_argument("--halos", type=positive_int, default=64, help="number of diffmah halos (default 64)")
+    p.add_argument("--theta", help="8 comma-separated parameters in sapphire.PARAMETER_NAMES order (default: prior centre)")
+    add_halo_seed_option(p, seed_alias=True)
+    p.add_argument("--batch", type=positive_int, default=256, help="halos per compiled batch (default 256)")
     p.add_argument("--jacobian", action="store_true", help="also compute exact d log X / d theta")
-    p.add_argument("--out", help="write states (and Jacobians) to this .npz")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", type=output_file, help="write states (and Jacobians) to this file, exactly this path "
+                                                   "(an .npz archive; its directory must exist)")
+    add_solver_options(p)
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("sensitivity", help="Jacobian heat map (MW-mass halo) and sensitivity versus halo mass over prior draws")
-    p.add_argument("--halos", type=int, default=64, help="diffmah halos (default 64; a MW-mass halo is added)")
-    p.add_argument("--draws", type=int, default=32, help="Latin-hypercube prior draws (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
-    p.add_argument("--bins", type=int, default=5, help="halo-mass bins (default 5)")
-    p.add_argument("--out", default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)")
+    p.add_argument("--halos", type=positive_int, default=64, help="diffmah halos (default 64; a MW-mass halo is added)")
+    p.add_argument("--prior-draws", "--draws", dest="draws", type=nonnegative_int, default=32,
+                   help="Latin-hypercube prior draws (default 32)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the Latin hypercube (and of the halos unless --halo-seed)")
+    add_halo_seed_option(p, default=None)
+    p.add_argument("--bins", type=positive_int, default=5, help="halo-mass bins (default 5)")
+    p.add_argument("--out", type=output_dir, default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)")
     add_solver_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("ppc", help="prior predictive bands of the three relations with the data")
-    p.add_argument("--draws", type=int, default=200, help="Latin-hypercube prior draws (default 200)")
-    p.add_argument("--halos", type=int, default=64, help="diffmah halos (default 64)")
+    p.add_argument("--prior-draws", "--draws", dest="draws", type=nonnegative_int, default=200,
+                   help="Latin-hypercube prior draws (default 200)")
+    p.add_argument("--halos", type=positive_int, default=64, help="diffmah halos (default 64)")
     p.add_argument("--corners", action="store_true", help="add the 256 corners of the prior box")
-    p.add_argument("--seed", type=int, default=0, help="seed of the halos and of the Latin hypercube")
-    p.add_argument("--out", default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the Latin hypercube (and of the halos unless --halo-seed)")
+    add_halo_seed_option(p, default=None)
+    p.add_argument("--out", type=output_dir, default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
     add_solver_options(p)
     p.set_defaults(func=cmd_ppc)
 
@@ -339,15 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Use every core: batches are split over host devices (sapphire/devices.py).  Must run
-    # before JAX initialises; SAPPHIRE_CPU_DEVICES=1 turns it off.
-    import os
+    """Run one subcommand.  Bad options and inputs exit with status 2 and one line on stderr
+    naming the option, the value and what is allowed (:mod:`sapphire.cli_common`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(join_negative_values(argv))
+        check_option_ranges(args)
+        # Use every core: batches are split over host devices (sapphire/devices.py).  Must run
+        # before JAX initialises; SAPPHIRE_CPU_DEVICES=1 turns it off.
+        import os
 
-    from .devices import set_host_device_count
+        from .devices import set_host_device_count
 
-    set_host_device_count(int(os.environ.get("SAPPHIRE_CPU_DEVICES", "0")) or None)
-    return args.func(args)
+        set_host_device_count(int(os.environ.get("SAPPHIRE_CPU_DEVICES", "0")) or None)
+        return run_command(args)
+    except OptionError as err:
+        sys.stderr.write(f"{err}\n")
+        raise
 
 
 if __name__ == "__main__":

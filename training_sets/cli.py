@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from sapphire.cli_common import add_solver_options, model_from_options
+from sapphire.cli_common import (
+    OptionError,
+    add_solver_options,
+    device_count,
+    existing_file,
+    existing_path,
+    model_from_options,
+    nonnegative_int,
+    output_dir,
+    output_file,
+    positive_int,
+)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -15,8 +27,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import extend_store, generate
     from .store import store_identity
 
+    if not (args.points or args.design or args.resume or args.extend):
+        raise OptionError("sapphire generate: give the number of design points (--points N) or a design table "
+                          "(--design table.csv); --resume or --extend M continue an existing store")
+    if Path(args.out).exists() and not (args.resume or args.extend):  # before the halos are made
+        raise OptionError(f"sapphire generate: {args.out} already exists; add --resume to finish it, --extend N to "
+                          "grow it, or choose another path")
+    if (args.resume or args.extend) and not Path(args.out).exists():
+        option = "--extend" if args.extend else "--resume"
+        raise OptionError(f"sapphire generate: {option}: no store at {args.out!r} to {option[2:]} "
+                          f"(create it first without {option})")
     model = model_from_options(args)
-    table = read_design_table(args.design, model.prior) if args.design else None
+    try:
+        table = read_design_table(args.design, model.prior) if args.design else None
+    except ValueError as err:
+        raise OptionError(f"sapphire generate: --design {args.design}: {err}") from None
     halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
     try:
         if args.extend is not None:  # settings and halos are checked before the store grows
@@ -98,15 +123,18 @@ def _verify(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add the ``generate`` and ``inspect`` subcommands to the ``sapphire`` parser."""
     p = sub.add_parser("generate", help="evaluate a Latin-hypercube design (summaries + exact Jacobians) into a Zarr store")
-    p.add_argument("out", help="the Zarr store to create (or finish with --resume)")
-    p.add_argument("--points", type=int, help="design points (Latin hypercube)")
-    p.add_argument("--halos", type=int, default=128, help="diffmah halos per design point (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the design (default 0)")
-    p.add_argument("--halo-seed", type=int, default=0, help="seed of the halo population (default 0)")
-    p.add_argument("--design", help="CSV table of design points (header = parameter names) instead of --points")
-    p.add_argument("--extend", type=int, help="append this many new design points (seeded by --seed) and compute them")
-    p.add_argument("--chunk", type=int, default=8, help="design points per work unit and Zarr chunk (default 8)")
-    p.add_argument("--devices", default="all", help="'all' local devices (default) or a count")
+    p.add_argument("out", type=output_dir, help="the Zarr store to create (or finish with --resume, grow with --extend)")
+    p.add_argument("--points", type=positive_int, help="design points (Latin hypercube)")
+    p.add_argument("--halos", type=positive_int, default=128, help="diffmah halos per design point (default 128)")
+    p.add_argument("--design-seed", "--seed", dest="seed", type=nonnegative_int, default=0,
+                   help="seed of the design's Latin hypercube (default 0)")
+    p.add_argument("--halo-seed", type=nonnegative_int, default=0, help="seed of the diffmah halo population (default 0)")
+    p.add_argument("--design", type=existing_file,
+                   help="CSV table of design points (header = parameter names) instead of --points")
+    p.add_argument("--extend", type=positive_int,
+                   help="append this many new design points (seeded by --design-seed) to an existing store and compute them")
+    p.add_argument("--chunk", type=positive_int, default=8, help="design points per work unit and Zarr chunk (default 8)")
+    p.add_argument("--devices", type=device_count, default="all", help="'all' local devices (default) or a count")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): workers evaluate and write blocks")
     p.add_argument("--resume", action="store_true", help="finish an interrupted store (same settings required)")
     p.add_argument("--save-states", action="store_true", help="also store every halo's z = 0 log state")
@@ -117,8 +145,9 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("inspect", help="summarise a training-set store (coverage, failures, ranges) and plot its design")
-    p.add_argument("store")
-    p.add_argument("--figure", help="write the design's pairwise projections to this PNG")
+    p.add_argument("store", type=existing_path, help="the training-set Zarr store (sapphire generate)")
+    p.add_argument("--figure", type=output_file,
+                   help="write the design's pairwise projections to this PNG (its directory must exist)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--verify", action="store_true",
                    help="read every chunk (crc32c checksums) and check values against physical bounds; "
