@@ -236,15 +236,20 @@ def test_relation_not_in_obs_and_bad_obs_for_summaries(model, halos, obs):
 
 def test_gaussian_log_likelihood_non_finite_is_minus_inf_with_zero_gradient():
     mean = jnp.array([0.0, jnp.nan, 1.0])
-    err = jnp.array([0.1, 0.1, 0.1])
+    variance = jnp.array([0.1, 0.1, 0.1]) ** 2
     y, sigma = jnp.zeros(3), jnp.ones(3)
     selected = jnp.array([True, True, False])
-    assert float(gaussian_log_likelihood(mean, err, y, sigma, selected, 1.0)) == -np.inf
-    grads = jax.grad(gaussian_log_likelihood, argnums=(0, 1))(mean, err, y, sigma, selected, 1.0)
+    assert float(gaussian_log_likelihood(mean, variance, y, sigma, selected)) == -np.inf
+    grads = jax.grad(gaussian_log_likelihood, argnums=(0, 1))(mean, variance, y, sigma, selected)
     assert all(np.all(np.isfinite(g)) for g in grads)
     # the NaN entry not selected: finite, and equal to the first entry's term alone
-    value = float(gaussian_log_likelihood(mean, err, y, sigma, jnp.array([True, False, False]), 1.0))
+    value = float(gaussian_log_likelihood(mean, variance, y, sigma, jnp.array([True, False, False])))
     assert value == pytest.approx(-0.5 * np.log(2 * np.pi * 1.01))
+    # no mask: every entry enters, so the NaN one makes it -inf
+    assert float(gaussian_log_likelihood(mean, variance, y, sigma)) == -np.inf
+    keep = jnp.array([0, 2])
+    finite = gaussian_log_likelihood(mean[keep], variance[keep], y[keep], sigma[keep])
+    assert float(finite) == pytest.approx(-0.5 * (np.log(2 * np.pi * 1.01) + 1.0 / 1.01 + np.log(2 * np.pi * 1.01)))
 
 
 # ------------------------------------------------------------------------------ failed halos
