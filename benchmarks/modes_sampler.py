@@ -11,9 +11,9 @@ weights compare the samplers, not the clustering.  Per candidate and problem, ov
 wall time (first seed includes compilation, reported apart), likelihood calls, ln Z and its
 reported error against the analytic value, and the recovered mode weights.
 
-    PYTHONPATH=$PWD python benchmarks/modes_sampler.py [--seeds 3] [--only smc,dynesty,jaxns]
+    PYTHONPATH=$PWD python benchmarks/modes_sampler.py [--seeds smc=5,dynesty=1,jaxns=3]
 
-writes benchmarks/results/modes_sampler.json.
+writes benchmarks/results/modes_sampler.json (after every run, so a killed run keeps its figures).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from forecasts.modes import GaussianMixtureTarget, cluster_modes, weigh_modes
 
 
 def run_smc(target: GaussianMixtureTarget, seed: int) -> dict:
-    r = weigh_modes(target.log_likelihood, prior=target.prior, num_particles=2000, num_runs=4, seed=seed, progress=False)
+    r = weigh_modes(target.log_likelihood, prior=target.prior, seed=seed, progress=False)  # defaults: 8 runs x 1000 particles
     return {"log_z": r.log_evidence, "log_z_err": r.log_evidence_error, "weights": [m.weight for m in r.modes],
             "means0": [float(m.mean[0]) for m in r.modes], "n_calls": r.n_evaluations, "n_failed": r.n_failed,
             "time_sampling_s": r.times["sampling"]}
@@ -93,28 +94,32 @@ RUNNERS = {"smc": run_smc, "dynesty": run_dynesty, "jaxns": run_jaxns}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--only", default="smc,dynesty,jaxns")
+    parser.add_argument("--seeds", default="smc=5,dynesty=1,jaxns=3", help="seeds per candidate (dynesty is the slow one)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "modes_sampler.json"))
     args = parser.parse_args()
     problems = {"two_modes": GaussianMixtureTarget.two_modes(), "one_mode": GaussianMixtureTarget.one_mode()}
     report = {"problems": {k: {"log_evidence": p.log_evidence, "mode_weights": p.mode_weights.tolist()} for k, p in problems.items()},
-              "cpu_cores": jax.local_device_count(), "results": {}}
-    for name in args.only.split(","):
+              "cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "results": {}}
+    seeds = {k: int(v) for k, v in (item.split("=") for item in args.seeds.split(","))}
+    report["seeds"] = seeds
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    for name, n_seeds in seeds.items():
         runner = RUNNERS[name]
         report["results"][name] = {}
         for pname, target in problems.items():
-            runs = []
-            for seed in range(args.seeds):
+            runs = report["results"][name][pname] = []
+            for seed in range(n_seeds):
                 t0 = time.perf_counter()
                 try:
                     out = runner(target, seed)
                 except ImportError as exc:
-                    out = {"skipped": f"ImportError: {exc}"}
-                    runs.append(out)
+                    runs.append({"skipped": f"ImportError: {exc}"})
+                    print(f"{name}: skipped ({exc})")
                     break
                 out["time_total_s"] = time.perf_counter() - t0
                 out["seed"] = seed
+                out["load_average_1min"] = os.getloadavg()[0]  # the 2-core machine is shared: timings scale with it
                 out["log_z_minus_true"] = out["log_z"] - target.log_evidence
                 out["log_z_pull"] = out["log_z_minus_true"] / out["log_z_err"] if out["log_z_err"] > 0 else math.inf
                 true_w = sorted(target.mode_weights, reverse=True)
@@ -125,10 +130,9 @@ def main() -> None:
                 print(f"{name:8s} {pname:9s} seed {seed}: {out['time_total_s']:6.1f} s, {out['n_calls']:8d} calls, "
                       f"lnZ - true = {out['log_z_minus_true']:+.3f} +- {out['log_z_err']:.3f}, weights {np.round(out['weights'], 3)}",
                       flush=True)
-            report["results"][name][pname] = runs
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    print("wrote", args.out)
+                out_path.write_text(json.dumps(report, indent=1))
+    out_path.write_text(json.dumps(report, indent=1))
+    print("wrote", out_path)
 
 
 if __name__ == "__main__":

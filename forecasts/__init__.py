@@ -42,6 +42,7 @@ from .modes import (
     mode_starts,
     mode_table,
     modes_summary,
+    outside_training,
     refine_modes,
     weigh_modes,
 )
@@ -55,5 +56,5 @@ __all__ = [
     "gauss_newton_fisher", "gaussian_log_likelihood", "laplace", "mock_observations", "mock_recovery", "run_hmc",
     # posteriors with several modes (issue 19)
     "ChainGroups", "GaussianMixtureTarget", "Mode", "ModeChains", "ModesResult", "chi2_at", "cluster_modes", "group_chains",
-    "mode_starts", "mode_table", "modes_summary", "refine_modes", "weigh_modes",
+    "mode_starts", "mode_table", "modes_summary", "outside_training", "refine_modes", "weigh_modes",
 ]

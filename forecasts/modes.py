@@ -59,6 +59,7 @@ __all__ = [
     "GaussianMixtureTarget",
     "mode_starts",
     "chi2_at",
+    "outside_training",
 ]
 
 
@@ -103,6 +104,9 @@ class ModesResult:
             proposals); n_evaluations: all likelihood evaluations.
         n_steps: tempering steps per run; acceptance: (num_runs,) mean random-walk acceptance.
         times: seconds (``sampling``, ``clustering``, ``total``); settings: sampler settings.
+        outside_training: for an emulator with ``in_training_range``, the final particles
+            outside its training box: ``{"n_particles", "weight"}`` (a warning is issued when
+            there are any); None for other targets.
     """
 
     names: tuple[str, ...]
@@ -120,6 +124,7 @@ class ModesResult:
     acceptance: np.ndarray
     times: dict
     settings: dict
+    outside_training: dict | None = None
 
     @property
     def n_modes(self) -> int:
@@ -298,8 +303,8 @@ def weigh_modes(
     target,
     *,
     prior: Prior | None = None,
-    num_particles: int = 2000,
-    num_runs: int = 4,
+    num_particles: int = 1000,
+    num_runs: int = 8,
     num_mcmc_steps: int = 25,
     target_ess: float = 0.5,
     max_steps: int = 500,
@@ -367,6 +372,7 @@ def weigh_modes(
     labels, modes = cluster_modes(samples, weights, loglik, box, log_likelihood=log_likelihood, run_index=run_index,
                                   max_modes=max_modes, valley_nats=valley_nats, min_weight=min_weight, seed=seed)
     t_cluster = time.perf_counter() - t1
+    outside = outside_training(target, samples, weights)
     return ModesResult(
         names=names, samples=samples, weights=weights, log_likelihood=loglik, labels=labels, modes=modes,
         log_evidence=log_z, log_evidence_error=log_z_err, log_evidence_runs=log_z_runs,
@@ -377,7 +383,27 @@ def weigh_modes(
                   "num_runs": num_runs, "num_mcmc_steps": num_mcmc_steps, "target_ess": float(target_ess), "seed": int(seed),
                   "max_modes": int(max_modes), "valley_nats": float(valley_nats), "min_weight": float(min_weight),
                   "log_evidence_error": "std of ln Z over the independent runs / sqrt(num_runs)"},
+        outside_training=outside,
     )
+
+
+def outside_training(target, samples: np.ndarray, weights: np.ndarray) -> dict | None:
+    """Weighted samples (N, n_free) of an emulator forward model that lie outside the emulator's
+    training box (``emu.in_training_range``): ``{"n_particles", "weight"}``, with a warning when
+    there are any; None if ``target`` is not such a forward model."""
+    emu = getattr(target, "emulator", None)
+    if not isinstance(target, ForwardModel) or not callable(getattr(emu, "in_training_range", None)):
+        return None
+    full = np.tile(np.asarray(target.fixed, float), (samples.shape[0], 1))
+    full[:, list(target.free_index)] = samples
+    outside = ~np.asarray(emu.in_training_range(full), bool)
+    result = {"n_particles": int(outside.sum()), "weight": float(weights[outside].sum())}
+    if result["n_particles"]:
+        import warnings
+
+        warnings.warn(f"{result['n_particles']} of {samples.shape[0]} SMC particles (posterior weight {result['weight']:.3g}) lie "
+                      "outside the emulator's training box: extend the design (sapphire generate --extend)", stacklevel=3)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -445,7 +471,7 @@ def cluster_modes(
     for k in range(1, max_modes + 1):
         if k * (z.shape[1] + 1) >= fit.shape[0] or worse >= 2:  # stop after two rises of the BIC
             break
-        gmm = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=2, reg_covar=1e-8).fit(fit)
+        gmm = GaussianMixture(k, covariance_type="full", random_state=seed, n_init=1, reg_covar=1e-8).fit(fit)
         bic = gmm.bic(fit)
         best, best_bic, worse = (gmm, bic, 0) if bic < best_bic else (best, best_bic, worse + 1)
     labels = best.predict(z)
@@ -756,6 +782,7 @@ def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = No
         "names": list(result.names), "modes": modes,
         "log_evidence": result.log_evidence, "log_evidence_error": _finite_or_none(result.log_evidence_error),
         "log_evidence_error_method": result.settings["log_evidence_error"],
-        "n_failed": result.n_failed, "n_evaluations": result.n_evaluations, "settings": dict(result.settings),
+        "n_failed": result.n_failed, "n_evaluations": result.n_evaluations, "outside_training": result.outside_training,
+        "settings": dict(result.settings),
         "times_s": dict(result.times),
     }

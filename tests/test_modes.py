@@ -8,15 +8,24 @@ import numpy as np
 import pytest
 
 import forecasts
+from _fakes import FakeEmulator
+from forecasts.modes import (
+    GaussianMixtureTarget,
+    group_chains,
+    mode_table,
+    modes_summary,
+    outside_training,
+    refine_modes,
+    weigh_modes,
+)
 from forecasts.plots import modes_corner
-from forecasts.modes import GaussianMixtureTarget, group_chains, mode_table, modes_summary, refine_modes, weigh_modes
 from sapphire.prior import Prior
 
 
 @pytest.fixture(scope="session")
 def two_modes():
     target = GaussianMixtureTarget.two_modes()
-    return target, weigh_modes(target.log_likelihood, prior=target.prior, num_particles=1000, num_runs=4, seed=0, progress=False)
+    return target, weigh_modes(target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=0, progress=False)
 
 
 def test_two_modes_weights_and_evidence(two_modes):
@@ -37,7 +46,7 @@ def test_two_modes_weights_and_evidence(two_modes):
 
 def test_one_mode_weight_one():
     target = GaussianMixtureTarget.one_mode()
-    result = weigh_modes(target.log_likelihood, prior=target.prior, num_particles=1000, num_runs=4, seed=1, progress=False)
+    result = weigh_modes(target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=1, progress=False)
     assert result.n_modes == 1
     assert result.modes[0].weight == pytest.approx(1.0)
     assert abs(result.log_evidence - target.log_evidence) < 3 * result.log_evidence_error < 1.0
@@ -134,3 +143,18 @@ def test_nuts_per_mode_and_reports(tmp_path):
 
     path = modes_corner(result.samples, result.weights, result.labels, result.names, tmp_path / "c.png")
     assert path.stat().st_size > 10_000
+
+
+def test_particles_outside_the_emulator_training_box_are_counted():
+    class NarrowFake(FakeEmulator):
+        def in_training_range(self, theta):  # trained only on A_etaM < prior centre
+            return np.asarray(theta)[..., 0] < self.prior.centre[0]
+
+    fm = forecasts.EmulatorForward(NarrowFake(), free=["A_etaM", "A_tdep"])
+    centre, width = fm.prior.centre, fm.prior.width
+    samples = centre + width * np.array([[-0.1, 0.0], [0.1, 0.0], [0.2, 0.1], [-0.3, 0.0]])
+    weights = np.array([0.4, 0.1, 0.2, 0.3])
+    with pytest.warns(UserWarning, match="2 of 4 SMC particles .* outside the emulator's training box"):
+        out = outside_training(fm, samples, weights)
+    assert out == {"n_particles": 2, "weight": pytest.approx(0.3)}
+    assert outside_training(GaussianMixtureTarget.one_mode(n=2).log_likelihood, samples, weights) is None
