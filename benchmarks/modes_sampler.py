@@ -41,7 +41,7 @@ def run_smc(target: GaussianMixtureTarget, seed: int) -> dict:
 
 
 def _cluster(target, samples, weights, loglik, seed):
-    labels, modes = cluster_modes(samples, weights, loglik, target.prior, log_likelihood=jax.jit(target.log_likelihood), seed=seed)
+    _, modes = cluster_modes(samples, weights, loglik, target.prior, log_likelihood=jax.jit(target.log_likelihood), seed=seed)
     return modes
 
 
@@ -50,7 +50,7 @@ def run_dynesty(target: GaussianMixtureTarget, seed: int) -> dict:
 
     low, width = np.asarray(target.prior.low), np.asarray(target.prior.width)
     ll = jax.jit(target.log_likelihood)
-    loglike = lambda x: float(ll(jnp.asarray(x)))  # noqa: E731
+    loglike = lambda x: float(ll(jnp.asarray(x)))
     t0 = time.perf_counter()
     sampler = dynesty.NestedSampler(loglike, lambda u: low + width * u, low.size, nlive=500, bound="multi", sample="rslice",
                                     rstate=np.random.default_rng(seed))
@@ -78,7 +78,7 @@ def run_jaxns(target: GaussianMixtureTarget, seed: int) -> dict:
     ns = NestedSampler(model, constructor_kwargs={"max_samples": 1e5, "devices": jax.devices()[:1]})
     ns.run(jax.random.PRNGKey(seed))
     t = time.perf_counter() - t0
-    res = ns._results  # noqa: SLF001  (log_Z_mean / log_Z_uncert live only on the jaxns results)
+    res = ns._results  # (log_Z_mean / log_Z_uncert live only on the jaxns results)
     samples, log_w = ns.get_weighted_samples()
     theta = np.asarray(samples["theta"])
     w = np.exp(np.asarray(log_w) - np.max(log_w))

@@ -34,7 +34,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -579,7 +578,7 @@ class GaussianMixtureTarget:
         return jax.scipy.special.logsumexp(self._log_w + self._norm - 0.5 * jnp.sum(r**2, axis=1))
 
     @classmethod
-    def two_modes(cls, n: int = 8, weights=(0.7, 0.3), separation: float = 10.0, half_width: float = 12.0) -> "GaussianMixtureTarget":
+    def two_modes(cls, n: int = 8, weights=(0.7, 0.3), separation: float = 10.0, half_width: float = 12.0) -> GaussianMixtureTarget:
         """The issue-19 problem: two Gaussians (sigma_i from 0.5 to 2 over the n parameters,
         geometric), weights 0.7 / 0.3, means at -+ separation/2 sigma_0 along theta_0, in the box
         +- half_width sigma_i."""
@@ -589,7 +588,7 @@ class GaussianMixtureTarget:
         return cls(weights, means, sig, -half_width * sig, half_width * sig)
 
     @classmethod
-    def one_mode(cls, n: int = 8, half_width: float = 12.0) -> "GaussianMixtureTarget":
+    def one_mode(cls, n: int = 8, half_width: float = 12.0) -> GaussianMixtureTarget:
         """A single Gaussian (sigma_i from 0.5 to 2, mean 0.1 sigma_i) in the box +- half_width sigma_i."""
         sig = np.geomspace(0.5, 2.0, n)
         return cls([1.0], 0.1 * sig[None], sig, -half_width * sig, half_width * sig)

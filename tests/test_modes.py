@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from _fakes import FakeEmulator
 
 import forecasts
-from _fakes import FakeEmulator
 from forecasts.modes import (
     GaussianMixtureTarget,
     group_chains,
