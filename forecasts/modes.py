@@ -141,14 +141,30 @@ class ModesResult:
 
 @dataclasses.dataclass(frozen=True)
 class ModeChains:
-    """NUTS inside one mode (:func:`refine_modes`): ``mode`` index, the ``hmc`` result
-    (``forecasts.HmcResult``), its ``r_hat`` and ``ess`` (n_free,), and ``start`` (chains, n_free)."""
+    """NUTS inside one mode (:func:`refine_modes`).
+
+    Attributes:
+        mode: mode index; chains: indices of this mode's chains in ``hmc`` (the one run of all
+            modes' chains, a ``forecasts.HmcResult`` whose own ``r_hat`` mixes modes: do not use it).
+        samples: (chains_per_mode, draws, n_free); r_hat, ess: (n_free,) over these chains only.
+        start: (chains_per_mode, n_free) starting points.
+    """
 
     mode: int
-    hmc: object
+    chains: tuple[int, ...]
+    samples: np.ndarray
     r_hat: np.ndarray
     ess: np.ndarray
     start: np.ndarray
+    hmc: object
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.samples.reshape(-1, self.samples.shape[-1]).mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.samples.reshape(-1, self.samples.shape[-1]).std(axis=0, ddof=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -628,13 +644,17 @@ def refine_modes(
 ) -> tuple[ModeChains, ...]:
     """NUTS (``forecasts.run_hmc``) started inside each mode; chains are never mixed across modes.
 
+    All modes' chains run in one ``run_hmc`` call (one compilation; each chain adapts its own
+    step size and mass matrix), and their diagnostics are computed per mode.
+
     Args:
         fm: the forward model the modes were found with.
         modes: a :class:`ModesResult` or a sequence of :class:`Mode`.
         chains_per_mode: chains started in each mode (:func:`mode_starts`; >= 2 for a
             between-chain R-hat, a single chain still gets a split R-hat).
-        num_warmup, num_samples: per chain; seed: mode m uses ``seed + m`` (sampler and starts).
-        progress: a tqdm bar per mode.
+        num_warmup, num_samples: per chain; seed: the NUTS seed, and ``seed + m`` for the
+            starts of mode m.
+        progress: a tqdm bar.
         **hmc_options: passed to ``run_hmc`` (``dense_mass``, ``target_accept_prob``, ...).
 
     Returns:
@@ -643,13 +663,21 @@ def refine_modes(
     from .hmc import progress_bar, run_hmc
 
     chains_per_mode = _check_positive_int("chains_per_mode", chains_per_mode)
+    mode_list = _mode_list(modes)
+    starts = [mode_starts(mode, fm.prior, chains_per_mode, seed + m) for m, mode in enumerate(mode_list)]
+    bar = progress_bar(f"NUTS in {len(mode_list)} modes", num_warmup + num_samples) if progress else None
+    hmc = run_hmc(fm, num_chains=chains_per_mode * len(mode_list), num_warmup=num_warmup, num_samples=num_samples, seed=seed,
+                  init=np.vstack(starts), progress=bar, **hmc_options)
     out = []
-    for m, mode in enumerate(_mode_list(modes)):
-        start = mode_starts(mode, fm.prior, chains_per_mode, seed + m)
-        bar = progress_bar(f"NUTS in mode {m}", num_warmup + num_samples) if progress else None
-        hmc = run_hmc(fm, num_chains=chains_per_mode, num_warmup=num_warmup, num_samples=num_samples, seed=seed + m,
-                      init=start, progress=bar, **hmc_options)
-        out.append(ModeChains(mode=m, hmc=hmc, r_hat=np.asarray(hmc.r_hat), ess=np.asarray(hmc.ess), start=start))
+    for m, start in enumerate(starts):
+        chains = tuple(range(m * chains_per_mode, (m + 1) * chains_per_mode))
+        samples = np.asarray(hmc.samples[list(chains)])
+        if samples.shape[1] >= 4:
+            r_hat = np.asarray(split_gelman_rubin(samples), float)
+            ess = np.asarray(effective_sample_size(samples), float)
+        else:
+            r_hat = ess = np.full(samples.shape[-1], np.nan)
+        out.append(ModeChains(mode=m, chains=chains, samples=samples, r_hat=r_hat, ess=ess, start=start, hmc=hmc))
     return tuple(out)
 
 
@@ -734,7 +762,7 @@ def _moments(result: ModesResult, refined) -> list[tuple[np.ndarray, np.ndarray]
         return [(m.mean, m.std) for m in result.modes]
     if len(refined) != result.n_modes:
         raise ValueError(f"refined has {len(refined)} entries for {result.n_modes} modes")
-    return [(r.hmc.mean, r.hmc.std) for r in refined]
+    return [(r.mean, r.std) for r in refined]
 
 
 def mode_table(result: ModesResult, fm: ForwardModel | None = None, refined: Sequence[ModeChains] | None = None,

@@ -19,7 +19,6 @@ from forecasts.modes import (
     weigh_modes,
 )
 from forecasts.plots import modes_corner
-from sapphire.prior import Prior
 
 
 @pytest.fixture(scope="session")
@@ -118,28 +117,54 @@ def test_group_chains_refuses_bad_shape():
 
 
 # ------------------------------------------------------------------------------------------------
-def test_nuts_per_mode_and_reports(tmp_path):
-    # linear-Gaussian toy: one mode whose mean and covariance are analytic
-    rng = np.random.default_rng(3)
-    A = rng.standard_normal((6, 2))
-    truth = np.array([0.3, -0.2])
-    sigma = np.full(6, 0.1)
-    y = A @ truth + sigma * rng.standard_normal(6)
-    prior = Prior(names=("a", "b"), low=(-2.0, -2.0), high=(2.0, 2.0))
-    fm = forecasts.LinearGaussianForward(A, np.zeros(6), y, sigma, prior)
-    mean, cov = fm.analytic_posterior()
-    result = weigh_modes(fm, num_particles=500, num_runs=2, seed=4, progress=False)
-    assert result.n_modes == 1
-    refined = refine_modes(fm, result, chains_per_mode=2, num_warmup=150, num_samples=300, seed=5)
-    assert len(refined) == 1 and refined[0].start.shape == (2, 2)
-    assert np.max(refined[0].r_hat) < 1.05
-    assert np.all(np.abs(refined[0].hmc.mean - mean) < 0.3 * np.sqrt(np.diag(cov)))
+class TwoModeEmulator(FakeEmulator):
+    """Summary 0 = y_0 + sigma_0 (u_0^2 - a^2) / eps, summary 1 = y_1 + sigma_1 u_6 / eps, the
+    others = y (u: theta in prior widths from the centre): with A_etaM and A_tdep free, two
+    mirror-image modes at u_0 = -+a (weights 1/2 each), each of width eps / (2a) in u_0 and eps
+    in u_6."""
+
+    a, eps = 0.25, 0.01
+
+    def predict(self, theta):
+        import jax.numpy as jnp
+
+        u = (jnp.asarray(theta) - self._centre) / self._width
+        sigma = jnp.asarray(self.observations.sigma)
+        shift = jnp.zeros_like(self._y0).at[0].set(sigma[0] * (u[0] ** 2 - self.a**2) / self.eps)
+        shift = shift.at[1].set(sigma[1] * u[6] / self.eps)
+        return self._y0 + shift, 1e-9 * jnp.ones_like(self._y0)
+
+
+def test_two_modes_through_an_emulator_nuts_per_mode_and_reports(tmp_path):
+    emu = TwoModeEmulator()
+    fm = forecasts.EmulatorForward(emu, free=["A_etaM", "A_tdep"])
+    centre, width = fm.prior.centre, fm.prior.width
+    result = weigh_modes(fm, num_particles=500, num_runs=4, seed=4, progress=False)
+    assert result.n_modes == 2
+    assert [m.weight for m in result.modes] == pytest.approx([0.5, 0.5], abs=0.05)
+    assert sorted(np.sign(m.mean[0] - centre[0]) for m in result.modes) == [-1, 1]
+    for mode in result.modes:  # u_0 = -+a within 0.2 of the mode's width eps / (2a)
+        assert abs(abs(mode.mean[0] - centre[0]) / width[0] - emu.a) < 0.2 * emu.eps / (2 * emu.a)
+        assert mode.std[1] / width[1] == pytest.approx(emu.eps, rel=0.2)
+
+    refined = refine_modes(fm, result, chains_per_mode=2, num_warmup=150, num_samples=200, seed=5)
+    assert [r.chains for r in refined] == [(0, 1), (2, 3)]
+    for mode, r in zip(result.modes, refined):
+        side = np.sign(mode.mean[0] - centre[0])
+        assert np.all(np.sign(r.samples[..., 0] - centre[0]) == side)  # never left its mode
+        assert np.max(r.r_hat) < 1.05
+        assert np.all(np.abs(r.mean - mode.mean) < 0.3 * mode.std)
+    # the same four chains judged together: a failure; grouped into modes: two converged modes
+    assert np.max(refined[0].hmc.r_hat) > 1.5
+    groups = group_chains(refined[0].hmc, threshold=1.05)
+    assert groups.groups == ((0, 1), (2, 3)) and not groups.failed
 
     table = mode_table(result, fm, refined)
-    assert "chi^2/dof" in table and "max R-hat" in table and f"/{6 - 2} |" in table
+    n_dof = fm.n_summary - 2
+    assert "chi^2/dof" in table and "max R-hat" in table and f"/{n_dof} |" in table
     summary = json.loads(json.dumps(modes_summary(result, refined)))
-    assert len(summary["modes"]) == 1 and summary["modes"][0]["weight"] == pytest.approx(1.0)
-    assert len(summary["modes"][0]["r_hat"]) == 2 and summary["log_evidence_error"] > 0
+    assert [m["weight"] for m in summary["modes"]] == pytest.approx([0.5, 0.5], abs=0.05)
+    assert len(summary["modes"][1]["r_hat"]) == 2 and summary["log_evidence_error"] > 0
 
     path = modes_corner(result.samples, result.weights, result.labels, result.names, tmp_path / "c.png")
     assert path.stat().st_size > 10_000
