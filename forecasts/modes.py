@@ -385,7 +385,8 @@ def weigh_modes(
 
     t1 = time.perf_counter()
     labels, modes = cluster_modes(samples, weights, loglik, box, log_likelihood=log_likelihood, run_index=run_index,
-                                  max_modes=max_modes, valley_nats=valley_nats, min_weight=min_weight, seed=seed)
+                                  max_modes=max_modes, valley_nats=valley_nats, min_weight=min_weight, seed=seed,
+                                  batch_size=batch_size)
     t_cluster = time.perf_counter() - t1
     outside = outside_training(target, samples, weights)
     return ModesResult(
@@ -448,6 +449,7 @@ def cluster_modes(
     min_weight: float = 0.01,
     n_fit: int = 3000,
     seed: int = 0,
+    batch_size: int = 0,
 ) -> tuple[np.ndarray, tuple[Mode, ...]]:
     """Cluster weighted samples into modes.
 
@@ -463,6 +465,8 @@ def cluster_modes(
         box: the prior box (widths standardise the samples).
         log_likelihood: optional JAX function theta -> ln L for the valley test.
         run_index: optional (N,) run of each sample (mode-weight errors across runs).
+        batch_size: 0 to vmap ``log_likelihood`` over the segment's points, else ``lax.map``
+            batches of this size (the exact model).
 
     Returns:
         (labels (N,), modes heaviest first).
@@ -509,7 +513,7 @@ def cluster_modes(
             d = [float((best.means_[o] - best.means_[c]) @ precisions[c] @ (best.means_[o] - best.means_[c])) for o in others]
             parent[find(c)] = find(others[int(np.argmin(d))])
     if log_likelihood is not None:
-        batched = jax.jit(jax.vmap(log_likelihood))
+        batched = jax.jit(jax.vmap(log_likelihood) if batch_size == 0 else (lambda x: jax.lax.map(log_likelihood, x, batch_size=batch_size)))
 
         def best_point(members):
             idx = np.flatnonzero(members)
