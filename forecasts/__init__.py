@@ -10,7 +10,7 @@ their cross-validation (issue 6).
     report = forecasts.cross_validate(exact_post, emulator_post)   # .verdict, .to_markdown(), .plot(dir)
 
 Modules: ``forward`` (forward models), ``optimize`` (MAP), ``fisher`` (Laplace, Gauss-Newton),
-``hmc`` (NUTS, checkpointed), ``crossval`` (posterior comparison), ``campaigns`` (mock recovery,
+``hmc`` (NUTS, checkpointed), ``modes`` (tempered SMC: mode weights, evidence; NUTS per mode), ``crossval`` (posterior comparison), ``campaigns`` (mock recovery,
 error scaling), ``plots`` (figures).
 """
 
@@ -31,6 +31,22 @@ from .crossval import CrossValidationReport, Thresholds, classifier_two_sample_a
 from .fisher import FisherResult, finite_difference_hessian, fisher_result, gauss_newton_fisher, laplace
 from .forward import EmulatorForward, ExactForward, ForwardModel, LinearGaussianForward, ValueAndGrad
 from .hmc import CheckpointMismatch, HmcResult, run_hmc
+from .modes import (
+    ChainGroups,
+    GaussianMixtureTarget,
+    Mode,
+    ModeChains,
+    ModesResult,
+    chi2_at,
+    cluster_modes,
+    group_chains,
+    mode_starts,
+    mode_table,
+    modes_summary,
+    outside_training,
+    refine_modes,
+    weigh_modes,
+)
 from .optimize import MapOptions, MapResult, find_map
 
 __all__ = [
@@ -39,4 +55,7 @@ __all__ = [
     "RecoveryReport", "Thresholds", "ValueAndGrad", "classifier_two_sample_auc", "cross_validate", "emulator_factory",
     "error_scaling_forecast", "exact_factory", "finite_difference_hessian", "find_map", "fisher_result",
     "gauss_newton_fisher", "gaussian_log_likelihood", "laplace", "mock_observations", "mock_recovery", "run_hmc",
+    # posteriors with several modes (issue 19)
+    "ChainGroups", "GaussianMixtureTarget", "Mode", "ModeChains", "ModesResult", "chi2_at", "cluster_modes", "group_chains",
+    "mode_starts", "mode_table", "modes_summary", "outside_training", "refine_modes", "weigh_modes",
 ]

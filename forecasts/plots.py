@@ -4,6 +4,7 @@
 ``fisher_ellipses`` 1- and 2-sigma ellipses of Fisher covariances, pair by pair
 ``recovery_figure`` normalised bias (MAP - truth)/sigma per parameter, per relation set
 ``error_scaling_figure`` marginal error versus observational-error scale
+``modes_corner``    a posterior with several modes, one colour per mode (``corner`` package)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["corner_overlay", "fisher_ellipses", "recovery_figure", "error_scaling_figure"]
+__all__ = ["corner_overlay", "fisher_ellipses", "recovery_figure", "error_scaling_figure", "modes_corner"]
 
 COLOURS = ("C0", "C3", "C2", "C1", "C4", "C5")
 
@@ -188,6 +189,69 @@ def error_scaling_figure(report: dict, path) -> Path:
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def modes_corner(samples, weights, labels, names: Sequence[str], path, *, mode_weights=None, truths=None, bins: int = 30,
+                 title: str = "") -> Path:
+    """Corner figure of a posterior with several modes: each mode in its own colour (1-D
+    histograms scaled by the mode's weight; 39/86% contours, i.e. 1 and 2 sigma in 2-D), common
+    axis ranges, at most 3 ticks an axis so that 8 parameters stay readable.
+
+    Args:
+        samples: (N, n_params); weights: (N,) >= 0 (None: equal); labels: (N,) mode index.
+        names: parameter names; path: output PNG.
+        mode_weights: optional weight of each mode (legend); default the summed ``weights``.
+        truths: optional (n_params,) values marked by lines.
+    """
+    import corner
+
+    samples = np.asarray(samples, dtype=np.float64)
+    n_draws, n = samples.shape
+    weights = np.ones(n_draws) if weights is None else np.asarray(weights, dtype=np.float64)
+    labels = np.asarray(labels)
+    if weights.shape != (n_draws,) or labels.shape != (n_draws,) or len(names) != n:
+        raise ValueError(f"samples (N, n), weights (N,), labels (N,) and n names needed; got {samples.shape}, {weights.shape}, {labels.shape}, {len(names)} names")
+    weights = weights / weights.sum()
+    modes = sorted(set(labels.tolist()))
+    if mode_weights is None:
+        mode_weights = [float(weights[labels == m].sum()) for m in modes]
+    lo = np.array([_weighted_quantile(samples[:, i], weights, 0.001) for i in range(n)])
+    hi = np.array([_weighted_quantile(samples[:, i], weights, 0.999) for i in range(n)])
+    pad = 0.05 * np.maximum(hi - lo, 1e-12)
+    ranges = list(zip(lo - pad, hi + pad))
+    size = 1.9 * n + 1.0
+    fig = plt.figure(figsize=(size, size))
+    for k, m in enumerate(modes):
+        sel = labels == m
+        if sel.sum() <= n:  # too few draws for contours
+            continue
+        colour = COLOURS[k % len(COLOURS)]
+        corner.corner(
+            samples[sel], weights=weights[sel], bins=bins, range=ranges, color=colour, fig=fig, labels=list(names),
+            levels=(1 - np.exp(-0.5), 1 - np.exp(-2.0)), smooth=1.0, plot_datapoints=False, plot_density=False,
+            fill_contours=False, max_n_ticks=3, labelpad=0.08, label_kwargs={"fontsize": 11},
+            hist_kwargs={"linewidth": 1.3}, contour_kwargs={"linewidths": 1.1},
+            truths=truths if k == 0 else None, truth_color="k",
+        )
+    axes = np.array(fig.get_axes()).reshape(n, n)
+    for i in range(n):  # each corner call rescales the diagonal to its own histogram: show all
+        heights = [p.get_xy()[:, 1].max() for p in axes[i, i].patches if len(p.get_xy())]
+        if heights:
+            axes[i, i].set_ylim(0, 1.1 * max(heights))
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=8)
+    handles = [plt.Line2D([], [], color=COLOURS[k % len(COLOURS)], lw=2) for k in range(len(modes))]
+    fig.legend(handles, [f"mode {m}: weight {w:.3f}" for m, w in zip(modes, mode_weights)], loc="upper right",
+               fontsize=12, frameon=False, bbox_to_anchor=(0.98, 0.98))
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return _save(fig, path)
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    cumulative = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(cumulative, q * cumulative[-1]), x.size - 1)])
 
 
 def _save(fig, path) -> Path:
