@@ -13,15 +13,26 @@ checkpoint stores, so a run interrupted after any block resumes exactly where it
 resumed chains are bitwise the uninterrupted ones (each transition depends only on the state,
 and the compiled block function is the same whatever the block length).  Blocks never straddle
 the end of warmup.
+
+Checkpoints hold no pickle: one NumPy ``.npz`` archive (whatever the file's name) with the arrays
+(the kernel state's leaves ``state_000``, ..., the draws so far) and one JSON text ``meta``
+(format, forward-model fingerprint, sampler settings, iteration, times, the numpyro / JAX
+versions, the state's layout: each leaf's path, dtype and shape, and a sha256 digest of every
+array).  It is read with ``np.load(allow_pickle=False)``, so loading never executes code; a
+checkpoint written by another numpyro version is read when its state layout is the same as this
+version's, and refused with a one-line message naming both versions otherwise; a file whose
+arrays do not match its digest (corrupt, edited) or that is not such an archive (an old pickle
+checkpoint) is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
-import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +49,7 @@ from .forward import ForwardModel, _log_likelihood
 
 __all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: pickles (no longer read)
 
 
 class CheckpointMismatch(ValueError):
@@ -145,7 +156,7 @@ class HmcResult:
     def load(cls, path) -> "HmcResult":
         import json
 
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             return _make_result(
                 tuple(meta["names"]), f["samples"], f["diverging"], f["accept_prob"], f["num_steps"], meta["warmup_divergent"],
@@ -228,18 +239,74 @@ def _init_params(prior_dist, init, num_chains: int, n_free: int):
     return out
 
 
-def _atomic_pickle(obj, path: Path) -> None:
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _state_layout(state) -> list[list]:
+    """[path, dtype, shape] of every leaf of a kernel state (chains stacked)."""
+    return [[jax.tree_util.keystr(path), np.asarray(leaf).dtype.str, list(np.shape(leaf))]
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def _write_checkpoint(path: Path, meta: dict, state, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically write the ``.npz`` checkpoint (module docstring): state leaves, ``arrays`` and
+    the JSON ``meta`` (with the state layout, versions and the arrays' digest added)."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(state))]
+    content = {f"state_{i:03d}": leaf for i, leaf in enumerate(leaves)} | {k: np.asarray(v) for k, v in arrays.items()}
+    meta = dict(meta, numpyro_version=numpyro.__version__, jax_version=jax.__version__, state_layout=_state_layout(state),
+                digest=_digest(content))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=4)
+        np.savez(f, meta=np.array(json.dumps(meta)), **content)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of a checkpoint, read without executing anything; ``CheckpointMismatch``
+    if it is not a readable checkpoint of this format or its arrays do not match their digest."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile) or "meta" not in f.files:
+                raise ValueError("no 'meta' record in an .npz archive")
+            meta = json.loads(str(f["meta"]))
+            arrays = {name: f[name] for name in f.files if name != "meta"}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise CheckpointMismatch(
+            f"checkpoint {path} is not a readable sapphire .npz checkpoint ({type(exc).__name__}: {exc}); checkpoints of "
+            "older versions were pickles, which are no longer loaded because loading one can run code: delete it or use another path"
+        ) from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it or use another path")
+    if _digest(arrays) != meta.get("digest"):
+        raise CheckpointMismatch(f"checkpoint {path} is corrupt or was modified (its arrays do not match the digest it records); delete it or use another path")
+    return meta, arrays
+
+
+def _restore_state(meta: dict, arrays: dict[str, np.ndarray], fresh_state, path: Path):
+    """The saved kernel state in the structure of ``fresh_state`` (this numpyro's), or
+    ``CheckpointMismatch`` naming both numpyro versions if the layouts differ."""
+    now = _state_layout(fresh_state)
+    saved = meta.get("state_layout")
+    if saved != now:
+        first = next((f"{a} vs {b}" for a, b in zip(saved or [], now) if a != b), f"{len(saved or [])} leaves vs {len(now)}")
+        raise CheckpointMismatch(
+            f"checkpoint {path} was written by numpyro {meta.get('numpyro_version')}, whose sampler state differs from numpyro "
+            f"{numpyro.__version__}'s (first difference: {first}); resume with numpyro {meta.get('numpyro_version')} or delete it"
+        )
+    leaves = [jnp.asarray(arrays[f"state_{i:03d}"]) for i in range(len(now))]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh_state), leaves)
+
+
 def _check_checkpoint(saved: dict, fingerprint: str, settings: dict, path: Path) -> None:
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"checkpoint {path}: format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     if saved["fingerprint"] != fingerprint:
         raise CheckpointMismatch(
             f"checkpoint {path} belongs to another forward model (fingerprint {saved['fingerprint']}, this one "
@@ -302,7 +369,7 @@ def run_hmc(
             solver would run both branches of its per-group choice under vmap).
         init: None (numpyro's ``init_to_uniform``, radius 2, per-chain key) or starting points
             (n_free,) / (num_chains, n_free) inside the prior's support.
-        checkpoint: path of a pickle file.  If it exists the run RESUMES from it (after checking
+        checkpoint: path of the checkpoint file (an ``.npz`` archive, module docstring; any name).  If it exists the run RESUMES from it (after checking
             that the forward model's fingerprint and the sampler settings match: otherwise
             ``CheckpointMismatch``); it is rewritten atomically after every block.
             ``num_samples`` may be raised on resume to extend a finished run.
@@ -343,11 +410,10 @@ def run_hmc(
     checkpoint = None if checkpoint is None else Path(checkpoint)
     saved = None
     if checkpoint is not None and checkpoint.exists():
-        with open(checkpoint, "rb") as f:
-            saved = pickle.load(f)
+        saved, saved_arrays = _read_checkpoint(checkpoint)
         _check_checkpoint(saved, fingerprint, settings, checkpoint)
-        if saved["samples"].shape[1] > num_samples:
-            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved['samples'].shape[1]} draws > num_samples = {num_samples}")
+        if saved_arrays["samples"].shape[1] > num_samples:
+            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved_arrays['samples'].shape[1]} draws > num_samples = {num_samples}")
 
     kernel = NUTS(model, dense_mass=dense_mass, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
                   init_strategy=init_to_uniform(radius=2.0))
@@ -363,10 +429,10 @@ def run_hmc(
     warmup_divergent = np.zeros(num_chains, int)
     times = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
     if saved is not None:
-        state = jax.tree.map(jnp.asarray, saved["state"])
-        iteration = saved["iteration"]
-        samples, diverging, accept, nsteps = saved["samples"], saved["diverging"], saved["accept_prob"], saved["num_steps"]
-        warmup_divergent = saved["warmup_divergent"]
+        state = _restore_state(saved, saved_arrays, state, checkpoint)
+        iteration = int(saved["iteration"])
+        samples, diverging, accept, nsteps = (saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps"))
+        warmup_divergent = saved_arrays["warmup_divergent"]
         times = dict(saved["times"])
 
     postprocess = kernel.postprocess_fn((), {})
@@ -418,11 +484,12 @@ def run_hmc(
             nsteps = np.concatenate([nsteps, steps], axis=1)
         blocks_done += 1
         if checkpoint is not None:
-            _atomic_pickle({
-                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings,
-                "state": jax.device_get(state), "iteration": iteration, "samples": samples, "diverging": diverging,
-                "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent, "times": times,
-            }, checkpoint)
+            _write_checkpoint(
+                checkpoint,
+                {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings, "iteration": iteration, "times": times},
+                state,
+                {"samples": samples, "diverging": diverging, "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent},
+            )
         if progress is not None:
             progress({
                 "phase": "warmup" if in_warmup else "sampling", "iteration": iteration, "total": total, "block_s": seconds,
