@@ -50,6 +50,7 @@ __all__ = [
     "LinearGaussianForward",
     "ValueAndGrad",
     "gaussian_log_likelihood",
+    "log_likelihood_and_failures",
 ]
 
 
@@ -109,6 +110,14 @@ def _log_likelihood(spec: _Spec, data, theta_free):
     return gaussian_log_likelihood(mean, model_variance, data["y"], data["sigma"])
 
 
+def log_likelihood_and_failures(spec, data, theta_free):
+    """(ln L, number of failed halos excluded from it) at theta_free (n_free,), for a forward
+    model's static spec and data arrays; pure JAX, so jitted
+    optimisers and samplers can carry the failure count alongside the likelihood."""
+    mean, model_variance, n_failed = _predict_with_failures(spec, data, theta_free)
+    return gaussian_log_likelihood(mean, model_variance, data["y"], data["sigma"]), n_failed
+
+
 def _summary_jacobian(spec: _Spec, data, theta_free):
     custom = getattr(spec.cls, "_jacobian_full", None)
     if custom is not None:
@@ -118,6 +127,7 @@ def _summary_jacobian(spec: _Spec, data, theta_free):
 
 
 _jit_value_and_grad = jax.jit(jax.value_and_grad(_log_likelihood, argnums=2), static_argnums=0)
+_jit_value_grad_failures = jax.jit(jax.value_and_grad(log_likelihood_and_failures, argnums=2, has_aux=True), static_argnums=0)
 _jit_predict = jax.jit(_predict_with_failures, static_argnums=0)
 _jit_summary_jacobian = jax.jit(_summary_jacobian, static_argnums=0)
 
@@ -320,6 +330,18 @@ class ForwardModel:
         """ln L and d ln L / d theta_free (n_free,), jitted (compiled once per structure)."""
         value, grad = _jit_value_and_grad(self._spec, self._data, self.check_theta(theta_free))
         return ValueAndGrad(float(value), np.asarray(grad))
+
+    def log_likelihood_and_failures(self, theta_free) -> tuple[jax.Array, jax.Array]:
+        """(ln L, n_failed): the log-likelihood and the number of halos whose solve failed and
+        were excluded from it (0 for models without halos); traceable (numpyro records n_failed
+        per draw from this)."""
+        return log_likelihood_and_failures(self._spec, self._data, self.check_theta(theta_free))
+
+    def log_likelihood_grad_and_failures(self, theta_free) -> tuple[float, np.ndarray, int]:
+        """(ln L, d ln L / d theta_free (n_free,), n_failed) from one jitted evaluation (the
+        optimiser's call)."""
+        (value, n_failed), grad = _jit_value_grad_failures(self._spec, self._data, self.check_theta(theta_free))
+        return float(value), np.asarray(grad), int(n_failed)
 
     def predict(self, theta_free) -> tuple[jax.Array, jax.Array]:
         """(mean (S,), model_variance (S,)) of the compared summaries; traceable."""
