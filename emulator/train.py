@@ -524,6 +524,7 @@ def train_emulator(
         store_fingerprint=ts.fingerprint,
         store_identity=_store_identity(ts),
         theta_range=_theta_range(ts, train_idx),
+        training_theta=np.asarray(ts.theta[train_idx]),
     )
     calibration = calibrate_spread(emu, ts.load(splits["val"]))
     emu.calibration_factor = calibration["factor"]
@@ -569,6 +570,12 @@ def calibrate_spread(emu: SobolevEmulator, rows: Mapping[str, np.ndarray]) -> di
     mean, spread = (np.asarray(a) for a in emu.predict(rows["theta"], calibrated=False))
     err = np.abs(mean - rows["summaries"])
     if emu.ensemble_size < 2 or not np.all(spread > 0):
+        import warnings
+
+        reason = (f"an ensemble of {emu.ensemble_size} has no spread" if emu.ensemble_size < 2
+                  else f"the ensemble spread is 0 in {int(np.sum(~(spread > 0)))} of {spread.size} validation predictions")
+        warnings.warn(f"calibrate_spread: {reason}; the spread is left uncalibrated (factor 1.0), so the emulator error "
+                      "added to the likelihood is the raw spread", RuntimeWarning, stacklevel=2)
         return {"factor": 1.0, "raw_coverage": float(np.mean(err <= 2 * spread)), "calibrated_coverage": float("nan"),
                 "n_points": int(err.shape[0])}
     ratio = err / (2.0 * spread)

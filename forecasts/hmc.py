@@ -45,7 +45,7 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, init_to_uniform
 
-from .forward import ForwardModel, _log_likelihood
+from .forward import ForwardModel, check_training_coverage, log_likelihood_and_failures, warn_failed_halos
 
 __all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 
@@ -73,6 +73,10 @@ class HmcResult:
         times: seconds: ``compile``, ``warmup``, ``sampling`` (excluding compilation) and
             ``total`` (this call, everything), summed over resumed calls where stated.
         settings: sampler settings; fingerprint: the forward model's.
+        n_failed: (chains, draws) failed halos excluded from the likelihood at each draw (-1:
+            not recorded, results saved before it was).
+        coverage: None, or for an emulator where the draws lie relative to its training design
+            (``forward.check_training_coverage``).
     """
 
     names: tuple[str, ...]
@@ -92,6 +96,8 @@ class HmcResult:
     times: dict
     settings: dict
     fingerprint: str
+    n_failed: np.ndarray | None = None
+    coverage: dict | None = None
 
     @property
     def flat(self) -> np.ndarray:
@@ -133,6 +139,9 @@ class HmcResult:
             "times_s": dict(self.times),
             "settings": dict(self.settings),
             "fingerprint": self.fingerprint,
+            "draws_with_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) else int(np.sum(self.n_failed > 0)),
+            "max_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) or not self.n_failed.size else int(self.n_failed.max()),
+            "training_coverage": self.coverage,
         }
 
     def save(self, path) -> Path:
@@ -144,10 +153,11 @@ class HmcResult:
             path,
             samples=self.samples, diverging=self.diverging, accept_prob=self.accept_prob, num_steps=self.num_steps,
             step_size=self.step_size, inverse_mass_matrix=self.inverse_mass_matrix,
+            n_failed=self.n_failed if self.n_failed is not None else np.full(self.diverging.shape, -1),
             meta=np.array(json.dumps({
                 "names": list(self.names), "n_divergent": self.n_divergent, "warmup_divergent": self.warmup_divergent,
                 "complete": self.complete, "num_warmup": self.num_warmup, "num_samples": self.num_samples,
-                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint,
+                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint, "coverage": self.coverage,
             })),
         )
         return path
@@ -162,6 +172,7 @@ class HmcResult:
                 tuple(meta["names"]), f["samples"], f["diverging"], f["accept_prob"], f["num_steps"], meta["warmup_divergent"],
                 f["step_size"], f["inverse_mass_matrix"], meta["complete"], meta["num_warmup"], meta["num_samples"],
                 meta["times"], meta["settings"], meta["fingerprint"],
+                f["n_failed"] if "n_failed" in f.files else np.full(f["diverging"].shape, -1), meta.get("coverage"),
             )
 
 
@@ -175,13 +186,14 @@ def _diagnostics(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make_result(names, samples, diverging, accept_prob, num_steps, warmup_divergent, step_size, inverse_mass_matrix,
-                 complete, num_warmup, num_samples, times, settings, fingerprint) -> HmcResult:
+                 complete, num_warmup, num_samples, times, settings, fingerprint, n_failed=None, coverage=None) -> HmcResult:
     r_hat, ess = _diagnostics(samples)
     return HmcResult(
         names=tuple(names), samples=samples, diverging=diverging.astype(bool), accept_prob=accept_prob,
         num_steps=num_steps, r_hat=r_hat, ess=ess, n_divergent=int(diverging.sum()), warmup_divergent=int(warmup_divergent),
         step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, complete=bool(complete), num_warmup=int(num_warmup),
         num_samples=int(num_samples), times=dict(times), settings=dict(settings), fingerprint=fingerprint,
+        n_failed=None if n_failed is None else np.asarray(n_failed, int), coverage=coverage,
     )
 
 
@@ -405,7 +417,9 @@ def run_hmc(
 
     def model():
         theta = numpyro.sample("theta", prior_dist)
-        numpyro.factor("log_likelihood", _log_likelihood(spec, data, theta))
+        log_likelihood, n_failed = log_likelihood_and_failures(spec, data, theta)
+        numpyro.factor("log_likelihood", log_likelihood)
+        numpyro.deterministic("n_failed", n_failed)  # recorded per draw (postprocess)
 
     checkpoint = None if checkpoint is None else Path(checkpoint)
     saved = None
@@ -425,27 +439,29 @@ def run_hmc(
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
     iteration = 0
-    samples, diverging, accept, nsteps = (np.zeros((num_chains, 0) + s, t) for s, t in (((n_free,), float), ((), bool), ((), float), ((), int)))
-    warmup_divergent = np.zeros(num_chains, int)
+    samples, diverging, accept, nsteps, failed = (np.zeros((num_chains, 0) + s, t) for s, t in
+                                                  (((n_free,), float), ((), bool), ((), float), ((), int), ((), int)))
+    warmup_divergent, warmup_failed = np.zeros(num_chains, int), np.zeros(num_chains, int)
     times = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
     if saved is not None:
         state = _restore_state(saved, saved_arrays, state, checkpoint)
         iteration = int(saved["iteration"])
-        samples, diverging, accept, nsteps = (saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps"))
-        warmup_divergent = saved_arrays["warmup_divergent"]
+        samples, diverging, accept, nsteps, failed = (saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps", "n_failed"))
+        warmup_divergent, warmup_failed = saved_arrays["warmup_divergent"], saved_arrays["warmup_failed"]
         times = dict(saved["times"])
 
     postprocess = kernel.postprocess_fn((), {})
 
     def block(chain_state, n):
         def body(i, carry):
-            s, z, div, acc, steps = carry
+            s, z, div, acc, steps, nf = carry
             s = kernel.sample(s, (), {})
-            theta = postprocess(s.z)["theta"]
-            return (s, z.at[i].set(theta), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob), steps.at[i].set(s.num_steps))
+            sites = postprocess(s.z)
+            return (s, z.at[i].set(sites["theta"]), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob),
+                    steps.at[i].set(s.num_steps), nf.at[i].set(sites["n_failed"]))
 
         init_carry = (chain_state, jnp.zeros((block_size, n_free)), jnp.zeros(block_size, bool), jnp.zeros(block_size),
-                      jnp.zeros(block_size, jnp.int64))
+                      jnp.zeros(block_size, jnp.int64), jnp.zeros(block_size, jnp.int64))
         return jax.lax.fori_loop(0, n, body, init_carry)
 
     if chain_method == "vectorized":
@@ -469,26 +485,29 @@ def run_hmc(
             compiled = jax.jit(run_block).lower(state, jnp.int32(n)).compile()
             times["compile"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        state, z, div, acc, steps = compiled(state, jnp.int32(n))
-        z, div, acc, steps = (np.asarray(a)[:, :n] for a in (z, div, acc, steps))
+        state, z, div, acc, steps, nf = compiled(state, jnp.int32(n))
+        z, div, acc, steps, nf = (np.asarray(a)[:, :n] for a in (z, div, acc, steps, nf))
         seconds = time.perf_counter() - t0
         iteration += n
         if in_warmup:
             times["warmup"] += seconds
             warmup_divergent = warmup_divergent + div.sum(axis=1)
+            warmup_failed = np.maximum(warmup_failed, nf.max(axis=1))
         else:
             times["sampling"] += seconds
             samples = np.concatenate([samples, z], axis=1)
             diverging = np.concatenate([diverging, div], axis=1)
             accept = np.concatenate([accept, acc], axis=1)
             nsteps = np.concatenate([nsteps, steps], axis=1)
+            failed = np.concatenate([failed, nf], axis=1)
         blocks_done += 1
         if checkpoint is not None:
             _write_checkpoint(
                 checkpoint,
                 {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings, "iteration": iteration, "times": times},
                 state,
-                {"samples": samples, "diverging": diverging, "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent},
+                {"samples": samples, "diverging": diverging, "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent,
+                 "n_failed": failed, "warmup_failed": warmup_failed},
             )
         if progress is not None:
             progress({
@@ -499,8 +518,11 @@ def run_hmc(
 
     times = dict(times, total_this_call=time.perf_counter() - t_call)
     adapt = state.adapt_state
+    warn_failed_halos("run_hmc", failed.reshape(-1), "draws")
+    warn_failed_halos("run_hmc (warmup)", warmup_failed, "chains' warmups")
+    coverage = check_training_coverage(fm, samples.reshape(-1, n_free), "run_hmc", "draws") if samples.shape[1] else None
     return _make_result(
         fm.free_names, samples, diverging, accept, nsteps, warmup_divergent.sum(), np.asarray(adapt.step_size),
         np.asarray(adapt.inverse_mass_matrix[("theta",)] if isinstance(adapt.inverse_mass_matrix, dict) else adapt.inverse_mass_matrix),
-        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint,
+        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint, failed, coverage,
     )

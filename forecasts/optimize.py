@@ -44,7 +44,7 @@ import optax
 
 from sapphire.likelihood import latin_hypercube
 
-from .forward import ForwardModel, _Spec, log_likelihood_and_failures
+from .forward import ForwardModel, _Spec, check_training_coverage, log_likelihood_and_failures, warn_failed_halos
 
 __all__ = ["MapOptions", "MapResult", "MapMode", "find_map"]
 
@@ -97,9 +97,19 @@ class MapResult:
         points: (n_starts, n_free) end points.
         losses: (n_starts,) -ln L at the end points (inf if not finite).
         steps: (n_starts,) adam steps taken.
-        converged: (n_starts,) both stopping criteria met (and a finite loss).
+        converged: (n_starts,) Newton step < ``options.newton_tol`` sigma (or, without a
+            positive-definite Fisher, the optimiser's own criteria) and a finite loss.
         best_index: start with the lowest loss (converged starts preferred).
         wall_time: seconds (compilation included).
+        newton_step: (n_starts,) Newton step to the optimum in posterior sigmas (NaN: unknown).
+        polish_message, polish_evaluations: L-BFGS-B's message and function calls per start.
+        modes: :class:`MapMode` groups of the converged end points, best first.
+        n_failed: (n_starts,) failed halos at each end point; max_failed: (n_starts,) the most
+            in any evaluation of that start (adam and L-BFGS-B).
+        sigma: (n_free,) Gauss-Newton marginal sigmas at the best point (None if not positive
+            definite): the unit of ``newton_step`` and the modes' spreads.
+        coverage: None, or for an emulator where the end points lie relative to its training
+            design (``forward.check_training_coverage``).
     """
 
     names: tuple[str, ...]
@@ -118,6 +128,7 @@ class MapResult:
     n_failed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
     max_failed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
     sigma: np.ndarray | None = None
+    coverage: dict | None = None
 
     @property
     def best(self) -> np.ndarray:
@@ -177,6 +188,7 @@ class MapResult:
             "spread_sigma": fin(self.spread_sigma),
             "n_failed": np.asarray(self.n_failed).tolist(),
             "max_failed": np.asarray(self.max_failed).tolist(),
+            "training_coverage": self.coverage,
             "wall_time_s": self.wall_time,
             "options": self.options._asdict(),
         }
@@ -202,7 +214,6 @@ def _run_one(spec: _Spec, data, low, width, u0, options: MapOptions):
         value, n_failed = log_likelihood_and_failures(spec, data, low + width * u)
         return -value, n_failed
 
-    loss_fn = lambda u: loss_and_failures(u)[0]  # noqa: E731
     value_and_grad = jax.value_and_grad(loss_and_failures, has_aux=True)
 
     def cond(carry):
@@ -333,22 +344,10 @@ def find_map(
         n_failed=n_failed,
         max_failed=worst,
         sigma=sigma,
+        coverage=check_training_coverage(fm, points, "find_map", "MAP end points"),
     )
-    _warn_failures("find_map", worst)
+    warn_failed_halos("find_map", worst, "starts")
     return result
-
-
-def _warn_failures(where: str, per_item_max: np.ndarray, unit: str = "start") -> None:
-    """One warning (with counts) if any evaluation excluded failed halos."""
-    per_item_max = np.asarray(per_item_max)
-    if per_item_max.size and per_item_max.max() > 0:
-        import warnings
-
-        warnings.warn(
-            f"{where}: the likelihood excluded failed halos in {int(np.sum(per_item_max > 0))} of {per_item_max.size} "
-            f"{unit}s (up to {int(per_item_max.max())} halos in one evaluation): those likelihoods are built from fewer halos "
-            "(per-start counts in max_failed / n_failed)", RuntimeWarning, stacklevel=3,
-        )
 
 
 def _polish(fm: ForwardModel, u0: np.ndarray, options: MapOptions):
