@@ -705,10 +705,11 @@ def check_training_coverage(fm: ForwardModel, theta_free, where: str, what: str 
         import warnings
 
         far = f"; up to {out['max_distance']:.2f} design spacings from the nearest training point" if out["max_distance"] is not None else ""
+        in_gaps = out["n_outside"] - out["n_outside_box"]
         warnings.warn(
             f"{where}: {out['n_outside']} of {out['n']} {what} lie outside the emulator's training coverage "
-            f"({out['n_outside_box']} outside the box of its design, the rest farther than {COVERAGE_GAP} design spacings from "
-            f"any training point{far}): the emulator extrapolates there; extend the design (sapphire generate --extend)",
+            f"({out['n_outside_box']} outside the box of its design, {in_gaps} inside it but farther than {COVERAGE_GAP} design "
+            f"spacings from any training point{far}): the emulator extrapolates there; extend the design (sapphire generate --extend)",
             RuntimeWarning, stacklevel=3,
         )
     return out
