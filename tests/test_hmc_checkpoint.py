@@ -22,7 +22,8 @@ def toy():
 
 @pytest.fixture(scope="module")
 def runs(toy, tmp_path_factory):
-    """(the run resumed from a checkpoint stopped after 3 blocks, that checkpoint's path).  That
+    """(the run resumed from a checkpoint stopped after 3 blocks, that checkpoint's path, the
+    finished checkpoint's path).  That
     a resumed run is bitwise the uninterrupted one is test_forecasts.py's
     test_hmc_checkpoint_resumes_bitwise (same code path); here: what the file holds."""
     folder = tmp_path_factory.mktemp("ckpt")
@@ -34,7 +35,7 @@ def runs(toy, tmp_path_factory):
     resumed = run_hmc(toy, checkpoint=copy, **SETTINGS)
     assert resumed.complete and resumed.samples.shape == (2, 20, 2)
     np.testing.assert_array_equal(resumed.samples[:, :10], partial.samples)
-    return resumed, path
+    return resumed, path, copy
 
 
 def rewrite(src, dst, *, meta=None, arrays=None):
@@ -48,7 +49,7 @@ def rewrite(src, dst, *, meta=None, arrays=None):
 
 
 def test_checkpoint_is_an_npz_with_a_json_record(toy, runs):
-    _, path = runs
+    _, path, _ = runs
     assert zipfile.is_zipfile(path)
     with np.load(path, allow_pickle=False) as f:  # no object arrays anywhere
         meta = json.loads(str(f["meta"]))
@@ -58,16 +59,16 @@ def test_checkpoint_is_an_npz_with_a_json_record(toy, runs):
 
 
 def test_another_numpyro_version_with_the_same_state_layout_is_read(toy, runs, tmp_path):
-    resumed, path = runs
-    foreign = tmp_path / "foreign.ckpt"
-    rewrite(path, foreign, meta={"numpyro_version": "0.0.1", "jax_version": "0.0.1"})
+    resumed, _, finished = runs
+    foreign = tmp_path / "foreign.ckpt"  # a finished run: reading it samples nothing (no compilation)
+    rewrite(finished, foreign, meta={"numpyro_version": "0.0.1", "jax_version": "0.0.1"})
     again = run_hmc(toy, checkpoint=foreign, **SETTINGS)
     np.testing.assert_array_equal(again.samples, resumed.samples)
     np.testing.assert_array_equal(again.inverse_mass_matrix, resumed.inverse_mass_matrix)
 
 
 def test_foreign_layout_edited_arrays_and_pickles_are_refused(toy, runs, tmp_path):
-    _, path = runs
+    _, path, _ = runs
     with np.load(path, allow_pickle=False) as f:
         layout = json.loads(str(f["meta"]))["state_layout"]
         samples = f["samples"]
