@@ -88,6 +88,7 @@ class SobolevEmulator:
         theta_range: tuple[np.ndarray, np.ndarray] | None = None,
         sapphire_version: str | None = None,
         precision: str = "float32",
+        training_theta: np.ndarray | None = None,
     ) -> None:
         self.architecture = architecture
         self.params = params
@@ -101,6 +102,8 @@ class SobolevEmulator:
         low = np.asarray(prior.low, np.float64) if theta_range is None else np.asarray(theta_range[0], np.float64)
         high = np.asarray(prior.high, np.float64) if theta_range is None else np.asarray(theta_range[1], np.float64)
         self.theta_range = (low, high)
+        self.training_theta = None if training_theta is None else np.array(training_theta, np.float64).reshape(-1, prior.ndim)
+        self._coverage = None  # (KD tree of the training design in the unit cube, design spacing), built on first use
         self.sapphire_version = sapphire_version or sapphire.__version__
         if len(self.summary_names) != scalings.summary_mean.shape[0]:
             raise ValueError(
@@ -264,6 +267,26 @@ class SobolevEmulator:
         inside = np.all((arr >= low) & (arr <= high), axis=-1)
         return bool(inside) if arr.ndim == 1 else inside
 
+    def coverage_distance(self, theta) -> np.ndarray | float:
+        """Distance from theta (8,) / (n, 8) to the nearest training point, in units of the design
+        spacing (the median nearest-neighbour distance between the training points), both in the
+        unit cube of the prior box.  ~0.5-1 inside a space-filling design, > 1.5 in a gap or
+        beyond its edge.  NaN where the artifact records no training design (older artifacts)."""
+        arr = np.asarray(theta, np.float64)
+        if self.training_theta is None or self.training_theta.shape[0] < 2:
+            out = np.full(arr.shape[:-1], np.nan)
+            return float(out) if arr.ndim == 1 else out
+        if self._coverage is None:
+            from scipy.spatial import cKDTree
+
+            unit = self.prior.to_unit(self.training_theta)
+            tree = cKDTree(unit)
+            spacing = float(np.median(tree.query(unit, k=2)[0][:, 1]))
+            self._coverage = (tree, spacing if spacing > 0 else 1.0)
+        tree, spacing = self._coverage
+        distance = tree.query(self.prior.to_unit(arr.reshape(-1, arr.shape[-1])))[0] / spacing
+        return float(distance[0]) if arr.ndim == 1 else distance.reshape(arr.shape[:-1])
+
     def check_observations(self, observations: Observations) -> None:
         """``ValueError`` unless ``observations`` has the training relations at the same kernel
         centres x (y and sigma may differ)."""
@@ -295,6 +318,8 @@ class SobolevEmulator:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f"params/{name}": np.asarray(value) for name, value in _flat_params(self.params).items()}
         arrays.update(self.scalings.to_arrays())
+        if self.training_theta is not None:
+            arrays["training_theta"] = self.training_theta
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         try:
             np.savez(tmp / ARRAYS_FILE, **arrays)
@@ -368,6 +393,7 @@ class SobolevEmulator:
             theta_range=(np.asarray(low), np.asarray(high)),
             sapphire_version=meta.get("sapphire_version"),
             precision=precision,
+            training_theta=arrays.get("training_theta"),
         )
 
 

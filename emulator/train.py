@@ -294,6 +294,7 @@ def train_emulator(
         store_fingerprint=ts.fingerprint,
         store_identity=_store_identity(ts),
         theta_range=_theta_range(ts, train_idx),
+        training_theta=np.asarray(ts.theta[train_idx]),
     )
     calibration = calibrate_spread(emu, ts.load(splits["val"]))
     emu.calibration_factor = calibration["factor"]

@@ -19,12 +19,11 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from sapphire.likelihood import gauss_newton_fisher_matrix
 
-from .forward import ForwardModel, jit_value_and_grad, log_likelihood_at
+from .forward import ForwardModel, check_training_coverage, log_likelihood_at, warn_failed_halos
 
 __all__ = ["FisherResult", "fisher_result", "laplace", "gauss_newton_fisher", "finite_difference_hessian"]
 
@@ -48,6 +47,9 @@ class FisherResult:
         correlation: (n, n), or None.
         condition_number: max |eigenvalue| / min |eigenvalue| (inf if one is 0).
         message: "" or why no covariance is given.
+        n_failed: failed halos excluded from the likelihood at theta (the most in any of the
+            evaluations that made the matrix); 0 for models without halos.
+        coverage: None, or for an emulator where theta lies relative to its training design.
     """
 
     names: tuple[str, ...]
@@ -62,6 +64,8 @@ class FisherResult:
     correlation: np.ndarray | None
     condition_number: float
     message: str
+    n_failed: int = 0
+    coverage: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready view."""
@@ -77,6 +81,8 @@ class FisherResult:
             "sigmas": as_list(self.sigmas),
             "condition_number": float(self.condition_number) if np.isfinite(self.condition_number) else None,
             "message": self.message,
+            "n_failed": int(self.n_failed),
+            "training_coverage": self.coverage,
         }
 
 
@@ -164,9 +170,17 @@ def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step
     theta_j = fm.check_theta(theta)
     if method == "autodiff":
         H = np.asarray(_jit_hessian(fm.spec, fm.data, theta_j))
+        n_failed = fm.diagnostics(theta_j)["n_failed"]
     elif method == "fd_grad":
         steps = relative_step * fm.prior.width
-        grad = lambda t: np.asarray(jit_value_and_grad(fm.spec, fm.data, jnp.asarray(t))[1])  # noqa: E731
+        n_failed = 0
+
+        def grad(t):
+            nonlocal n_failed
+            _, g, failed = fm.log_likelihood_grad_and_failures(t)
+            n_failed = max(n_failed, failed)
+            return g
+
         theta_np = np.asarray(theta_j)
         columns = []
         for j in range(fm.n_free):
@@ -176,7 +190,10 @@ def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step
         H = np.stack(columns, axis=1)
     else:
         raise ValueError(f"method must be 'autodiff', 'fd_grad' or None; got {method!r}")
-    return fisher_result(H, fm.free_names, np.asarray(theta_j), kind=f"laplace ({method})")
+    warn_failed_halos("laplace", [n_failed], "evaluations")
+    coverage = check_training_coverage(fm, np.asarray(theta_j)[None], "laplace", "expansion points")
+    return dataclasses.replace(fisher_result(H, fm.free_names, np.asarray(theta_j), kind=f"laplace ({method})"),
+                               n_failed=int(n_failed), coverage=coverage)
 
 
 def gauss_newton_fisher(fm: ForwardModel, theta, *, prior_term: bool = False) -> FisherResult:
@@ -191,6 +208,7 @@ def gauss_newton_fisher(fm: ForwardModel, theta, *, prior_term: bool = False) ->
     """
     theta_j = fm.check_theta(theta)
     J = fm.summary_jacobian_numpy(theta_j)
-    _, model_variance, _ = fm.predict_with_failures_numpy(theta_j)
+    _, model_variance, n_failed = fm.predict_with_failures_numpy(theta_j)
     F = gauss_newton_fisher_matrix(J, model_variance + fm.sigma**2, fm.prior.width if prior_term else None)
-    return fisher_result(F, fm.free_names, np.asarray(theta_j), kind="gauss-newton" + (" + prior" if prior_term else ""))
+    result = fisher_result(F, fm.free_names, np.asarray(theta_j), kind="gauss-newton" + (" + prior" if prior_term else ""))
+    return dataclasses.replace(result, n_failed=int(n_failed))

@@ -54,7 +54,14 @@ __all__ = [
     "jit_value_and_grad",
     "resolve_free",
     "resolve_fixed",
+    "log_likelihood_and_failures",
+    "COVERAGE_GAP",
+    "check_training_coverage",
+    "warn_failed_halos",
 ]
+
+#: An emulator is trusted within this many design spacings of its nearest training point.
+COVERAGE_GAP = 1.5
 
 
 class ValueAndGrad(NamedTuple):
@@ -97,6 +104,14 @@ def log_likelihood_at(spec: ForwardSpec, data, theta_free):
     return gaussian_log_likelihood(mean, model_variance, data["y"], data["sigma"])
 
 
+def log_likelihood_and_failures(spec, data, theta_free):
+    """(ln L, number of failed halos excluded from it) at theta_free (n_free,), for a forward
+    model's static spec and data arrays; pure JAX, so jitted
+    optimisers and samplers can carry the failure count alongside the likelihood."""
+    mean, model_variance, n_failed = _predict_with_failures(spec, data, theta_free)
+    return gaussian_log_likelihood(mean, model_variance, data["y"], data["sigma"]), n_failed
+
+
 def _summary_jacobian(spec: ForwardSpec, data, theta_free):
     custom = getattr(spec.cls, "_jacobian_full", None)
     if custom is not None:
@@ -107,6 +122,7 @@ def _summary_jacobian(spec: ForwardSpec, data, theta_free):
 
 #: ``(spec, data, theta_free) -> (ln L, d ln L / d theta_free)``, compiled once per ``spec``.
 jit_value_and_grad = jax.jit(jax.value_and_grad(log_likelihood_at, argnums=2), static_argnums=0)
+_jit_value_grad_failures = jax.jit(jax.value_and_grad(log_likelihood_and_failures, argnums=2, has_aux=True), static_argnums=0)
 _jit_predict = jax.jit(_predict_with_failures, static_argnums=0)
 _jit_summary_jacobian = jax.jit(_summary_jacobian, static_argnums=0)
 
@@ -313,6 +329,18 @@ class ForwardModel:
         value, grad = jit_value_and_grad(self.spec, self.data, self.check_theta(theta_free))
         return ValueAndGrad(float(value), np.asarray(grad))
 
+    def log_likelihood_and_failures(self, theta_free) -> tuple[jax.Array, jax.Array]:
+        """(ln L, n_failed): the log-likelihood and the number of halos whose solve failed and
+        were excluded from it (0 for models without halos); traceable (numpyro records n_failed
+        per draw from this)."""
+        return log_likelihood_and_failures(self.spec, self.data, self.check_theta(theta_free))
+
+    def log_likelihood_grad_and_failures(self, theta_free) -> tuple[float, np.ndarray, int]:
+        """(ln L, d ln L / d theta_free (n_free,), n_failed) from one jitted evaluation (the
+        optimiser's call)."""
+        (value, n_failed), grad = _jit_value_grad_failures(self.spec, self.data, self.check_theta(theta_free))
+        return float(value), np.asarray(grad), int(n_failed)
+
     def predict(self, theta_free) -> tuple[jax.Array, jax.Array]:
         """(mean (S,), model_variance (S,)) of the compared summaries; traceable."""
         return _predict(self.spec, self.data, self.check_theta(theta_free))
@@ -331,6 +359,12 @@ class ForwardModel:
             "n_failed": int(n_failed),
             "finite": bool(np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))),
         }
+
+    def training_coverage(self, theta_free) -> dict | None:
+        """Where ``theta_free`` (n_free,) / (n, n_free) lies relative to the region the model was
+        trained on: None for models that are not trained (exact model, toy); see
+        ``EmulatorForward.training_coverage``."""
+        return None
 
     # ---- eager evaluations (overridden by the exact model to reuse Model's compiled solves) ----
     def predict_with_failures_numpy(self, theta) -> tuple[np.ndarray, np.ndarray, int]:
@@ -544,6 +578,24 @@ class EmulatorForward(ForwardModel):
         variance = safe_square(jnp.asarray(error)[index]) if with_error else jnp.zeros_like(mean)
         return mean, variance, jnp.zeros((), jnp.int32)
 
+    def training_coverage(self, theta_free) -> dict | None:
+        """For free thetas (n_free,) / (n, n_free): ``in_box`` (n,) inside the bounding box of
+        the training design (``emu.in_training_range``), ``distance`` (n,) to the nearest
+        training point in design spacings (``emu.coverage_distance``; NaN if the artifact records
+        no design) and ``outside`` (n,): out of the box or farther than ``COVERAGE_GAP``.  None if
+        the emulator knows neither."""
+        emu = self.emulator
+        arr = np.atleast_2d(np.asarray(theta_free, np.float64))
+        full = np.broadcast_to(np.asarray(self.fixed), (arr.shape[0], len(self.parameter_names))).copy()
+        full[:, list(self.free_index)] = arr
+        has_box, has_distance = hasattr(emu, "in_training_range"), hasattr(emu, "coverage_distance")
+        if not (has_box or has_distance):
+            return None
+        in_box = np.asarray(emu.in_training_range(full), bool).reshape(-1) if has_box else np.ones(arr.shape[0], bool)
+        distance = np.asarray(emu.coverage_distance(full), np.float64).reshape(-1) if has_distance else np.full(arr.shape[0], np.nan)
+        outside = ~in_box | (np.isfinite(distance) & (distance > COVERAGE_GAP))
+        return {"in_box": in_box, "distance": distance, "outside": outside}
+
     @staticmethod
     def _jacobian_full(extra, data, theta_full):
         emu, index, _ = extra
@@ -623,3 +675,47 @@ class LinearGaussianForward(ForwardModel):
         precision = A_f.T @ (A_f * weights[:, None])
         cov = np.linalg.inv(precision)
         return cov @ (A_f.T @ (weights * residual)), cov
+
+
+# ------------------------------------------------------------------------------------------------
+# Warnings shared by the optimiser, the Laplace approximation and the sampler
+# ------------------------------------------------------------------------------------------------
+def check_training_coverage(fm: ForwardModel, theta_free, where: str, what: str = "points") -> dict | None:
+    """Summarise ``fm.training_coverage`` of the points (n, n_free) and warn ONCE (a
+    ``RuntimeWarning`` with counts) if any lies outside the region the emulator was trained on.
+    Returns None (model not trained) or a JSON-ready dict: n, n_outside, n_outside_box,
+    max_distance (design spacings; None if unknown), gap (``COVERAGE_GAP``)."""
+    cov = fm.training_coverage(theta_free)
+    if cov is None:
+        return None
+    finite = cov["distance"][np.isfinite(cov["distance"])]
+    out = {
+        "n": int(cov["outside"].size), "n_outside": int(cov["outside"].sum()), "n_outside_box": int((~cov["in_box"]).sum()),
+        "max_distance": float(finite.max()) if finite.size else None, "gap": COVERAGE_GAP,
+    }
+    if out["n_outside"]:
+        import warnings
+
+        far = f"; up to {out['max_distance']:.2f} design spacings from the nearest training point" if out["max_distance"] is not None else ""
+        in_gaps = out["n_outside"] - out["n_outside_box"]
+        warnings.warn(
+            f"{where}: {out['n_outside']} of {out['n']} {what} lie outside the emulator's training coverage "
+            f"({out['n_outside_box']} outside the box of its design, {in_gaps} inside it but farther than {COVERAGE_GAP} design "
+            f"spacings from any training point{far}): the emulator extrapolates there; extend the design (sapphire generate --extend)",
+            RuntimeWarning, stacklevel=3,
+        )
+    return out
+
+
+def warn_failed_halos(where: str, counts, what: str) -> None:
+    """One ``RuntimeWarning`` with counts if any entry of ``counts`` (failed halos per start,
+    per draw, ...) is positive."""
+    counts = np.asarray(counts)
+    if counts.size and counts.max() > 0:
+        import warnings
+
+        warnings.warn(
+            f"{where}: the likelihood excluded failed halos in {int(np.sum(counts > 0))} of {counts.size} {what} (up to "
+            f"{int(counts.max())} halos in one evaluation): those likelihoods are built from fewer halos",
+            RuntimeWarning, stacklevel=3,
+        )

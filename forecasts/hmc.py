@@ -13,15 +13,26 @@ checkpoint stores, so a run interrupted after any block resumes exactly where it
 resumed chains are bitwise the uninterrupted ones (each transition depends only on the state,
 and the compiled block function is the same whatever the block length).  Blocks never straddle
 the end of warmup.
+
+Checkpoints hold no pickle: one NumPy ``.npz`` archive (whatever the file's name) with the arrays
+(the kernel state's leaves ``state_000``, ..., the draws so far) and one JSON text ``meta``
+(format, forward-model fingerprint, sampler settings, iteration, times, the numpyro / JAX
+versions, the state's layout: each leaf's path, dtype and shape, and a sha256 digest of every
+array).  It is read with ``np.load(allow_pickle=False)``, so loading never executes code; a
+checkpoint written by another numpyro version is read when its state layout is the same as this
+version's, and refused with a one-line message naming both versions otherwise; a file whose
+arrays do not match its digest (corrupt, edited) or that is not such an archive (an old pickle
+checkpoint) is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
-import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +45,11 @@ from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer import NUTS, init_to_uniform
 
-from .forward import ForwardModel, log_likelihood_at
+from .forward import ForwardModel, check_training_coverage, log_likelihood_and_failures, warn_failed_halos
 
 __all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: pickles (no longer read)
 
 
 class CheckpointMismatch(ValueError):
@@ -62,6 +73,10 @@ class HmcResult:
         times: seconds: ``compile``, ``warmup``, ``sampling`` (excluding compilation) and
             ``total`` (this call, everything), summed over resumed calls where stated.
         settings: sampler settings; fingerprint: the forward model's.
+        n_failed: (chains, draws) failed halos excluded from the likelihood at each draw (-1:
+            not recorded, results saved before it was).
+        coverage: None, or for an emulator where the draws lie relative to its training design
+            (``forward.check_training_coverage``).
     """
 
     names: tuple[str, ...]
@@ -81,6 +96,8 @@ class HmcResult:
     times: dict
     settings: dict
     fingerprint: str
+    n_failed: np.ndarray | None = None
+    coverage: dict | None = None
 
     @property
     def flat(self) -> np.ndarray:
@@ -122,6 +139,9 @@ class HmcResult:
             "times_s": dict(self.times),
             "settings": dict(self.settings),
             "fingerprint": self.fingerprint,
+            "draws_with_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) else int(np.sum(self.n_failed > 0)),
+            "max_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) or not self.n_failed.size else int(self.n_failed.max()),
+            "training_coverage": self.coverage,
         }
 
     def save(self, path) -> Path:
@@ -133,10 +153,11 @@ class HmcResult:
             path,
             samples=self.samples, diverging=self.diverging, accept_prob=self.accept_prob, num_steps=self.num_steps,
             step_size=self.step_size, inverse_mass_matrix=self.inverse_mass_matrix,
+            n_failed=self.n_failed if self.n_failed is not None else np.full(self.diverging.shape, -1),
             meta=np.array(json.dumps({
                 "names": list(self.names), "n_divergent": self.n_divergent, "warmup_divergent": self.warmup_divergent,
                 "complete": self.complete, "num_warmup": self.num_warmup, "num_samples": self.num_samples,
-                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint,
+                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint, "coverage": self.coverage,
             })),
         )
         return path
@@ -145,12 +166,13 @@ class HmcResult:
     def load(cls, path) -> "HmcResult":
         import json
 
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             return _make_result(
                 tuple(meta["names"]), f["samples"], f["diverging"], f["accept_prob"], f["num_steps"], meta["warmup_divergent"],
                 f["step_size"], f["inverse_mass_matrix"], meta["complete"], meta["num_warmup"], meta["num_samples"],
                 meta["times"], meta["settings"], meta["fingerprint"],
+                f["n_failed"] if "n_failed" in f.files else np.full(f["diverging"].shape, -1), meta.get("coverage"),
             )
 
 
@@ -164,13 +186,14 @@ def _diagnostics(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make_result(names, samples, diverging, accept_prob, num_steps, warmup_divergent, step_size, inverse_mass_matrix,
-                 complete, num_warmup, num_samples, times, settings, fingerprint) -> HmcResult:
+                 complete, num_warmup, num_samples, times, settings, fingerprint, n_failed=None, coverage=None) -> HmcResult:
     r_hat, ess = _diagnostics(samples)
     return HmcResult(
         names=tuple(names), samples=samples, diverging=diverging.astype(bool), accept_prob=accept_prob,
         num_steps=num_steps, r_hat=r_hat, ess=ess, n_divergent=int(diverging.sum()), warmup_divergent=int(warmup_divergent),
         step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, complete=bool(complete), num_warmup=int(num_warmup),
         num_samples=int(num_samples), times=dict(times), settings=dict(settings), fingerprint=fingerprint,
+        n_failed=None if n_failed is None else np.asarray(n_failed, int), coverage=coverage,
     )
 
 
@@ -228,18 +251,74 @@ def _init_params(prior_dist, init, num_chains: int, n_free: int):
     return out
 
 
-def _atomic_pickle(obj, path: Path) -> None:
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _state_layout(state) -> list[list]:
+    """[path, dtype, shape] of every leaf of a kernel state (chains stacked)."""
+    return [[jax.tree_util.keystr(path), np.asarray(leaf).dtype.str, list(np.shape(leaf))]
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def _write_checkpoint(path: Path, meta: dict, state, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically write the ``.npz`` checkpoint (module docstring): state leaves, ``arrays`` and
+    the JSON ``meta`` (with the state layout, versions and the arrays' digest added)."""
+    leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(state))]
+    content = {f"state_{i:03d}": leaf for i, leaf in enumerate(leaves)} | {k: np.asarray(v) for k, v in arrays.items()}
+    meta = dict(meta, numpyro_version=numpyro.__version__, jax_version=jax.__version__, state_layout=_state_layout(state),
+                digest=_digest(content))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=4)
+        np.savez(f, meta=np.array(json.dumps(meta)), **content)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of a checkpoint, read without executing anything; ``CheckpointMismatch``
+    if it is not a readable checkpoint of this format or its arrays do not match their digest."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile) or "meta" not in f.files:
+                raise ValueError("no 'meta' record in an .npz archive")
+            meta = json.loads(str(f["meta"]))
+            arrays = {name: f[name] for name in f.files if name != "meta"}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise CheckpointMismatch(
+            f"checkpoint {path} is not a readable sapphire .npz checkpoint ({type(exc).__name__}: {exc}); checkpoints of "
+            "older versions were pickles, which are no longer loaded because loading one can run code: delete it or use another path"
+        ) from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it or use another path")
+    if _digest(arrays) != meta.get("digest"):
+        raise CheckpointMismatch(f"checkpoint {path} is corrupt or was modified (its arrays do not match the digest it records); delete it or use another path")
+    return meta, arrays
+
+
+def _restore_state(meta: dict, arrays: dict[str, np.ndarray], fresh_state, path: Path):
+    """The saved kernel state in the structure of ``fresh_state`` (this numpyro's), or
+    ``CheckpointMismatch`` naming both numpyro versions if the layouts differ."""
+    now = _state_layout(fresh_state)
+    saved = meta.get("state_layout")
+    if saved != now:
+        first = next((f"{a} vs {b}" for a, b in zip(saved or [], now) if a != b), f"{len(saved or [])} leaves vs {len(now)}")
+        raise CheckpointMismatch(
+            f"checkpoint {path} was written by numpyro {meta.get('numpyro_version')}, whose sampler state differs from numpyro "
+            f"{numpyro.__version__}'s (first difference: {first}); resume with numpyro {meta.get('numpyro_version')} or delete it"
+        )
+    leaves = [jnp.asarray(arrays[f"state_{i:03d}"]) for i in range(len(now))]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh_state), leaves)
+
+
 def _check_checkpoint(saved: dict, fingerprint: str, settings: dict, path: Path) -> None:
-    if saved.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"checkpoint {path}: format {saved.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     if saved["fingerprint"] != fingerprint:
         raise CheckpointMismatch(
             f"checkpoint {path} belongs to another forward model (fingerprint {saved['fingerprint']}, this one "
@@ -302,7 +381,7 @@ def run_hmc(
             solver would run both branches of its per-group choice under vmap).
         init: None (numpyro's ``init_to_uniform``, radius 2, per-chain key) or starting points
             (n_free,) / (num_chains, n_free) inside the prior's support.
-        checkpoint: path of a pickle file.  If it exists the run RESUMES from it (after checking
+        checkpoint: path of the checkpoint file (an ``.npz`` archive, module docstring; any name).  If it exists the run RESUMES from it (after checking
             that the forward model's fingerprint and the sampler settings match: otherwise
             ``CheckpointMismatch``); it is rewritten atomically after every block.
             ``num_samples`` may be raised on resume to extend a finished run.
@@ -338,16 +417,17 @@ def run_hmc(
 
     def model():
         theta = numpyro.sample("theta", prior_dist)
-        numpyro.factor("log_likelihood", log_likelihood_at(spec, data, theta))
+        log_likelihood, n_failed = log_likelihood_and_failures(spec, data, theta)
+        numpyro.factor("log_likelihood", log_likelihood)
+        numpyro.deterministic("n_failed", n_failed)  # recorded per draw (postprocess)
 
     checkpoint = None if checkpoint is None else Path(checkpoint)
     saved = None
     if checkpoint is not None and checkpoint.exists():
-        with open(checkpoint, "rb") as f:
-            saved = pickle.load(f)
+        saved, saved_arrays = _read_checkpoint(checkpoint)
         _check_checkpoint(saved, fingerprint, settings, checkpoint)
-        if saved["samples"].shape[1] > num_samples:
-            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved['samples'].shape[1]} draws > num_samples = {num_samples}")
+        if saved_arrays["samples"].shape[1] > num_samples:
+            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved_arrays['samples'].shape[1]} draws > num_samples = {num_samples}")
 
     kernel = NUTS(model, dense_mass=dense_mass, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
                   init_strategy=init_to_uniform(radius=2.0))
@@ -359,27 +439,29 @@ def run_hmc(
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
     iteration = 0
-    samples, diverging, accept, nsteps = (np.zeros((num_chains, 0) + s, t) for s, t in (((n_free,), float), ((), bool), ((), float), ((), int)))
-    warmup_divergent = np.zeros(num_chains, int)
+    samples, diverging, accept, nsteps, failed = (np.zeros((num_chains, 0) + s, t) for s, t in
+                                                  (((n_free,), float), ((), bool), ((), float), ((), int), ((), int)))
+    warmup_divergent, warmup_failed = np.zeros(num_chains, int), np.zeros(num_chains, int)
     times = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
     if saved is not None:
-        state = jax.tree.map(jnp.asarray, saved["state"])
-        iteration = saved["iteration"]
-        samples, diverging, accept, nsteps = saved["samples"], saved["diverging"], saved["accept_prob"], saved["num_steps"]
-        warmup_divergent = saved["warmup_divergent"]
+        state = _restore_state(saved, saved_arrays, state, checkpoint)
+        iteration = int(saved["iteration"])
+        samples, diverging, accept, nsteps, failed = (saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps", "n_failed"))
+        warmup_divergent, warmup_failed = saved_arrays["warmup_divergent"], saved_arrays["warmup_failed"]
         times = dict(saved["times"])
 
     postprocess = kernel.postprocess_fn((), {})
 
     def block(chain_state, n):
         def body(i, carry):
-            s, z, div, acc, steps = carry
+            s, z, div, acc, steps, nf = carry
             s = kernel.sample(s, (), {})
-            theta = postprocess(s.z)["theta"]
-            return (s, z.at[i].set(theta), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob), steps.at[i].set(s.num_steps))
+            sites = postprocess(s.z)
+            return (s, z.at[i].set(sites["theta"]), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob),
+                    steps.at[i].set(s.num_steps), nf.at[i].set(sites["n_failed"]))
 
         init_carry = (chain_state, jnp.zeros((block_size, n_free)), jnp.zeros(block_size, bool), jnp.zeros(block_size),
-                      jnp.zeros(block_size, jnp.int64))
+                      jnp.zeros(block_size, jnp.int64), jnp.zeros(block_size, jnp.int64))
         return jax.lax.fori_loop(0, n, body, init_carry)
 
     if chain_method == "vectorized":
@@ -403,26 +485,30 @@ def run_hmc(
             compiled = jax.jit(run_block).lower(state, jnp.int32(n)).compile()
             times["compile"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        state, z, div, acc, steps = compiled(state, jnp.int32(n))
-        z, div, acc, steps = (np.asarray(a)[:, :n] for a in (z, div, acc, steps))
+        state, z, div, acc, steps, nf = compiled(state, jnp.int32(n))
+        z, div, acc, steps, nf = (np.asarray(a)[:, :n] for a in (z, div, acc, steps, nf))
         seconds = time.perf_counter() - t0
         iteration += n
         if in_warmup:
             times["warmup"] += seconds
             warmup_divergent = warmup_divergent + div.sum(axis=1)
+            warmup_failed = np.maximum(warmup_failed, nf.max(axis=1))
         else:
             times["sampling"] += seconds
             samples = np.concatenate([samples, z], axis=1)
             diverging = np.concatenate([diverging, div], axis=1)
             accept = np.concatenate([accept, acc], axis=1)
             nsteps = np.concatenate([nsteps, steps], axis=1)
+            failed = np.concatenate([failed, nf], axis=1)
         blocks_done += 1
         if checkpoint is not None:
-            _atomic_pickle({
-                "format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings,
-                "state": jax.device_get(state), "iteration": iteration, "samples": samples, "diverging": diverging,
-                "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent, "times": times,
-            }, checkpoint)
+            _write_checkpoint(
+                checkpoint,
+                {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings, "iteration": iteration, "times": times},
+                state,
+                {"samples": samples, "diverging": diverging, "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent,
+                 "n_failed": failed, "warmup_failed": warmup_failed},
+            )
         if progress is not None:
             progress({
                 "phase": "warmup" if in_warmup else "sampling", "iteration": iteration, "total": total, "block_s": seconds,
@@ -432,8 +518,11 @@ def run_hmc(
 
     times = dict(times, total_this_call=time.perf_counter() - t_call)
     adapt = state.adapt_state
+    warn_failed_halos("run_hmc", failed.reshape(-1), "draws")
+    warn_failed_halos("run_hmc (warmup)", warmup_failed, "chains' warmups")
+    coverage = check_training_coverage(fm, samples.reshape(-1, n_free), "run_hmc", "draws") if samples.shape[1] else None
     return _make_result(
         fm.free_names, samples, diverging, accept, nsteps, warmup_divergent.sum(), np.asarray(adapt.step_size),
         np.asarray(adapt.inverse_mass_matrix[("theta",)] if isinstance(adapt.inverse_mass_matrix, dict) else adapt.inverse_mass_matrix),
-        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint,
+        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint, failed, coverage,
     )

@@ -113,5 +113,5 @@ def test_05_forecast(out_dir):
     assert ns["exact_post"].samples.shape == (chains, draws, len(ns["EXACT_FREE"]))
     assert np.all(np.isfinite(ns["exact_post"].samples)) and np.all(np.isfinite(ns["post"].samples))
     crossval = json.loads((out / "crossval.json").read_text())
-    assert crossval["verdict"] in ("PASS", "FAIL")  # tiny sizes: the verdict itself is meaningless
+    assert crossval["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE")  # tiny sizes: the verdict itself is meaningless
     assert ns["fisher"].matrix.shape == (8, 8)
