@@ -13,7 +13,7 @@ import pytest
 
 import sapphire
 from emulator import SobolevEmulator, train_emulator
-from emulator.train import InMemoryTrainingSet
+from emulator.data import InMemoryTrainingSet
 from forecasts import EmulatorForward, LinearGaussianForward, find_map, laplace, run_hmc
 from forecasts.forward import COVERAGE_GAP, check_training_coverage
 
