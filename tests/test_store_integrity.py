@@ -104,14 +104,15 @@ def test_a_missing_chunk_of_a_finished_block_is_an_error_not_fill_values(copy_of
     )
 
 
-def test_cli_prints_a_damaged_chunk_as_one_line(copy_of):
+def test_cli_prints_a_damaged_chunk_as_one_line(copy_of, capsys):
     from sapphire.cli import main
 
     path = copy_of()
     xor_bytes(path / "summary_jacobian" / "c" / "2" / "0" / "0", 100, 200)
     with pytest.raises(SystemExit) as info:
         main(["inspect", str(path)])
-    message = str(info.value.code)
+    assert info.value.code == 2  # the command line's bad-input status (README, exit status)
+    message = capsys.readouterr().err.strip()
     assert message.startswith("sapphire inspect: ") and "\n" not in message
     assert "array summary_jacobian chunk c/2/0/0 (rows 4-5)" in message
 
@@ -208,7 +209,7 @@ def test_a_damaged_table_design_cannot_be_redrawn_and_nothing_is_written(tmp_pat
 
 
 # --------------------------------------------------------------------------------- extend
-def test_extend_with_other_halos_is_refused_before_the_store_changes(clean_store, copy_of):
+def test_extend_with_other_halos_is_refused_before_the_store_changes(clean_store, copy_of, capsys):
     """Issue 18 case 3: ``--extend 4 --halos 16`` on an 8-halo store used to grow the design and then
     refuse; every retry grew it again."""
     from sapphire.cli import main
@@ -218,7 +219,8 @@ def test_extend_with_other_halos_is_refused_before_the_store_changes(clean_store
     for _ in range(2):
         with pytest.raises(SystemExit) as info:
             main(["generate", str(path), "--extend", "4", "--seed", "11", *CLI_SETTINGS, "--halos", "16"])
-        assert "halos" in str(info.value.code) and "\n" not in str(info.value.code)
+        message = capsys.readouterr().err.strip()
+        assert info.value.code == 2 and "halos" in message and "\n" not in message
     assert T.store_digest(path) == before and T.open_training_set(path).n_points == N_POINTS
     with pytest.raises(T.StoreError, match="solver.rtol"):
         T.extend_store(path, 2, seed=11, expected=store_identity(
