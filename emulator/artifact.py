@@ -65,10 +65,9 @@ class SobolevEmulator:
     (settings, excluded-point counts, split, history), ``store_identity``, ``precision``.
 
     ``precision``: the network's arithmetic when evaluated, "float32" (default) or "float64";
-    inputs, scalings and outputs stay float64 and training is always float64.  Measured (2-core
-    CPU, K = 5, 3 x 128): prediction + Jacobian for one theta 137 us in float32 vs 206 us in
-    float64, 39 vs 86 us per theta inside a compiled loop; float32 moves the outputs by ~1e-7
-    relative, far below the emulator's own error (>= 1e-3 sigma_obs).  Use "float64" for
+    inputs, scalings and outputs stay float64 and training is always float64.  float32 is faster
+    and moves the outputs by ~1e-7 relative, far below the emulator's own error (timings:
+    docs/design.md s.11; README).  Use "float64" for
     finite-difference checks with steps below ~1e-4 of the prior width.
     """
 
@@ -160,8 +159,7 @@ class SobolevEmulator:
         consts = dict(self._consts, calibration=jnp.asarray(self._calibration_factor, jnp.float64))
         self._arrays = (self._leaves, tuple(consts[k] for k in _CONST_KEYS))
         # The weights are closed over (compile-time constants), not passed as arguments: XLA then
-        # lays them out once at compilation, which measured ~2-3x faster per call on the CPU
-        # than passing them in (single theta, K = 5, 3 x 128).
+        # lays them out once at compilation, faster per call than passing them in (s.11).
         arrays = self._arrays
         self._members_jit = jax.jit(functools.partial(self._members_pure, arrays))
         self._predict_jit = jax.jit(functools.partial(self._predict_pure, arrays), static_argnames=("calibrated",))

@@ -146,9 +146,9 @@ def classifier_two_sample_test(
     that correlated neighbouring draws do not sit on both sides of a split (with shuffled folds a
     classifier recognises a stuck chain's neighbourhood and finds a difference that is only
     Monte-Carlo noise).  ``classifier``: "mlp" (default: ``MLPClassifier`` with two hidden layers
-    of 10 d units, early stopping, ``random_state=seed``, as in the C2ST literature; ~1-8 s for
-    2 x 2000 draws) or "hist_gradient_boosting" (run on one thread: its OpenMP threads crawled on
-    the shared 2-core machine, 100 s for the same job).
+    of 10 d units, early stopping, ``random_state=seed``, as in the C2ST literature) or
+    "hist_gradient_boosting" (run on one thread: its OpenMP threads are slow on small shared
+    machines; timings in docs/design.md s.11).
     Returns :class:`ClassifierTest` (AUC 0.5: indistinguishable; 1: disjoint).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier

@@ -422,12 +422,10 @@ class ExactForward(ForwardModel):
 
     Derivatives: first derivatives are the exact, error-controlled sensitivity solve (one per
     gradient).  Second derivatives (``laplace``) default to autodiff through that solve (not
-    error-controlled, but smooth): measured at 64 halos, 4 free parameters, a noise-free mock at
-    its truth, the autodiff Hessian agrees with the Gauss-Newton matrix to 1% except in the
-    weakly constrained A_etaZ direction (6.0 vs 5.0, eigenvalues 116-674), at rtol 1e-5 and 1e-9
-    alike; central differences of exact gradients ("fd_grad") gave -2.3 / +0.6 there for
-    relative steps 1e-4 / 1e-3 (eta_Z = min(power law, 1) kinks where halos reach the clip), i.e.
-    a spurious saddle.  Compiling the autodiff Hessian takes ~40-60 s on this CPU.  vmap over
+    error-controlled, but smooth), which agrees with the Gauss-Newton matrix where central
+    differences of exact gradients ("fd_grad") can report a spurious saddle (eta_Z = min(power
+    law, 1) kinks where halos reach the clip; the comparison and compile times: docs/design.md
+    s.11).  vmap over
     theta turns the solver's per-group ``lax.cond`` into both branches, so MAP starts run one
     after another and HMC chains default to ``chain_method="sequential"``.
     """

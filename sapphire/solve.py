@@ -52,18 +52,14 @@ class SolverSettings:
     group_size: int | None = None  # None: 64 on CPU; the whole batch on accelerators
     stiffness_threshold: float = 1000.0
     implicit_solver: SolverName = "kvaerno3"
-    # Error weight of the sensitivities vs the state (1: both controlled alike).  0.1 was
-    # measured 1.23x faster (CPU, 256 halos, centre) with a default-vs-tight median of 1.5e-5,
-    # but 10 of 5,304 entries off by 10-103% (small entries of explicit halos; full
-    # validate_engine run), so the default stays 1 (docs/design.md s.6).
+    # Error weight of the sensitivities vs the state (1: both controlled alike).  Smaller is
+    # faster but leaves small Jacobian entries uncontrolled, so the default stays 1
+    # (docs/design.md s.6 and s.11).
     sensitivity_weight: float = 1.0
     # Implicit solver (docs/design.md s.4): the chord iteration stops once its estimated
     # error is below kappa x the step tolerance, and a PI step-size controller
-    # (pcoeff, icoeff) damps the step-size oscillation of the stiff corner.  Measured (CPU,
-    # 64 halos, stiff corner, Kvaerno3): kappa 0.01 (diffrax's default) with the I controller
-    # 764 mean / 1315 max steps; kappa 0.5 with PI (0.3, 0.3) 343 / 437, 2.5x faster, states
-    # and Jacobians as close to an rtol 1e-9 Kvaerno5 solve as before (2.1e-5 dex; Jacobian
-    # median 4.6e-6 relative).
+    # (pcoeff, icoeff) damps the step-size oscillation of the stiff corner (step counts and
+    # accuracy against an rtol 1e-9 Kvaerno5 solve: docs/design.md s.11).
     implicit_kappa: float = 0.5
     implicit_pcoeff: float = 0.3
     implicit_icoeff: float = 0.3
@@ -107,7 +103,7 @@ def _make_solver(name: str, settings: SolverSettings) -> diffrax.AbstractSolver:
 
 
 def _controller_coefficients(solver_name: str, settings: SolverSettings) -> dict[str, float]:
-    """I control for the explicit solver (PI measured slower there), PI for the implicit ones."""
+    """I control for the explicit solver (PI was slower there), PI for the implicit ones."""
     if solver_name == "tsit5":
         return {}
     return {"pcoeff": settings.implicit_pcoeff, "icoeff": settings.implicit_icoeff}
@@ -239,7 +235,7 @@ def stiffness_estimate(theta: jax.Array, forcing: HaloForcing, config: ModelConf
     bound on the stiff eigenvalue of the ISM equations, used to choose the solver.
     """
     # The spline's constant coefficients are log10 M_h at the knots: no interpolation needed.
-    # Every 4th knot suffices for an estimate (and keeps this ~1 ms for 256 halos).
+    # Every 4th knot suffices for an estimate (and keeps it cheap next to a solve).
     times = forcing.times[:-1:4]
     mhalo = 10.0 ** forcing.coeffs[3][::4, 0]
     redshift = cosmology.redshift_at_age(times, config.cosmology)
@@ -273,7 +269,7 @@ def _solve_population(
         return _solve_batch(theta, forcings, save_times, settings.solver, settings, config, with_sensitivity)
 
     n_halo = forcings.t_start.shape[0]
-    # Small groups pay on CPU (measured 1.25x); on GPUs one wide vmap is faster (docs/design.md).
+    # Small groups pay on CPU; on GPUs one wide vmap is faster (docs/design.md s.4, s.11).
     default_group = 64 if jax.default_backend() == "cpu" else n_halo
     group = min(settings.group_size or default_group, n_halo)
     n_groups = -(-n_halo // group)
@@ -303,8 +299,8 @@ def _solve_population(
         inverse = jnp.argsort(order[:n_halo])
         return jax.tree.map(lambda a: a[:n_halo][inverse], flat)
 
-    # Ordinary batches (no stiff halo): one plain vmap of the explicit solver, which
-    # measured faster than the grouped path when nothing needs the implicit one.
+    # Ordinary batches (no stiff halo): one plain vmap of the explicit solver, faster than the
+    # grouped path when nothing needs the implicit one.
     return jax.lax.cond(
         stiff_groups.any(),
         grouped_solve,
