@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from _fakes import FakeEmulator
+from _fakes import FakeEmulator, TwoModeEmulator
 
 import forecasts
 from forecasts.modes import (
@@ -117,24 +117,6 @@ def test_group_chains_refuses_bad_shape():
 
 
 # ------------------------------------------------------------------------------------------------
-class TwoModeEmulator(FakeEmulator):
-    """Summary 0 = y_0 + sigma_0 (u_0^2 - a^2) / eps, summary 1 = y_1 + sigma_1 u_6 / eps, the
-    others = y (u: theta in prior widths from the centre): with A_etaM and A_tdep free, two
-    mirror-image modes at u_0 = -+a (weights 1/2 each), each of width eps / (2a) in u_0 and eps
-    in u_6."""
-
-    a, eps = 0.25, 0.01
-
-    def predict(self, theta):
-        import jax.numpy as jnp
-
-        u = (jnp.asarray(theta) - self._centre) / self._width
-        sigma = jnp.asarray(self.observations.sigma)
-        shift = jnp.zeros_like(self._y0).at[0].set(sigma[0] * (u[0] ** 2 - self.a**2) / self.eps)
-        shift = shift.at[1].set(sigma[1] * u[6] / self.eps)
-        return self._y0 + shift, 1e-9 * jnp.ones_like(self._y0)
-
-
 def test_two_modes_through_an_emulator_nuts_per_mode_and_reports(tmp_path):
     emu = TwoModeEmulator()
     fm = forecasts.EmulatorForward(emu, free=["A_etaM", "A_tdep"])
