@@ -208,7 +208,7 @@ def _forecast_modes(args, fm, problem: Problem, out: Path, point, fit, fisher, s
         "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
         "modes": summary.pop("modes"), "log_evidence": summary.pop("log_evidence"),
         "log_evidence_error": summary.pop("log_evidence_error"), "modes_info": summary,
-        "particle_coverage": modes["coverage"],
+        "particle_coverage": modes["coverage"], "smc_modes": modes["smc_modes"],
         "hmc": None if hmc is None else hmc.summary() | {"note": "all modes' chains together: use modes[k].r_hat, not this R-hat"},
         "chain_groups": None if groups is None else _groups_dict(groups),
         "converged_in_modes": None if refined is None else not bad,

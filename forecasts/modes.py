@@ -64,6 +64,7 @@ __all__ = [
     "mode_weights_from_chains",
     "ModesCrossValidation",
     "cross_validate_modes",
+    "merge_mixing_modes",
 ]
 
 
@@ -688,6 +689,82 @@ def refine_modes(
             r_hat = ess = np.full(samples.shape[-1], np.nan)
         out.append(ModeChains(mode=m, chains=chains, samples=samples, r_hat=r_hat, ess=ess, start=start, hmc=hmc))
     return tuple(out)
+
+
+def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], groups: ChainGroups, maps=None):
+    """Merge the modes whose NUTS chains mix: modes are one when ``group_chains`` puts chains
+    started in them into one group (the chains crossed between them, so no valley separates
+    them; the SMC clustering splits a curved or lobed mode into Gaussian components whose
+    straight-line valley test can dip).
+
+    Args:
+        result: :func:`weigh_modes` output; refined: :func:`refine_modes` output on it (one
+            run); groups: ``group_chains(refined[0].hmc)``; maps: optional :func:`mode_maps`.
+
+    Returns:
+        (ModesResult, refined, maps, merged): the merged modes (weights summed; weight errors,
+        means, covariances and best points recomputed from the particles; heaviest first), their
+        chains with R-hat and ESS over all the merged chains, the maps (the best of the merged
+        ones; None if ``maps`` is None), and ``merged``: the original mode indices of each new
+        mode.  Unchanged (merged = [[0], [1], ...]) when no chains mix.
+    """
+    refined = tuple(refined)
+    if len(refined) != result.n_modes:
+        raise ValueError(f"refined has {len(refined)} entries for {result.n_modes} modes")
+    parent = list(range(result.n_modes))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner = {c: m for m, r in enumerate(refined) for c in r.chains}
+    for group in groups.groups:
+        members = sorted({owner[c] for c in group if c in owner})
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
+    sets = [[m for m in range(result.n_modes) if find(m) == root] for root in sorted({find(m) for m in range(result.n_modes)})]
+    if len(sets) == result.n_modes:
+        return result, refined, maps, [[m] for m in range(result.n_modes)]
+    num_runs = len(result.log_evidence_runs)
+    run_index = np.repeat(np.arange(num_runs), result.samples.shape[0] // num_runs)
+    new_modes, new_labels = [], np.empty_like(result.labels)
+    for members in sets:
+        sel = np.isin(result.labels, members)
+        w = result.weights[sel]
+        mean = np.average(result.samples[sel], axis=0, weights=w)
+        cov = np.atleast_2d(np.cov(result.samples[sel], rowvar=False, aweights=np.maximum(w, 1e-300)))
+        per_run = np.array([result.weights[sel & (run_index == r)].sum() * num_runs for r in range(num_runs)])
+        best = max(members, key=lambda m: result.modes[m].best_log_likelihood)
+        new_modes.append(Mode(weight=float(w.sum()), weight_error=float(np.std(per_run, ddof=1) / math.sqrt(num_runs)) if num_runs > 1 else math.nan,
+                              mean=mean, cov=cov, std=np.sqrt(np.diag(cov)), best_theta=result.modes[best].best_theta,
+                              best_log_likelihood=result.modes[best].best_log_likelihood, n_samples=int(sel.sum())))
+    order = np.argsort([-m.weight for m in new_modes], kind="stable")
+    sets = [sets[k] for k in order]
+    new_modes = [new_modes[k] for k in order]
+    for k, members in enumerate(sets):
+        new_labels[np.isin(result.labels, members)] = k
+    hmc = refined[0].hmc
+    new_refined = []
+    for k, members in enumerate(sets):
+        chains = tuple(sorted(c for m in members for c in refined[m].chains))
+        samples = np.asarray(hmc.samples[list(chains)])
+        if samples.shape[1] >= 4:
+            r_hat = np.asarray(split_gelman_rubin(samples), float)
+            ess = np.asarray(effective_sample_size(samples), float)
+        else:
+            r_hat = ess = np.full(samples.shape[-1], np.nan)
+        new_refined.append(ModeChains(mode=k, chains=chains, samples=samples, r_hat=r_hat, ess=ess,
+                                      start=np.vstack([refined[m].start for m in members]), hmc=hmc))
+    new_maps = None
+    if maps is not None:
+        points, losses = np.asarray(maps[0]), np.asarray(maps[1])
+        best = [min(members, key=lambda m: losses[m]) for members in sets]
+        new_maps = (points[best], losses[best])
+    merged = dataclasses.replace(result, modes=tuple(new_modes), labels=new_labels,
+                                 settings=dict(result.settings) | {"merged_by_nuts": [list(s) for s in sets]})
+    return merged, tuple(new_refined), new_maps, [list(s) for s in sets]
 
 
 def group_chains(chains, *, threshold: float = 1.01, quantiles: tuple[float, float] = (0.005, 0.995)) -> ChainGroups:

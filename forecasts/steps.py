@@ -10,7 +10,7 @@ import numpy as np
 
 from sapphire.jsonio import write_json
 
-from .problem import Problem, option_error
+from .problem import Problem, note, option_error
 
 
 def expansion_point(args, fm, problem: Problem):
@@ -109,19 +109,22 @@ def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, dra
 
     Returns:
         ``{"result": ModesResult, "maps": (points, -ln L), "refined": tuple[ModeChains] | None,
-        "groups": ChainGroups | None, "coverage": dict | None}``: ``groups`` sorts all the NUTS
-        chains into modes (``group_chains``); ``coverage`` counts the particles with weight
-        outside the emulator's training coverage (warned about).
+        "groups": ChainGroups | None, "coverage": dict | None, "smc_modes": int}``: ``groups``
+        sorts all the NUTS chains into modes (``group_chains``), and SMC modes whose chains mix
+        are merged into one (``merge_mixing_modes``; ``smc_modes``: the count before);
+        ``coverage`` counts the particles with weight outside the emulator's training coverage
+        (warned about).
     """
     from .forward import check_training_coverage
     from .hmc import CheckpointMismatch
-    from .modes import group_chains, mode_maps, refine_modes, weigh_modes
+    from .modes import group_chains, merge_mixing_modes, mode_maps, refine_modes, weigh_modes
 
     try:
         result = weigh_modes(fm, num_particles=args.particles, num_runs=args.smc_runs, max_modes=args.max_modes, seed=args.seed,
                              progress=not args.quiet)
     except (ValueError, RuntimeError) as err:
         raise option_error(args, f"{label}tempered SMC: {err}") from None
+    n_smc = result.n_modes
     coverage = check_training_coverage(fm, result.samples[result.weights > 0], f"{label}tempered SMC", "particles")
     maps = mode_maps(fm, result)
     refined = groups = None
@@ -133,7 +136,12 @@ def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, dra
             raise option_error(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
         if refined[0].hmc.samples.shape[1] >= 4:
             groups = group_chains(refined[0].hmc)
-    return {"result": result, "maps": maps, "refined": refined, "groups": groups, "coverage": coverage}
+            result, refined, maps, merged = merge_mixing_modes(result, refined, groups, maps)
+            if result.n_modes < n_smc:
+                note(args, f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
+                           f"{n_smc} SMC modes are {result.n_modes} mode(s)")
+    return {"result": result, "maps": maps, "refined": refined, "groups": groups, "coverage": coverage,
+            "smc_modes": n_smc}
 
 
 def mode_draws(modes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -66,13 +66,13 @@ def test_forecast_modes_without_hmc_and_not_for_the_plain_run(tmp_path, two_mode
     data = json.loads((out / "forecast.json").read_text())
     assert len(data["modes"]) == 2 and data["modes"][0]["r_hat"] is None and data["hmc"] is None
     assert (out / "corner.png").stat().st_size > 10_000
-    # --hmc --no-modes: chains started apart; group_chains reports the modes they sit in
+    # --hmc --no-modes: today's NUTS; group_chains sorts its chains (both started at the MAP: one mode)
     out = tmp_path / "plain"
-    assert run("forecast", "--emulator", two_modes, "--hmc", "--no-modes", "--chains", 4, "--warmup", 100, "--draws", 100,
-               "--hmc-init", "random", *SMALL, "--out", out) == 0
+    assert run("forecast", "--emulator", two_modes, "--hmc", "--no-modes", "--chains", 2, "--warmup", 100, "--draws", 100,
+               "--hmc-init", "map", *SMALL, "--out", out) == 0
     data = json.loads((out / "forecast.json").read_text())
-    assert "modes" not in data and data["chain_groups"]["n_modes"] in (1, 2)
-    assert "chains: " in capsys.readouterr().out
+    assert "modes" not in data and data["chain_groups"]["n_modes"] == 1 and data["chain_groups"]["groups"] == [[0, 1]]
+    assert "chains: 1 mode (chains [0, 1]), converged" in capsys.readouterr().out
 
 
 def test_validate_mode_by_mode(tmp_path, two_modes, monkeypatch, capsys):
