@@ -9,8 +9,8 @@ the emulator was trained on) and the run's observations and relations:
   ``forecasts.modes.chi2_at``), next to the emulator's chi^2 from the JSON;
 * ``Model.evolve`` diagnostics at z = 0, median over the halos in three bins of log10 M_h(z=0):
   f_prev (inflow let through by an over-pressured CGM: < 1 is preventive feedback), eta_m (the
-  wind's mass loading: ejective feedback), outflow_rate / inflow_rate of the CGM (gas pushed out
-  of the halo per gas let in), t_cool / t_ff at r_0 (cooling regime), and log10 M_*/M_h.
+  wind's mass loading: ejective feedback), the CGM's outflow and inflow rates (Msun/Gyr; gas
+  pushed out of the halo, gas let in), t_cool / t_ff at r_0 (cooling regime), log10 M_*/M_h.
 
 Command (the real-data run of docs/real_data_modes.md)::
 
@@ -27,18 +27,16 @@ from pathlib import Path
 import numpy as np
 
 BINS = ((10.0, 11.0), (11.0, 12.0), (12.0, 12.6))
-KEYS = ("f_prev", "eta_m", "outflow_over_inflow", "t_cool_over_t_ff_r0", "log_smhm")
+KEYS = ("f_prev", "eta_m", "outflow_rate", "inflow_rate", "t_cool_over_t_ff_r0", "log_smhm")
 
 
 def feedback_picture(rows: dict) -> str:
-    """'preventive' if the dwarfs' median f_prev < 0.5 (most inflow held back by the CGM),
-    'ejective' if their median eta_m > 3 with f_prev >= 0.5, else 'weak feedback'."""
+    """From the dwarfs' (10 <= log10 M_h < 11) medians: preventive when f_prev < 0.5 (most
+    cosmic inflow held back by an over-pressured CGM), ejective when eta_m > 3 (the wind carries
+    more than 3x the star formation rate out of the ISM); both, one, or 'weak feedback'."""
     dwarfs = rows[f"{BINS[0][0]:g}-{BINS[0][1]:g}"]
-    if dwarfs["f_prev"] < 0.5:
-        return "preventive"
-    if dwarfs["eta_m"] > 3.0:
-        return "ejective"
-    return "weak feedback"
+    kinds = [k for k, on in (("preventive", dwarfs["f_prev"] < 0.5), ("ejective", dwarfs["eta_m"] > 3.0)) if on]
+    return " + ".join(kinds) if kinds else "weak feedback"
 
 
 def main(argv=None) -> int:
@@ -72,8 +70,7 @@ def main(argv=None) -> int:
         chi2, dof = chi2_at(fm, theta)
         run = model.evolve(np.asarray(fm.full_theta(theta)), halos)
         diag = {key: np.asarray(v) for key, v in run.diagnostics.items()}
-        log_mh = np.log10(diag["mhalo"])
-        diag["outflow_over_inflow"] = diag["outflow_rate"] / np.maximum(diag["inflow_rate"], 1e-300)
+        log_mh = np.asarray(run.log_mhalo)
         ok = np.asarray(run.success, bool)
         rows = {}
         for lo, hi in BINS:
@@ -83,14 +80,14 @@ def main(argv=None) -> int:
                     "exact_chi2": chi2, "exact_neg_log_likelihood": -float(fm.log_likelihood(theta)), "n_failed": int((~ok).sum()),
                     "diagnostics_z0_median": rows, "picture": feedback_picture(rows), "seconds": time.perf_counter() - t0})
     Path(args.out).write_text(json.dumps({"forecast": args.forecast, "store": args.store, "free": free, "modes": out}, indent=2))
-    head = "| mode | weight | chi^2/dof emulator | chi^2/dof exact | " + " | ".join(f"{key} ({b})" for key in ("f_prev", "eta_m", "outflow/inflow", "t_cool/t_ff")
+    head = "| mode | weight | chi^2/dof emulator | chi^2/dof exact | " + " | ".join(f"{key} ({b})" for key in ("f_prev", "eta_m", "outflow", "inflow", "t_cool/t_ff")
                                                                              for b in ("dwarf", "MW")) + " | picture |"
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for m in out:
         d, mw = m["diagnostics_z0_median"]["10-11"], m["diagnostics_z0_median"]["12-12.6"]
         cells = []
-        for key in ("f_prev", "eta_m", "outflow_over_inflow", "t_cool_over_t_ff_r0"):
+        for key in ("f_prev", "eta_m", "outflow_rate", "inflow_rate", "t_cool_over_t_ff_r0"):
             cells += [f"{d[key]:.3g}" if d[key] is not None else "n/a", f"{mw[key]:.3g}" if mw[key] is not None else "n/a"]
         emu = "n/a" if m["emulator_chi2"] is None else f"{m['emulator_chi2']:.1f}/{m['dof']}"
         print(f"| {m['mode']} | {m['weight']:.3f} | {emu} | {m['exact_chi2']:.1f}/{m['dof']} | " + " | ".join(cells) + f" | {m['picture']} |")
