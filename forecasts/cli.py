@@ -24,7 +24,13 @@ The problem (shared options)
 Exit codes: 0 done; 1 ``validate --strict`` and the verdict is FAIL; 2 a bad option or input
 (one line on stderr naming the option, the value and what is allowed; nothing computed);
 3 an HMC run stopped at ``--time-limit`` before its end (rerun the same command to resume from
-the checkpoint).
+the checkpoint); 4 ``forecast`` with modes and its NUTS chains did not converge inside a mode
+(max R-hat > 1.01; every output is written).
+
+Modes (issue 19): ``forecast --modes`` (default with ``--hmc`` for the emulator) weighs the
+posterior's modes by tempered SMC, finds each mode's MAP, runs NUTS in each mode and merges
+modes whose chains mix (forecasts/steps.py ``modes_step``); ``validate --modes`` compares the
+emulator and exact posteriors mode by mode (``forecasts.modes.cross_validate_modes``).
 """
 
 from __future__ import annotations
