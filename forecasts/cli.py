@@ -24,7 +24,13 @@ The problem (shared options)
 Exit codes: 0 done; 1 ``validate --strict`` and the verdict is FAIL; 2 a bad option or input
 (one line on stderr naming the option, the value and what is allowed; nothing computed);
 3 an HMC run stopped at ``--time-limit`` before its end (rerun the same command to resume from
-the checkpoint).
+the checkpoint); 4 ``forecast`` with modes and its NUTS chains did not converge inside a mode
+(max R-hat > 1.01; every output is written).
+
+Modes (issue 19): ``forecast --modes`` (default with ``--hmc`` for the emulator) weighs the
+posterior's modes by tempered SMC, finds each mode's MAP, runs NUTS in each mode and merges
+modes whose chains mix (forecasts/steps.py ``modes_step``); ``validate --modes`` compares the
+emulator and exact posteriors mode by mode (``forecasts.modes.cross_validate_modes``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
 INCOMPLETE_EXIT = 3
 #: HMC chains, the same default for every subcommand.
 DEFAULT_CHAINS = 4
+#: Exit status of a forecast whose NUTS chains did not converge inside a mode (results written).
+NOT_CONVERGED_EXIT = 4
+#: R-hat above which a mode's chains have not converged.
+RHAT_THRESHOLD = 1.01
 
 from sapphire.cli_common import (
     add_solver_options,
@@ -62,7 +72,7 @@ from .problem import (
     parse_relation_sets,
     split_list,
 )
-from .steps import fisher_draws, hmc_step, laplace_step
+from .steps import fisher_draws, hmc_step, laplace_step, mode_convergence, mode_draws, modes_step, use_modes
 
 
 def _fmt(value, spec: str = ".4g") -> str:
@@ -100,6 +110,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         (out / "mock_observations.json").write_text(problem.obs.to_json())
     _header(args, fm, problem)
     point, fit, fisher = laplace_step(args, fm, problem)
+    if use_modes(args):
+        return _forecast_modes(args, fm, problem, out, point, fit, fisher, started)
     post = None
     if args.hmc:
         checkpoint = None if args.checkpoint is None else Path(args.checkpoint or out / "hmc_checkpoint.pkl")
@@ -108,6 +120,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         post = hmc_step(args, fm, chains=args.chains, warmup=args.warmup, draws=args.draws, checkpoint=checkpoint, init_point=point)
         post.save(out / "hmc_samples.npz")
     truth = problem.free_truth(fm)
+    groups = None
+    if post is not None and post.samples.shape[1] >= 4:
+        from .modes import group_chains
+
+        groups = group_chains(post, threshold=RHAT_THRESHOLD)
 
     # figure: HMC with the Laplace Gaussian overlaid, or the Fisher ellipses alone
     if post is not None and post.samples.shape[1] >= 2:
@@ -125,6 +142,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         "truth": None if truth is None else truth, "point": point, "fisher_at": args.fisher_at,
         "map": fit, "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
         "hmc": None if post is None else post.summary(),
+        "chain_groups": None if groups is None else _groups_dict(groups),
         "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
     }
     write_json(out / "forecast.json", payload)
@@ -150,10 +168,79 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         print(line)
     if post is not None:
         print(f"HMC: {post.n_divergent} divergent transitions; {post.samples.shape[1]}/{post.num_samples} draws per chain")
+    if groups is not None:
+        print(f"chains: {groups.verdict}" + ("; R-hat above is across modes: use --modes to weigh them" if groups.n_modes > 1 else ""))
     print(f"wrote {out / 'forecast.json'}, {out / 'corner.png'}" + (f", {out / 'hmc_samples.npz'}" if post is not None else ""))
     if post is not None and not post.complete:
         print(f"HMC stopped at --time-limit before its end: rerun (each run continues from {checkpoint})")
         return INCOMPLETE_EXIT
+    return 0
+
+
+def _groups_dict(groups) -> dict:
+    return {"verdict": groups.verdict, "n_modes": groups.n_modes, "groups": [list(g) for g in groups.groups],
+            "converged": groups.converged.tolist(), "threshold": groups.threshold}
+
+
+def _forecast_modes(args, fm, problem: Problem, out: Path, point, fit, fisher, started: float) -> int:
+    """``forecast`` with modes: tempered SMC weighs them, each mode's MAP, NUTS per mode (--hmc),
+    the mode table, the modes corner, the evidence."""
+    import sapphire
+
+    from .modes import mode_table, modes_summary
+    from .plots import modes_corner
+
+    checkpoint = None
+    if args.hmc and (args.checkpoint is not None or args.time_limit is not None):
+        checkpoint = Path(args.checkpoint or out / "hmc_checkpoint.npz")
+    modes = modes_step(args, fm, refine=args.hmc, chains_per_mode=args.chains_per_mode, warmup=args.warmup, draws=args.draws,
+                       checkpoint=checkpoint)
+    result, refined, groups, maps = modes["result"], modes["refined"], modes["groups"], modes["maps"]
+    truth = problem.free_truth(fm)
+    hmc = None if refined is None else refined[0].hmc
+    if hmc is not None:
+        hmc.save(out / "hmc_samples.npz")
+    samples, weights, labels = mode_draws(modes)
+    source = "NUTS per mode" if refined is not None else "tempered SMC particles"
+    modes_corner(samples, weights, labels, fm.free_names, out / "corner.png", mode_weights=[m.weight for m in result.modes],
+                 truths=truth, title=f"{type(fm).__name__}: {result.n_modes} mode(s), {source}")
+    table = mode_table(result, fm, refined, maps=maps)
+    (out / "modes.md").write_text(f"# sapphire forecast: modes\n\n{type(fm).__name__}; free {', '.join(fm.free_names)}.\n\n{table}\n")
+    summary = modes_summary(result, refined, fm=fm, maps=maps)
+    bad = [] if refined is None else mode_convergence(refined, RHAT_THRESHOLD)
+    payload = {
+        "command": "forecast", "forward": fm.describe(), "fingerprint": fm.fingerprint(), "problem": problem.info,
+        "truth": truth, "point": point, "fisher_at": args.fisher_at, "map": fit,
+        "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
+        "modes": summary.pop("modes"), "log_evidence": summary.pop("log_evidence"),
+        "log_evidence_error": summary.pop("log_evidence_error"), "modes_info": summary,
+        "particle_coverage": modes["coverage"], "smc_modes": modes["smc_modes"],
+        "hmc": None if hmc is None else hmc.summary() | {"note": "all modes' chains together: use modes[k].r_hat, not this R-hat"},
+        "chain_groups": None if groups is None else _groups_dict(groups),
+        "converged_in_modes": None if refined is None else not bad,
+        "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
+    }
+    write_json(out / "forecast.json", payload)
+
+    if fit is not None:
+        print(f"MAP: -ln L = {fit['best_loss']:.4f}, {sum(fit['converged'])}/{len(fit['converged'])} starts converged")
+    print(f"tempered SMC: {result.n_modes} mode(s), {len(result.log_evidence_runs)} runs x {result.settings['num_particles']} "
+          f"particles, {result.times['total']:.1f} s; ln Z = {result.log_evidence:.3f} +- {_fmt(result.log_evidence_error, '.3f')}")
+    print(table)
+    if groups is not None:
+        print(f"NUTS chains ({args.chains_per_mode} per mode, started in each mode): {groups.verdict}")
+    files = ["forecast.json", "modes.md", "corner.png"] + (["hmc_samples.npz"] if hmc is not None else [])
+    print(f"wrote {', '.join(str(out / f) for f in files)}; {time.perf_counter() - started:.1f} s")
+    if hmc is not None and not hmc.complete:
+        print(f"HMC stopped at --time-limit before its end: rerun (each run continues from {checkpoint})")
+        return INCOMPLETE_EXIT
+    if bad:
+        import sys
+
+        worst = ", ".join(f"mode {k} max R-hat {np.nanmax(refined[k].r_hat):.3f}" for k in bad)
+        print(f"sapphire forecast: NOT CONVERGED inside {worst} > {RHAT_THRESHOLD}: run longer chains (--warmup, --hmc-draws)",
+              file=sys.stderr)
+        return NOT_CONVERGED_EXIT
     return 0
 
 
@@ -176,10 +263,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.restart:
         for label in forwards:
-            for name in (f"hmc_{label}.pkl", f"laplace_{label}.json"):
+            for name in (f"hmc_{label}.pkl", f"laplace_{label}.json", f"hmc_{label}_modes.npz"):
                 (out / name).unlink(missing_ok=True)
     if problem.truth is not None:
         (out / "mock_observations.json").write_text(problem.obs.to_json())
+    if args.modes:
+        return _validate_modes(args, problem, forwards, out, started)
     sizes = {
         "emulator": (args.chains, args.warmup, args.draws),
         "exact": tuple(e if e is not None else d for e, d in zip((args.exact_chains, args.exact_warmup, args.exact_draws),
@@ -235,6 +324,74 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"[{1 / thresholds.max_width_ratio:.3g}, {thresholds.max_width_ratio:.3g}], AUC < {thresholds.max_auc})")
     print(f"wrote {out / 'crossval.json'}, {out / 'crossval.md'}, " + ", ".join(str(p) for p in figures))
     return 1 if (args.strict and not report.passed) else 0
+
+
+def _validate_modes(args, problem: Problem, forwards: dict, out: Path, started: float) -> int:
+    """``validate --modes``: the emulator's modes (tempered SMC), NUTS in each mode with both
+    models (the exact chains started in the emulator's modes), per-mode verdicts, and the mode
+    weights (emulator: SMC; exact: importance sampling around its NUTS draws) with their errors."""
+    import sapphire
+
+    from .crossval import Thresholds
+    from .modes import cross_validate_modes, mode_table, mode_weights_from_chains, modes_summary, refine_modes
+    from .plots import modes_corner
+
+    emu_fm, exact_fm = forwards["emulator"], forwards["exact"]
+    _header(args, emu_fm, problem)
+    modes = modes_step(args, emu_fm, refine=True, chains_per_mode=args.chains_per_mode, warmup=args.warmup, draws=args.draws,
+                       checkpoint=out / "hmc_emulator_modes.npz", label="emulator ")
+    result, emu_chains = modes["result"], modes["refined"]
+    print(mode_table(result, emu_fm, emu_chains, maps=modes["maps"]))
+    _header(args, exact_fm, problem)
+    chains = args.exact_chains or args.chains_per_mode
+    warmup, draws = args.exact_warmup or args.warmup, args.exact_draws or args.draws
+    try:
+        exact_chains = refine_modes(exact_fm, result, chains_per_mode=chains, num_warmup=warmup, num_samples=draws, seed=args.seed,
+                                    progress=not args.quiet, checkpoint=out / "hmc_exact_modes.npz", time_limit_s=args.time_limit)
+    except ValueError as err:  # CheckpointMismatch included
+        raise option_error(args, f"{err} (or pass --restart)") from None
+    incomplete = [label for label, c in (("emulator", emu_chains), ("exact", exact_chains)) if not c[0].hmc.complete]
+    if incomplete:
+        print(f"HMC of {', '.join(incomplete)} stopped at --time-limit: rerun the same command to resume "
+              f"(checkpoints in {out}); no cross-validation yet")
+        return INCOMPLETE_EXIT
+    exact_weights = mode_weights_from_chains(exact_fm, exact_chains, num_draws=args.weight_draws, seed=args.seed)
+    thresholds = Thresholds(args.max_shift, args.max_width_ratio, args.max_auc)
+    try:
+        report = cross_validate_modes(exact_chains, emu_chains, reference_weights=exact_weights, candidate_weights=result,
+                                      names=exact_fm.free_names, thresholds=thresholds, seed=args.seed)
+    except ValueError as err:
+        raise option_error(args, f"cross-validation: {err}") from None
+    truth = problem.free_truth(exact_fm)
+    figures = []
+    for k, r in enumerate(report.reports):
+        figures += r.plot(out, truths=truth, prefix=f"crossval_mode{k}")
+    samples, weights, labels = mode_draws(modes)
+    figures.append(modes_corner(samples, weights, labels, emu_fm.free_names, out / "crossval_modes_corner.png",
+                                mode_weights=[m.weight for m in result.modes], truths=truth,
+                                title=f"emulator: {result.n_modes} mode(s), NUTS per mode"))
+    single = report.reports[0].to_dict() if len(report.reports) == 1 else {}  # one mode: today's layout, plus the modes
+    payload = single | report.to_dict() | {
+        "problem": problem.info, "truth": truth, "emulator_modes": modes_summary(result, emu_chains, fm=emu_fm, maps=modes["maps"]),
+        "exact_mode_weights": exact_weights, "particle_coverage": modes["coverage"],
+        "runs": {label: {"forward": fm.describe(), "fingerprint": fm.fingerprint()} for label, fm in forwards.items()},
+        "settings": _settings(args), "seconds": time.perf_counter() - started, "sapphire_version": sapphire.__version__,
+    }
+    write_json(out / "crossval.json", payload)
+    intro = (f"# sapphire validate --modes\n\nFree: {', '.join(exact_fm.free_names)}; relations: {', '.join(exact_fm.relations)}; "
+             f"exact model: {problem.info['exact']}; emulator: {args.emulator}.\n\n## Emulator modes\n\n"
+             f"{mode_table(result, emu_fm, emu_chains, maps=modes['maps'])}\n\n")
+    (out / "crossval.md").write_text(intro + report.to_markdown())
+    print(f"{'mode':>4} {'emu weight':>16} {'exact weight':>16} {'z':>6} {'verdict':>12}")
+    for k, (w, r) in enumerate(zip(report.weights, report.reports)):
+        z = "n/a" if w["z"] is None else f"{w['z']:+.2f}"
+        print(f"{k:>4} {w['candidate']:>8.3f} +- {w['candidate_error']:.3f} {w['reference']:>8.3f} +- {w['reference_error']:.3f} "
+              f"{z:>6} {r.verdict:>12}")
+    if report.reference_groups:
+        print(f"exact chains: {report.reference_groups}")
+    print(f"verdict: {report.verdict} (every mode's cross-validation passes and |weight z| <= {report.max_weight_z:g})")
+    print(f"wrote {out / 'crossval.json'}, {out / 'crossval.md'}, " + ", ".join(str(p) for p in figures))
+    return 1 if (args.strict and report.verdict != "PASS") else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -380,6 +537,15 @@ def _add_hmc_options(p: argparse.ArgumentParser, *, warmup: int = 500, draws: in
                    help=f"stop HMC after about this many seconds (exit {INCOMPLETE_EXIT}; rerun resumes from the checkpoint)")
 
 
+def _add_modes_options(p: argparse.ArgumentParser, *, default_text: str) -> None:
+    g = p.add_argument_group("modes (tempered SMC weighs them, NUTS refines each)")
+    g.add_argument("--modes", action=argparse.BooleanOptionalAction, default=None, help=default_text)
+    g.add_argument("--particles", type=positive_int, default=1000, help="SMC particles per run (default 1000)")
+    g.add_argument("--smc-runs", type=positive_int, default=8, help="independent SMC runs: the evidence and weight errors (default 8)")
+    g.add_argument("--max-modes", type=positive_int, default=6, help="most modes the clustering may find (default 6)")
+    g.add_argument("--chains-per-mode", type=positive_int, default=2, help="NUTS chains started in each mode (default 2)")
+
+
 def register(sub) -> None:
     """Add the ``forecast``, ``validate`` and ``recover`` subcommands to the ``sapphire`` parser."""
     p = sub.add_parser("forecast", help="MAP, Fisher (Laplace) and optionally HMC with the emulator or the exact model",
@@ -390,7 +556,9 @@ def register(sub) -> None:
     p.add_argument("--hmc", action="store_true", help="also run NUTS")
     _add_hmc_options(p)
     p.add_argument("--checkpoint", nargs="?", const="", default=None,
-                   help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.pkl")
+                   help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.pkl (.npz with --modes)")
+    _add_modes_options(p, default_text="weigh the posterior's modes, then NUTS in each (with --hmc); default on with --hmc "
+                       "for the emulator, off for the exact model (~1e6 solves)")
     p.add_argument("--out", type=output_dir, default="runs/forecast", help="output directory (default runs/forecast)")
     p.set_defaults(func=cmd_forecast)
 
@@ -411,6 +579,11 @@ def register(sub) -> None:
     g.add_argument("--max-width-ratio", type=positive_float, default=1.25, help="width ratio within [1/r, r] (default 1.25)")
     g.add_argument("--max-auc", type=fraction, default=0.6, help="classifier two-sample AUC below this (default 0.6)")
     g.add_argument("--strict", action="store_true", help="exit 1 if the verdict is FAIL")
+    _add_modes_options(p, default_text="compare mode by mode: weigh the emulator posterior's modes, NUTS in each mode with "
+                       "both models (--chains-per-mode; --exact-chains per mode for the exact model), per-mode verdicts and "
+                       "mode weights with their errors (default off: one posterior as a whole)")
+    g.add_argument("--weight-draws", type=positive_int, default=256,
+                   help="importance-sampling draws per mode for the mode weights from NUTS (default 256)")
     p.add_argument("--restart", action="store_true", help="delete OUT's checkpoints and Laplace results first")
     p.add_argument("--out", type=output_dir, default="runs/validate", help="output directory (default runs/validate)")
     p.set_defaults(func=cmd_validate)

@@ -59,6 +59,12 @@ __all__ = [
     "mode_starts",
     "chi2_at",
     "outside_training",
+    "mode_maps",
+    "mode_evidence",
+    "mode_weights_from_chains",
+    "ModesCrossValidation",
+    "cross_validate_modes",
+    "merge_mixing_modes",
 ]
 
 
@@ -685,6 +691,82 @@ def refine_modes(
     return tuple(out)
 
 
+def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], groups: ChainGroups, maps=None):
+    """Merge the modes whose NUTS chains mix: modes are one when ``group_chains`` puts chains
+    started in them into one group (the chains crossed between them, so no valley separates
+    them; the SMC clustering splits a curved or lobed mode into Gaussian components whose
+    straight-line valley test can dip).
+
+    Args:
+        result: :func:`weigh_modes` output; refined: :func:`refine_modes` output on it (one
+            run); groups: ``group_chains(refined[0].hmc)``; maps: optional :func:`mode_maps`.
+
+    Returns:
+        (ModesResult, refined, maps, merged): the merged modes (weights summed; weight errors,
+        means, covariances and best points recomputed from the particles; heaviest first), their
+        chains with R-hat and ESS over all the merged chains, the maps (the best of the merged
+        ones; None if ``maps`` is None), and ``merged``: the original mode indices of each new
+        mode.  Unchanged (merged = [[0], [1], ...]) when no chains mix.
+    """
+    refined = tuple(refined)
+    if len(refined) != result.n_modes:
+        raise ValueError(f"refined has {len(refined)} entries for {result.n_modes} modes")
+    parent = list(range(result.n_modes))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner = {c: m for m, r in enumerate(refined) for c in r.chains}
+    for group in groups.groups:
+        members = sorted({owner[c] for c in group if c in owner})
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
+    sets = [[m for m in range(result.n_modes) if find(m) == root] for root in sorted({find(m) for m in range(result.n_modes)})]
+    if len(sets) == result.n_modes:
+        return result, refined, maps, [[m] for m in range(result.n_modes)]
+    num_runs = len(result.log_evidence_runs)
+    run_index = np.repeat(np.arange(num_runs), result.samples.shape[0] // num_runs)
+    new_modes, new_labels = [], np.empty_like(result.labels)
+    for members in sets:
+        sel = np.isin(result.labels, members)
+        w = result.weights[sel]
+        mean = np.average(result.samples[sel], axis=0, weights=w)
+        cov = np.atleast_2d(np.cov(result.samples[sel], rowvar=False, aweights=np.maximum(w, 1e-300)))
+        per_run = np.array([result.weights[sel & (run_index == r)].sum() * num_runs for r in range(num_runs)])
+        best = max(members, key=lambda m: result.modes[m].best_log_likelihood)
+        new_modes.append(Mode(weight=float(w.sum()), weight_error=float(np.std(per_run, ddof=1) / math.sqrt(num_runs)) if num_runs > 1 else math.nan,
+                              mean=mean, cov=cov, std=np.sqrt(np.diag(cov)), best_theta=result.modes[best].best_theta,
+                              best_log_likelihood=result.modes[best].best_log_likelihood, n_samples=int(sel.sum())))
+    order = np.argsort([-m.weight for m in new_modes], kind="stable")
+    sets = [sets[k] for k in order]
+    new_modes = [new_modes[k] for k in order]
+    for k, members in enumerate(sets):
+        new_labels[np.isin(result.labels, members)] = k
+    hmc = refined[0].hmc
+    new_refined = []
+    for k, members in enumerate(sets):
+        chains = tuple(sorted(c for m in members for c in refined[m].chains))
+        samples = np.asarray(hmc.samples[list(chains)])
+        if samples.shape[1] >= 4:
+            r_hat = np.asarray(split_gelman_rubin(samples), float)
+            ess = np.asarray(effective_sample_size(samples), float)
+        else:
+            r_hat = ess = np.full(samples.shape[-1], np.nan)
+        new_refined.append(ModeChains(mode=k, chains=chains, samples=samples, r_hat=r_hat, ess=ess,
+                                      start=np.vstack([refined[m].start for m in members]), hmc=hmc))
+    new_maps = None
+    if maps is not None:
+        points, losses = np.asarray(maps[0]), np.asarray(maps[1])
+        best = [min(members, key=lambda m: losses[m]) for members in sets]
+        new_maps = (points[best], losses[best])
+    merged = dataclasses.replace(result, modes=tuple(new_modes), labels=new_labels,
+                                 settings=dict(result.settings) | {"merged_by_nuts": [list(s) for s in sets]})
+    return merged, tuple(new_refined), new_maps, [list(s) for s in sets]
+
+
 def group_chains(chains, *, threshold: float = 1.01, quantiles: tuple[float, float] = (0.005, 0.995)) -> ChainGroups:
     """Sort the chains of one multi-chain run into modes, and judge convergence inside each.
 
@@ -769,36 +851,156 @@ def _moments(result: ModesResult, refined) -> list[tuple[np.ndarray, np.ndarray]
     return [(r.mean, r.std) for r in refined]
 
 
+def mode_maps(fm: ForwardModel, modes, **map_options) -> tuple[np.ndarray, np.ndarray]:
+    """Each mode's MAP: ``forecasts.find_map`` (adam, then L-BFGS-B) started at the mode's best
+    point, all modes in one call.
+
+    Returns:
+        ((n_modes, n_free) points, (n_modes,) -ln L there).  Where the optimiser ended worse
+        than its start (not finite, or higher -ln L), the mode's best point is kept.
+    """
+    from .optimize import find_map
+
+    mode_list = _mode_list(modes)
+    low, high = np.asarray(fm.prior.low, float), np.asarray(fm.prior.high, float)
+    eps = 1e-6 * (high - low)
+    starts = np.clip(np.stack([m.best_theta for m in mode_list]), low + eps, high - eps)
+    fit = find_map(fm, starts=starts, **map_options)
+    points, losses = np.array(fit.points, float), np.array(fit.losses, float)
+    for k, mode in enumerate(mode_list):
+        start_loss = -float(mode.best_log_likelihood)
+        if not np.isfinite(losses[k]) or losses[k] > start_loss:
+            points[k], losses[k] = mode.best_theta, start_loss
+    return points, losses
+
+
+def _batched_log_likelihood(fm: ForwardModel) -> Callable:
+    """jitted (n, n_free) -> (n,) ln L of ``fm`` (vmap, or ``lax.map`` one point at a time for a
+    forward model that is not vectorizable)."""
+    if fm.vectorizable:
+        return jax.jit(jax.vmap(fm.log_likelihood))
+    return jax.jit(lambda x: jax.lax.map(fm.log_likelihood, x))
+
+
+def mode_evidence(fm: ForwardModel, samples, *, num_draws: int = 256, inflate: float = 1.5, seed: int = 0) -> tuple[float, float]:
+    """ln of one mode's evidence ``Z_m = int_mode L pi d theta`` and its standard error, by
+    importance sampling from a Gaussian fitted to the mode's draws.
+
+    The proposal q is N(mean, inflate^2 cov) of ``samples`` (n, n_free) (e.g. NUTS chains in
+    the mode); ``num_draws`` seeded draws; Z_m = mean(L pi / q) with pi = 1 / (box volume)
+    inside the box and 0 outside (draws outside count as 0).  The error is the standard error of
+    that mean, propagated to ln Z_m (delta method).  Valid for a mode well separated from the
+    others (q then covers only it); a likelihood that is -inf or NaN counts as 0.
+
+    Returns:
+        (ln Z_m, its standard error); (-inf, nan) if every draw has zero weight.
+    """
+    import scipy.stats
+
+    samples = np.asarray(samples, float).reshape(-1, fm.n_free)
+    num_draws = _check_positive_int("num_draws", num_draws, 2)
+    if not (np.isfinite(inflate) and inflate > 0):
+        raise ValueError(f"inflate must be a positive number; got {inflate!r}")
+    if samples.shape[0] <= fm.n_free:
+        raise ValueError(f"mode_evidence needs more than n_free = {fm.n_free} samples to fit a Gaussian; got {samples.shape[0]}")
+    low, high = np.asarray(fm.prior.low, float), np.asarray(fm.prior.high, float)
+    mean = samples.mean(axis=0)
+    cov = inflate**2 * (np.atleast_2d(np.cov(samples, rowvar=False)) + np.diag((1e-9 * (high - low)) ** 2))
+    q = scipy.stats.multivariate_normal(mean, cov)
+    draws = np.atleast_2d(q.rvs(size=num_draws, random_state=np.random.default_rng(seed))).reshape(num_draws, -1)
+    inside = np.all((draws >= low) & (draws <= high), axis=1)
+    log_l = np.full(num_draws, -np.inf)
+    if inside.any():
+        values = np.asarray(_batched_log_likelihood(fm)(jnp.asarray(draws[inside])), float)
+        log_l[inside] = np.where(np.isfinite(values), values, -np.inf)
+    log_ratio = log_l - np.sum(np.log(high - low)) - q.logpdf(draws)
+    if not np.isfinite(log_ratio).any():
+        return -math.inf, math.nan
+    top = np.max(log_ratio)
+    ratio = np.exp(log_ratio - top)
+    mean_ratio = ratio.mean()
+    se = ratio.std(ddof=1) / math.sqrt(num_draws)
+    return float(top + math.log(mean_ratio)), float(se / mean_ratio)
+
+
+def mode_weights_from_chains(fm: ForwardModel, refined: Sequence[ModeChains], *, num_draws: int = 256, inflate: float = 1.5,
+                             seed: int = 0) -> dict:
+    """Mode weights from each mode's NUTS chains (:func:`mode_evidence` per mode, seed + m).
+
+    Returns:
+        ``{"log_evidence": [ln Z_m], "log_evidence_error": [...], "weight": [w_m],
+        "weight_error": [...]}`` with w_m = Z_m / sum Z and its error propagated from the
+        independent Z_m errors (delta method).
+    """
+    if not refined:
+        raise ValueError("refined must hold at least one mode's chains")
+    log_z, err = zip(*[mode_evidence(fm, r.samples, num_draws=num_draws, inflate=inflate, seed=seed + m)
+                       for m, r in enumerate(refined)])
+    log_z, err = np.array(log_z), np.nan_to_num(np.array(err), nan=0.0)
+    if not np.isfinite(log_z).any():
+        raise ValueError("every mode's importance-sampling evidence is zero: the chains' Gaussians miss the likelihood")
+    z = np.exp(log_z - np.max(log_z))
+    total = z.sum()
+    weight = z / total
+    var_z = (z * err) ** 2  # var(Z_m) from the relative error of ln Z_m
+    # d w_m / d Z_j = (delta_mj total - z_m) / total^2
+    jac = (np.eye(len(z)) * total - z[:, None]) / total**2
+    weight_error = np.sqrt(jac**2 @ var_z)
+    return {"log_evidence": log_z.tolist(), "log_evidence_error": err.tolist(), "weight": weight.tolist(),
+            "weight_error": weight_error.tolist(), "num_draws": int(num_draws), "inflate": float(inflate),
+            "method": "importance sampling, Gaussian fitted to each mode's NUTS draws (covariance x inflate^2)"}
+
+
 def mode_table(result: ModesResult, fm: ForwardModel | None = None, refined: Sequence[ModeChains] | None = None,
-               digits: int = 3) -> str:
+               digits: int = 3, maps=None) -> str:
     """Markdown table, one row per mode: weight +- error, mean +- std per parameter (NUTS per
     mode if ``refined``, else the weighted particles), best -ln L, chi^2/dof at the mode's best
-    point (if ``fm`` is given), max R-hat (if ``refined``); then the evidence."""
+    point (if ``fm`` is given), max R-hat (if ``refined``); then the evidence.  With ``maps``
+    (``mode_maps``: (points (n_modes, n_free), -ln L (n_modes,))) the best -ln L and chi^2 are
+    those at each mode's MAP."""
+    points, losses = _map_points(result, maps)
     header = ["mode", "weight"] + list(result.names) + ["best -ln L"]
     header += ["chi^2/dof"] if fm is not None else []
     header += ["max R-hat", "min ESS"] if refined is not None else []
     rows = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for k, (mode, (mean, std)) in enumerate(zip(result.modes, _moments(result, refined))):
         weight = f"{mode.weight:.3f}" + (f" +- {mode.weight_error:.3f}" if np.isfinite(mode.weight_error) else "")
-        cells = [str(k), weight] + [f"{mu:.{digits}g} +- {s:.2g}" for mu, s in zip(mean, std)] + [f"{-mode.best_log_likelihood:.2f}"]
+        cells = [str(k), weight] + [f"{mu:.{digits}g} +- {s:.2g}" for mu, s in zip(mean, std)] + [f"{losses[k]:.2f}"]
         if fm is not None:
-            chi2, dof = chi2_at(fm, mode.best_theta)
+            chi2, dof = chi2_at(fm, points[k])
             cells.append(f"{chi2:.1f}/{dof}")
         if refined is not None:
             cells += [f"{np.nanmax(refined[k].r_hat):.3f}", f"{np.nanmin(refined[k].ess):.0f}"]
         rows.append("| " + " | ".join(cells) + " |")
     source = "NUTS chains started in each mode" if refined is not None else "the weighted SMC particles"
+    where = "each mode's MAP" if maps is not None else "each mode's best particle"
     err = result.log_evidence_error
     rows += ["", f"ln Z = {result.log_evidence:.3f}" + (f" +- {err:.3f}" if np.isfinite(err) else "")
-             + f" ({len(result.log_evidence_runs)} independent runs); means +- std from {source}; weights from tempered SMC"
+             + f" ({len(result.log_evidence_runs)} independent runs); means +- std from {source}; weights from tempered SMC;"
+             f" best -ln L and chi^2 at {where}"
              + (f"; {result.n_failed} of {result.n_evaluations} likelihood evaluations failed (-inf/NaN)" if result.n_failed else "")]
     return "\n".join(rows)
 
 
-def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = None) -> dict:
+def _map_points(result: ModesResult, maps) -> tuple[np.ndarray, np.ndarray]:
+    """(points, -ln L) per mode: ``maps`` if given (checked), else the modes' best particles."""
+    if maps is None:
+        return np.stack([m.best_theta for m in result.modes]), np.array([-m.best_log_likelihood for m in result.modes])
+    points, losses = np.asarray(maps[0], float), np.asarray(maps[1], float)
+    if points.shape != (result.n_modes, len(result.names)) or losses.shape != (result.n_modes,):
+        raise ValueError(f"maps must be (points ({result.n_modes}, {len(result.names)}), losses ({result.n_modes},)); "
+                         f"got {points.shape}, {losses.shape}")
+    return points, losses
+
+
+def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = None, fm: ForwardModel | None = None,
+                  maps=None) -> dict:
     """JSON-ready: ``{"modes": [{"weight", "weight_error", "mean", "std", "r_hat", "ess",
     "best_theta", "best_log_likelihood"}, ...], "log_evidence", "log_evidence_error", ...}``
-    (``r_hat``/``ess`` per parameter from ``refined``, else None; NaN written as None)."""
+    (``r_hat``/``ess`` per parameter from ``refined``, else None; NaN written as None).  With
+    ``maps`` (``mode_maps``) each mode also carries ``map_theta`` and ``map_neg_log_likelihood``,
+    and with ``fm`` ``chi2`` and ``dof`` there (at the best particle without ``maps``)."""
+    points, losses = _map_points(result, maps)
     modes = []
     for k, (mode, (mean, std)) in enumerate(zip(result.modes, _moments(result, refined))):
         modes.append({
@@ -809,6 +1011,11 @@ def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = No
             "best_theta": mode.best_theta.tolist(), "best_log_likelihood": _finite_or_none(mode.best_log_likelihood),
             "n_samples": mode.n_samples,
         })
+        if maps is not None:
+            modes[-1] |= {"map_theta": points[k].tolist(), "map_neg_log_likelihood": _finite_or_none(losses[k])}
+        if fm is not None:
+            chi2, dof = chi2_at(fm, points[k])
+            modes[-1] |= {"chi2": _finite_or_none(chi2), "dof": int(dof)}
     return {
         "names": list(result.names), "modes": modes,
         "log_evidence": result.log_evidence, "log_evidence_error": _finite_or_none(result.log_evidence_error),
@@ -817,3 +1024,106 @@ def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = No
         "settings": dict(result.settings),
         "times_s": dict(result.times),
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# Cross-validation mode by mode
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModesCrossValidation:
+    """Candidate (emulator) versus reference (exact) posterior, mode by mode
+    (:func:`cross_validate_modes`).
+
+    Attributes:
+        reports: one ``forecasts.CrossValidationReport`` per mode (reference chains started in
+            the candidate's mode).
+        weights: per mode ``{"candidate", "candidate_error", "reference", "reference_error",
+            "difference", "z"}`` (z = difference / combined error; None where an error is 0).
+        max_weight_z: |z| above which the weights differ; verdict: FAIL if a mode fails or its
+            weights differ, PASS if every mode passes and every weight agrees, else INCONCLUSIVE.
+        reference_groups: ``group_chains`` verdict of all the reference chains (did any chain
+            leave the mode it was started in?).
+    """
+
+    reports: tuple
+    weights: tuple[dict, ...]
+    max_weight_z: float
+    verdict: str
+    labels: tuple[str, str]
+    reference_groups: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "max_weight_z": self.max_weight_z, "reference_groups": self.reference_groups,
+                "modes": [{"mode": k, "weights": w, "report": r.to_dict()} for k, (w, r) in enumerate(zip(self.weights, self.reports))]}
+
+    def to_markdown(self) -> str:
+        ref, cand = self.labels
+        lines = [f"## Cross-validation mode by mode: {cand} vs {ref}: **{self.verdict}**", "",
+                 f"Each mode: {ref} NUTS started in the {cand}'s mode; mode weights compared with their errors "
+                 f"(they differ when |z| > {self.max_weight_z:g}).", "",
+                 f"| mode | {cand} weight | {ref} weight | z | verdict |", "| --- | --- | --- | --- | --- |"]
+        for k, (w, r) in enumerate(zip(self.weights, self.reports)):
+            z = "n/a" if w["z"] is None else f"{w['z']:+.2f}"
+            lines.append(f"| {k} | {w['candidate']:.3f} +- {w['candidate_error']:.3f} | {w['reference']:.3f} +- "
+                         f"{w['reference_error']:.3f} | {z} | {r.verdict} |")
+        if self.reference_groups:
+            lines += ["", f"{ref} chains: {self.reference_groups}"]
+        for k, r in enumerate(self.reports):
+            lines += ["", f"### Mode {k}", "", r.to_markdown().replace("## Cross-validation", "#### Cross-validation")]
+        return "\n".join(lines) + "\n"
+
+
+def cross_validate_modes(reference: Sequence[ModeChains], candidate: Sequence[ModeChains], *, reference_weights: dict,
+                         candidate_weights, names: Sequence[str] | None = None, thresholds=None, max_weight_z: float = 3.0,
+                         labels: tuple[str, str] = ("exact", "emulator"), seed: int = 0) -> ModesCrossValidation:
+    """Compare two posteriors mode by mode: ``forecasts.cross_validate`` on each mode's chains,
+    and the mode weights with their errors.
+
+    Args:
+        reference, candidate: :func:`refine_modes` output of the two forward models on the same
+            modes (same order).
+        reference_weights: :func:`mode_weights_from_chains` of the reference ("weight",
+            "weight_error" lists).
+        candidate_weights: the candidate's weights: a :class:`ModesResult` (its SMC weights and
+            errors) or a dict like ``reference_weights``.
+        thresholds: ``forecasts.crossval.Thresholds`` (default its defaults); max_weight_z:
+            |weight difference| / combined error above which the weights differ.
+        labels, seed: of each ``cross_validate``.
+    """
+    from .crossval import Thresholds, cross_validate
+
+    if len(reference) != len(candidate) or not reference:
+        raise ValueError(f"reference and candidate need the same, non-zero number of modes; got {len(reference)} and {len(candidate)}")
+    if isinstance(candidate_weights, ModesResult):
+        cand_w = [m.weight for m in candidate_weights.modes]
+        cand_e = [m.weight_error if np.isfinite(m.weight_error) else 0.0 for m in candidate_weights.modes]
+    else:
+        cand_w, cand_e = list(candidate_weights["weight"]), list(candidate_weights["weight_error"])
+    ref_w, ref_e = list(reference_weights["weight"]), list(reference_weights["weight_error"])
+    if not (len(cand_w) == len(ref_w) == len(reference)):
+        raise ValueError(f"{len(cand_w)} candidate and {len(ref_w)} reference weights for {len(reference)} modes")
+    if not (np.isfinite(max_weight_z) and max_weight_z > 0):
+        raise ValueError(f"max_weight_z must be a positive number; got {max_weight_z!r}")
+    thresholds = Thresholds() if thresholds is None else thresholds
+    reports = tuple(cross_validate(r.samples, c.samples, names=names, thresholds=thresholds, labels=labels, seed=seed)
+                    for r, c in zip(reference, candidate))
+    weights = []
+    for cw, ce, rw, re in zip(cand_w, cand_e, ref_w, ref_e):
+        err = math.hypot(ce, re)
+        weights.append({"candidate": float(cw), "candidate_error": float(ce), "reference": float(rw), "reference_error": float(re),
+                        "difference": float(cw - rw), "z": float((cw - rw) / err) if err > 0 else None})
+    differ = any(w["z"] is not None and abs(w["z"]) > max_weight_z for w in weights)
+    unknown = any(w["z"] is None for w in weights) and len(weights) > 1
+    verdicts = [r.verdict for r in reports]
+    if "FAIL" in verdicts or differ:
+        verdict = "FAIL"
+    elif all(v == "PASS" for v in verdicts) and not unknown:
+        verdict = "PASS"
+    else:
+        verdict = "INCONCLUSIVE"
+    groups = None
+    hmc = getattr(reference[0], "hmc", None)
+    if hmc is not None and np.asarray(hmc.samples).shape[1] >= 4:
+        groups = group_chains(hmc, threshold=1.01).verdict
+    return ModesCrossValidation(reports=reports, weights=tuple(weights), max_weight_z=float(max_weight_z), verdict=verdict,
+                                labels=tuple(labels), reference_groups=groups)

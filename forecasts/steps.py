@@ -10,7 +10,7 @@ import numpy as np
 
 from sapphire.jsonio import write_json
 
-from .problem import Problem, option_error
+from .problem import Problem, note, option_error
 
 
 def expansion_point(args, fm, problem: Problem):
@@ -92,3 +92,76 @@ def fisher_draws(fisher, n: int, seed: int) -> np.ndarray | None:
     if fisher.covariance is None:
         return None
     return np.random.default_rng(seed).multivariate_normal(fisher.theta, fisher.covariance, size=n)
+
+
+def use_modes(args) -> bool:
+    """Whether ``sapphire forecast`` weighs modes: ``--modes`` / ``--no-modes`` if given, else on
+    with ``--hmc`` for the emulator (the exact model only on request: ~1e6 solves)."""
+    if args.modes is not None:
+        return bool(args.modes)
+    return bool(args.hmc) and args.forward == "emulator"
+
+
+def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, draws: int, checkpoint: Path | None = None,
+               label: str = "") -> dict:
+    """Weigh the modes of ``fm``'s posterior (tempered SMC, ``--particles`` x ``--smc-runs``),
+    find each mode's MAP and, if ``refine``, run NUTS in each mode (``refine_modes``).
+
+    Returns:
+        ``{"result": ModesResult, "maps": (points, -ln L), "refined": tuple[ModeChains] | None,
+        "groups": ChainGroups | None, "coverage": dict | None, "smc_modes": int}``: ``groups``
+        sorts all the NUTS chains into modes (``group_chains``), and SMC modes whose chains mix
+        are merged into one (``merge_mixing_modes``; ``smc_modes``: the count before);
+        ``coverage`` counts the particles with weight outside the emulator's training coverage
+        (warned about).
+    """
+    from .forward import check_training_coverage
+    from .hmc import CheckpointMismatch
+    from .modes import group_chains, merge_mixing_modes, mode_maps, refine_modes, weigh_modes
+
+    try:
+        result = weigh_modes(fm, num_particles=args.particles, num_runs=args.smc_runs, max_modes=args.max_modes, seed=args.seed,
+                             progress=not args.quiet)
+    except (ValueError, RuntimeError) as err:
+        raise option_error(args, f"{label}tempered SMC: {err}") from None
+    n_smc = result.n_modes
+    coverage = check_training_coverage(fm, result.samples[result.weights > 0], f"{label}tempered SMC", "particles")
+    maps = mode_maps(fm, result)
+    refined = groups = None
+    if refine:
+        try:
+            refined = refine_modes(fm, result, chains_per_mode=chains_per_mode, num_warmup=warmup, num_samples=draws, seed=args.seed,
+                                   progress=not args.quiet, checkpoint=checkpoint, time_limit_s=args.time_limit)
+        except CheckpointMismatch as err:
+            raise option_error(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
+        if refined[0].hmc.samples.shape[1] >= 4:
+            groups = group_chains(refined[0].hmc)
+            result, refined, maps, merged = merge_mixing_modes(result, refined, groups, maps)
+            if result.n_modes < n_smc:
+                note(args, f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
+                           f"{n_smc} SMC modes are {result.n_modes} mode(s)")
+    return {"result": result, "maps": maps, "refined": refined, "groups": groups, "coverage": coverage,
+            "smc_modes": n_smc}
+
+
+def mode_draws(modes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(samples (N, n_free), weights (N,), labels (N,)) for the modes corner: each mode's NUTS
+    draws weighted by the mode's SMC weight when refined, else the weighted SMC particles."""
+    result, refined = modes["result"], modes["refined"]
+    if refined is None:
+        return result.samples, result.weights, result.labels
+    parts = [r.samples.reshape(-1, r.samples.shape[-1]) for r in refined]
+    weights = np.concatenate([np.full(len(p), m.weight / len(p)) for p, m in zip(parts, result.modes)])
+    labels = np.concatenate([np.full(len(p), k) for k, p in enumerate(parts)])
+    return np.concatenate(parts), weights, labels
+
+
+def mode_convergence(refined, threshold: float = 1.01) -> list[int]:
+    """Indices of the modes whose NUTS chains have max R-hat above ``threshold`` (not converged
+    inside the mode; NaN R-hat, too few draws, is not judged)."""
+    bad = []
+    for k, r in enumerate(refined):
+        finite = np.asarray(r.r_hat)[np.isfinite(r.r_hat)]
+        if finite.size and finite.max() > threshold:
+            bad.append(k)
+    return bad

@@ -33,3 +33,21 @@ class FakeEmulator:
 
     def fingerprint(self):
         return "fake-emulator"
+
+
+class TwoModeEmulator(FakeEmulator):
+    """Summary 0 = y_0 + sigma_0 (u_0^2 - a^2) / eps, summary 1 = y_1 + sigma_1 u_6 / eps, the
+    others = y (u: theta in prior widths from the centre): with A_etaM and A_tdep free, two
+    mirror-image modes at u_0 = -+a (weights 1/2 each), each of width eps / (2a) in u_0 and eps
+    in u_6."""
+
+    a, eps = 0.25, 0.01
+
+    def predict(self, theta):
+        import jax.numpy as jnp
+
+        u = (jnp.asarray(theta) - self._centre) / self._width
+        sigma = jnp.asarray(self.observations.sigma)
+        shift = jnp.zeros_like(self._y0).at[0].set(sigma[0] * (u[0] ** 2 - self.a**2) / self.eps)
+        shift = shift.at[1].set(sigma[1] * u[6] / self.eps)
+        return self._y0 + shift, 1e-9 * jnp.ones_like(self._y0)

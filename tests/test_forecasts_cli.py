@@ -116,7 +116,8 @@ def test_forecast_with_the_emulator_map_fisher_hmc(tmp_path, fake, capsys):
     out = tmp_path / "fc"
     truth = PRIOR.centre + 0.1 * PRIOR.width
     assert run("forecast", "--emulator", fake, "--halos", 4, "--mock-theta", ",".join(map(str, truth)), "--free", "A_tdep,A_etaM",
-               "--starts", 2, "--hmc", "--chains", 2, "--warmup", 60, "--draws", 60, "--checkpoint", "--quiet", "--out", out) == 0
+               "--starts", 2, "--hmc", "--no-modes", "--chains", 2, "--warmup", 60, "--draws", 60, "--checkpoint", "--quiet",
+               "--out", out) == 0  # --no-modes: the chains of one run (modes: tests/test_forecasts_modes_cli.py)
     printed = capsys.readouterr().out
     assert "HMC mean +- std" in printed and "A_etaM" in printed and "A_tdep" in printed
     data = json.loads((out / "forecast.json").read_text())

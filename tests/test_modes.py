@@ -6,12 +6,16 @@ import json
 
 import numpy as np
 import pytest
-from _fakes import FakeEmulator
+from _fakes import FakeEmulator, TwoModeEmulator
 
 import forecasts
 from forecasts.modes import (
     GaussianMixtureTarget,
+    Mode,
+    ModeChains,
+    ModesResult,
     group_chains,
+    merge_mixing_modes,
     mode_table,
     modes_summary,
     outside_training,
@@ -97,6 +101,46 @@ def test_group_chains_separated_modes_are_modes_not_failure():
     np.testing.assert_allclose(groups.means, [[0, 0, 0], [10, 10, 10]], atol=0.2)
 
 
+def _split_result(rng, centres, weights, num_runs=4, per_run=200):
+    """A ModesResult whose SMC modes have the given centres (2-d) and weights, particles N(c, 1)."""
+    labels = np.tile(np.repeat(np.arange(len(centres)), per_run // len(centres)), num_runs)
+    samples = np.asarray(centres, float)[labels] + rng.standard_normal((labels.size, 2))
+    w = np.asarray(weights, float)[labels]
+    w = w / w.sum()
+    modes = tuple(Mode(weight=float(w[labels == m].sum()), weight_error=0.01, mean=np.asarray(c, float), cov=np.eye(2), std=np.ones(2),
+                       best_theta=np.asarray(c, float), best_log_likelihood=-float(m), n_samples=int((labels == m).sum()))
+                  for m, c in enumerate(centres))
+    return ModesResult(names=("a", "b"), samples=samples, weights=w, log_likelihood=np.zeros(labels.size), labels=labels, modes=modes,
+                       log_evidence=0.0, log_evidence_error=0.1, log_evidence_runs=np.zeros(num_runs), n_failed=0,
+                       n_evaluations=1, n_steps=(1,) * num_runs, acceptance=np.ones(num_runs), times={}, settings={})
+
+
+def test_modes_whose_chains_mix_are_merged():
+    """Three SMC modes; NUTS chains started in modes 0 and 2 wander over the same region (they
+    mix), those of mode 1 stay apart: two modes, weights 0.5 + 0.2 and 0.3, R-hat over all the
+    merged chains."""
+    rng = np.random.default_rng(1)
+    result = _split_result(rng, [(0, 0), (10, 10), (1, 0)], [0.5, 0.3, 0.2])
+
+    class Hmc:
+        samples = _iid_chains(rng, [np.zeros(2), np.zeros(2), np.full(2, 10.0), np.full(2, 10.0), np.zeros(2), np.zeros(2)], n=2)
+
+    refined = tuple(ModeChains(mode=m, chains=(2 * m, 2 * m + 1), samples=Hmc.samples[2 * m:2 * m + 2], r_hat=np.ones(2),
+                               ess=np.ones(2), start=np.zeros((2, 2)), hmc=Hmc) for m in range(3))
+    groups = group_chains(Hmc.samples)
+    maps = (np.array([[0.0, 0.0], [10.0, 10.0], [1.0, 0.0]]), np.array([3.0, 1.0, 2.0]))
+    merged, chains, new_maps, sets = merge_mixing_modes(result, refined, groups, maps)
+    assert sets == [[0, 2], [1]] and merged.n_modes == 2
+    assert [m.weight for m in merged.modes] == pytest.approx([0.7, 0.3])
+    assert sum(m.weight for m in merged.modes) == pytest.approx(1.0)
+    assert chains[0].chains == (0, 1, 4, 5) and chains[1].chains == (2, 3) and np.max(chains[0].r_hat) < 1.01
+    np.testing.assert_allclose(new_maps[0], [[1.0, 0.0], [10.0, 10.0]])  # the better MAP of the merged pair
+    assert set(np.unique(merged.labels)) == {0, 1} and np.all(merged.labels[result.labels == 2] == 0)
+    # chains that stay in their own modes: nothing merged
+    same, _, _, sets = merge_mixing_modes(result, refined, group_chains(Hmc.samples[[0, 1, 2, 3]]), maps)
+    assert sets == [[0], [1], [2]] and same is result
+
+
 @pytest.mark.parametrize("kind", ["drift", "stuck"])
 def test_group_chains_flags_non_convergence_inside_a_mode(kind):
     rng = np.random.default_rng(1)
@@ -117,24 +161,6 @@ def test_group_chains_refuses_bad_shape():
 
 
 # ------------------------------------------------------------------------------------------------
-class TwoModeEmulator(FakeEmulator):
-    """Summary 0 = y_0 + sigma_0 (u_0^2 - a^2) / eps, summary 1 = y_1 + sigma_1 u_6 / eps, the
-    others = y (u: theta in prior widths from the centre): with A_etaM and A_tdep free, two
-    mirror-image modes at u_0 = -+a (weights 1/2 each), each of width eps / (2a) in u_0 and eps
-    in u_6."""
-
-    a, eps = 0.25, 0.01
-
-    def predict(self, theta):
-        import jax.numpy as jnp
-
-        u = (jnp.asarray(theta) - self._centre) / self._width
-        sigma = jnp.asarray(self.observations.sigma)
-        shift = jnp.zeros_like(self._y0).at[0].set(sigma[0] * (u[0] ** 2 - self.a**2) / self.eps)
-        shift = shift.at[1].set(sigma[1] * u[6] / self.eps)
-        return self._y0 + shift, 1e-9 * jnp.ones_like(self._y0)
-
-
 def test_two_modes_through_an_emulator_nuts_per_mode_and_reports(tmp_path):
     emu = TwoModeEmulator()
     fm = forecasts.EmulatorForward(emu, free=["A_etaM", "A_tdep"])
