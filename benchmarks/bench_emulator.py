@@ -100,6 +100,7 @@ def architecture_speeds(emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 12
 
 def time_exact(theta, n_halos: int, repeats: int = 3) -> dict:
     import jax
+
     import sapphire
 
     model = sapphire.Model()

@@ -24,7 +24,8 @@ sapphire.set_host_device_count()  # all cores; the one-device rows below use one
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from sapphire.solve import SolverSettings, solve_population
+
+from sapphire.solve import SolverSettings, solve_population  # noqa: E402
 
 STIFF_CORNER = np.array([2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0])
 

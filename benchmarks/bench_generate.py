@@ -37,7 +37,6 @@ def main() -> None:
 
     sapphire.set_host_device_count(args.devices)
     import jax
-    import numpy as np
 
     import training_sets as T
     from training_sets.generate import Evaluator

@@ -25,7 +25,6 @@ d. Budgets: the 7 log states augmented with the cumulative inflow/outflow integr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -33,27 +32,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-import sapphire  # noqa: F401  (enables x64)
 import diffrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from scipy.stats import qmc
 from tqdm import tqdm
 
-from sapphire import DEFAULT_PRIOR, HaloPopulation, Model, Prior
-from sapphire import cosmology
+import sapphire  # noqa: F401  (enables x64)
+from sapphire import DEFAULT_PRIOR, HaloPopulation, Model, Prior, cosmology
 from sapphire.config import DEFAULT_CONFIG
 from sapphire.physics import (
-    LN10,
     N_STATE,
     STATE_NAMES,
     compute_rates,
     initial_log_state,
     log_state_derivative,
-    saturate_log_state,
-    state_derivatives,
 )
 from sapphire.prior import PARAMETER_NAMES
 from sapphire.reference import scipy_reference_solve
@@ -219,7 +213,7 @@ def section_accuracy(draws, finals_default, halos, tight_model, default_model, s
     }
     log(f"[b] default vs rtol 1e-9: {100 * res['fraction_within_2e-3_dex']:.3f}% within 2e-3 dex, "
         f"median {res['median_dex']:.2e}, max {res['max_dex']:.2e} at {res['max_at']}")
-    log(f"[b] per state: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in res["fraction_within_per_state"].items())
+    log("[b] per state: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in res["fraction_within_per_state"].items())
         + f"; {res['n_draws_below_99pct']} of {n} draws below 99%; {res['n_pairs_above_2e-3']} (draw, halo) pairs off by > 2e-3 dex")
 
     # --- SciPy Radau on the same vector field

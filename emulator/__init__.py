@@ -16,11 +16,11 @@ training, spread calibration), ``artifact`` (``SobolevEmulator``, save/load), ``
 import sapphire  # noqa: F401  (enables float64 before any JAX array exists)
 
 from .artifact import FORMAT_VERSION, SobolevEmulator, check_compatible_observations  # noqa: E402
+from .calibration import calibrate_spread  # noqa: E402
+from .data import InMemoryTrainingSet, as_training_set, exclusion_counts, split_design  # noqa: E402
 from .gp import GaussianProcessBaseline  # noqa: E402
 from .network import Architecture, Scalings  # noqa: E402
 from .report import emulator_report, evaluate_predictions, learning_curve, summarise  # noqa: E402
-from .calibration import calibrate_spread  # noqa: E402
-from .data import InMemoryTrainingSet, as_training_set, exclusion_counts, split_design  # noqa: E402
 from .train import TrainingSettings, train_emulator  # noqa: E402
 
 __all__ = [

@@ -31,8 +31,8 @@ import numpy as np
 
 import sapphire
 from sapphire.jsonio import json_ready
-from sapphire.population_summaries import summary_names
 from sapphire.observations import Observations
+from sapphire.population_summaries import summary_names
 from sapphire.prior import Prior
 
 from .network import Architecture, Scalings, abstract_graphdef, ensemble_apply
@@ -146,7 +146,7 @@ class SobolevEmulator:
         self._precision = _checked_precision(value)
         self._build_functions()
 
-    def with_precision(self, precision: str) -> "SobolevEmulator":
+    def with_precision(self, precision: str) -> SobolevEmulator:
         """A copy evaluated in ``precision`` ("float32" or "float64"); this one is unchanged."""
         other = copy.copy(self)
         other.precision = precision
@@ -333,7 +333,7 @@ class SobolevEmulator:
     @classmethod
     def load(
         cls, path: str | os.PathLike, observations: Observations | None = None, precision: str = "float32"
-    ) -> "SobolevEmulator":
+    ) -> SobolevEmulator:
         """Read an artifact written by :meth:`save`.  ``observations``: check that they define
         the same summaries as the training ones (relation names and kernel centres x).
         ``precision``: the evaluation arithmetic (class doc)."""

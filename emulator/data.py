@@ -83,7 +83,7 @@ class InMemoryTrainingSet:
         self.fingerprint = digest.hexdigest()[:16]
 
     @classmethod
-    def from_npz(cls, path: str | os.PathLike, **kwargs) -> "InMemoryTrainingSet":
+    def from_npz(cls, path: str | os.PathLike, **kwargs) -> InMemoryTrainingSet:
         """Arrays named as in the constructor, from an .npz file."""
         with np.load(path) as npz:
             arrays = {k: npz[k] for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed", "done") if k in npz.files}

@@ -27,7 +27,7 @@ class GaussianProcessBaseline:
     def _unit(self, theta) -> np.ndarray:
         return np.atleast_2d(self.prior.to_unit(np.asarray(theta, np.float64)))
 
-    def fit(self, theta, summaries) -> "GaussianProcessBaseline":
+    def fit(self, theta, summaries) -> GaussianProcessBaseline:
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 

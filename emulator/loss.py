@@ -30,7 +30,6 @@ from sapphire.observations import Observations
 
 from .network import Scalings
 
-
 SUMMARY_WEIGHTINGS = ("standardised", "sigma_obs")
 
 

@@ -57,7 +57,7 @@ class Architecture:
         return {"n_in": self.n_in, "n_out": self.n_out, "hidden": list(self.hidden), "activation": self.activation}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Architecture":
+    def from_dict(cls, values: dict[str, Any]) -> Architecture:
         return cls(n_in=int(values["n_in"]), n_out=int(values["n_out"]), hidden=tuple(values["hidden"]),
                    activation=str(values["activation"]))
 
@@ -160,7 +160,7 @@ class Scalings:
         return {f"scalings/{f.name}": np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "Scalings":
+    def from_arrays(cls, arrays) -> Scalings:
         return cls(**{f.name: np.asarray(arrays[f"scalings/{f.name}"], np.float64) for f in dataclasses.fields(cls)})
 
 

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
 from .artifact import SobolevEmulator
 from .calibration import calibrate_spread
 from .data import as_training_set, batch_source, exclusion_counts, split_design, to_network_space
 from .loss import SUMMARY_WEIGHTINGS, member_loss, summary_weights
 from .network import Architecture, fit_scalings, init_ensemble
+
 
 # ----------------------------------------------------------------------------------------------
 # Settings and the compiled steps
@@ -64,7 +64,7 @@ class TrainingSettings:
             raise ValueError("learning rates must be > 0")
 
 
-def _make_steps(graphdef, decoder, settings: "TrainingSettings", weights, tx):
+def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
     decoder, weights = jnp.asarray(decoder), jnp.asarray(weights)
     loss = lambda p, u, z, jz: member_loss(graphdef, decoder, settings.gradient_weight, settings.huber_delta,
                                             settings.value_huber_delta, weights, p, u, z, jz)

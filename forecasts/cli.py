@@ -41,16 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
-#: Exit status of a run whose HMC stopped at --time-limit (rerun to resume); 2 is a bad option.
-INCOMPLETE_EXIT = 3
-#: HMC chains, the same default for every subcommand.
-DEFAULT_CHAINS = 4
-#: Exit status of a forecast whose NUTS chains did not converge inside a mode (results written).
-NOT_CONVERGED_EXIT = 4
-#: R-hat above which a mode's chains have not converged.
-RHAT_THRESHOLD = 1.01
-
 from sapphire.cli_common import (
     add_solver_options,
     fraction,
@@ -73,6 +63,16 @@ from .problem import (
     split_list,
 )
 from .steps import fisher_draws, hmc_step, laplace_step, mode_convergence, mode_draws, modes_step, use_modes
+
+HESSIANS = ("auto", "autodiff", "fd_grad", "gauss-newton")
+#: Exit status of a run whose HMC stopped at --time-limit (rerun to resume); 2 is a bad option.
+INCOMPLETE_EXIT = 3
+#: HMC chains, the same default for every subcommand.
+DEFAULT_CHAINS = 4
+#: Exit status of a forecast whose NUTS chains did not converge inside a mode (results written).
+NOT_CONVERGED_EXIT = 4
+#: R-hat above which a mode's chains have not converged.
+RHAT_THRESHOLD = 1.01
 
 
 def _fmt(value, spec: str = ".4g") -> str:

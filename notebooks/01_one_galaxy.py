@@ -44,9 +44,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import sapphire
-from sapphire.plots import save_and_show
 from sapphire import plots
 from sapphire.cosmology import present_age
+from sapphire.plots import save_and_show
 
 TINY = os.environ.get("SAPPHIRE_NOTEBOOK_SIZE", "small") == "tiny"
 OUT = Path(os.environ.get("SAPPHIRE_NOTEBOOK_OUT", "runs/notebooks")) / "01_one_galaxy"

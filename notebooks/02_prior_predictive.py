@@ -43,8 +43,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import sapphire
-from sapphire.plots import save_and_show
 from sapphire import plots
+from sapphire.plots import save_and_show
 from sapphire.population_summaries import summary_names
 from sapphire.predictive import predictive_coverage
 from sapphire.prior import latin_hypercube

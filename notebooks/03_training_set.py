@@ -33,14 +33,25 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from demo_settings import (
+    CHUNK,
+    HALO_SEED,
+    MODEL,
+    N_HALOS,
+    N_TEST,
+    N_TRAIN,
+    ROOT,
+    STORES,
+    TEST_SEED,
+    TINY,
+    TRAIN_SEED,
+    generate_store,
+)
 
 import sapphire
-from sapphire.plots import save_and_show
 import training_sets
+from sapphire.plots import save_and_show
 from training_sets.inspection import inspect_store, plot_design
-
-from demo_settings import (CHUNK, HALO_SEED, MODEL, N_HALOS, N_TEST, N_TRAIN, ROOT, STORES, TEST_SEED, TINY, TRAIN_SEED,
-                           generate_store)
 
 # Sizes, seeds and model: notebooks/demo_settings.py, shared with notebooks 04 and 05 (a store
 # resumed with other settings is refused).

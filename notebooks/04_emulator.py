@@ -35,13 +35,12 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
 
 import sapphire
-from sapphire.plots import save_and_show
 import training_sets
 from emulator import SobolevEmulator, emulator_report, train_emulator
-
-from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
+from sapphire.plots import save_and_show
 
 # Store and emulator settings: notebooks/demo_settings.py, shared with notebooks 03 and 05.
 OUT = ROOT / "04_emulator"

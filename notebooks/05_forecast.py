@@ -40,15 +40,14 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
 
 import forecasts
 import sapphire
-from sapphire.plots import save_and_show
 import training_sets
 from emulator import SobolevEmulator, train_emulator
 from forecasts.plots import corner_overlay
-
-from demo_settings import EMU_SEED, EMULATORS, MODEL, ROOT, TINY, TRAINING, generate_store
+from sapphire.plots import save_and_show
 
 # Store and emulator settings: notebooks/demo_settings.py, shared with notebooks 03 and 04.
 OUT = ROOT / "05_forecast"

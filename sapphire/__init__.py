@@ -15,14 +15,13 @@ jax.config.update("jax_enable_x64", True)
 from .config import DEFAULT_CONFIG, PLANCK15, Cosmology, ModelConfig  # noqa: E402
 from .devices import set_host_device_count  # noqa: E402
 from .halos import HaloForcing, HaloPopulation  # noqa: E402
+from .likelihood import LikelihoodResult, log_likelihood, log_likelihood_and_grad  # noqa: E402
 from .model import Evolution, Model  # noqa: E402
 from .observations import Observations, Relation  # noqa: E402
-from .likelihood import LikelihoodResult, log_likelihood, log_likelihood_and_grad  # noqa: E402
-from .population_summaries import Summaries  # noqa: E402
 from .physics import STATE_NAMES  # noqa: E402
+from .population_summaries import Summaries  # noqa: E402
 from .prior import DEFAULT_PRIOR, PARAMETER_NAMES, Prior  # noqa: E402
 from .solve import SolverSettings  # noqa: E402
-
 from .version import __version__  # noqa: E402
 
 __all__ = [

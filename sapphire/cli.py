@@ -7,8 +7,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -35,8 +35,9 @@ def _batches(n: int, size: int) -> list[slice]:
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Evolve N diffmah halos at theta; print a table; optionally save states and Jacobians."""
-    import sapphire
     from tqdm import tqdm
+
+    import sapphire
 
     prior = sapphire.DEFAULT_PRIOR
     theta = parse_theta(args.theta, prior)
@@ -134,10 +135,11 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Jacobian heat map of a Milky-Way-mass halo (prior centre) and the ensemble view of the
     parameter sensitivity versus halo mass over a Latin hypercube of the prior; JSON of which
     parameter dominates per mass bin."""
+    from tqdm import tqdm
+
     import sapphire
     from sapphire import plots
     from sapphire.prior import latin_hypercube
-    from tqdm import tqdm
 
     _check_counts(args, 2)
     if args.bins < 1:
@@ -227,11 +229,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_ppc(args: argparse.Namespace) -> int:
     """Prior predictive check: the three relations over a Latin hypercube of the prior (and its
     corners), against the default data."""
+    from tqdm import tqdm
+
     import sapphire
     from sapphire import plots
     from sapphire.predictive import predictive_coverage
     from sapphire.prior import latin_hypercube
-    from tqdm import tqdm
 
     _check_counts(args, 2)
     prior = sapphire.DEFAULT_PRIOR

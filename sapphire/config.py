@@ -109,7 +109,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         values = dict(values)
         cosmology = Cosmology(**values.pop("cosmology", {}))
         return cls(cosmology=cosmology, **values)

@@ -54,8 +54,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -241,7 +242,7 @@ class HaloPopulation(eqx.Module):
             log_mhalo_z0=self.log_mhalo_z0,
         )
 
-    def subset(self, indices: ArrayLike) -> "HaloPopulation":
+    def subset(self, indices: ArrayLike) -> HaloPopulation:
         """The halos at ``indices`` (integer indices or a boolean mask), in that order."""
         idx = np.asarray(indices)
         if idx.dtype == bool:
@@ -288,7 +289,7 @@ class HaloPopulation(eqx.Module):
         provenance: Provenance = (),
         exists_from: ArrayLike | None = None,
         labels: Sequence[str] | None = None,
-    ) -> "HaloPopulation":
+    ) -> HaloPopulation:
         """Build a population from histories already on a common grid.
 
         ``times`` (n_t,) Gyr, increasing; ``log_mhalo`` (n_halo, n_t) log10 Msun (finite);
@@ -345,7 +346,7 @@ class HaloPopulation(eqx.Module):
         config: ModelConfig = DEFAULT_CONFIG,
         n_times: int = DEFAULT_N_TIMES,
         smoothing_gyr: float = DEFAULT_SMOOTHING_GYR,
-    ) -> "HaloPopulation":
+    ) -> HaloPopulation:
         """Central-halo histories from diffmahpop (``mc_cenpop``, default parameters).
 
         log10 M_h(t0) is stratified-uniform in [logm_min, logm_max] (one draw per equal-width
@@ -443,7 +444,7 @@ class HaloPopulation(eqx.Module):
         config: ModelConfig = DEFAULT_CONFIG,
         smoothing_gyr: float = DEFAULT_SMOOTHING_GYR,
         n_times: int = DEFAULT_N_TIMES,
-    ) -> "HaloPopulation":
+    ) -> HaloPopulation:
         """Merger-tree main branches from a CSV or HDF5 file (format, checks and processing:
         :mod:`sapphire.halo_files`).
 

@@ -19,9 +19,9 @@ import numpy as np
 from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
 from .devices import shard_halos
+from .evolution import Evolution, batch_stiffness, evolve_population
 from .halos import HaloForcing, HaloPopulation
 from .prior import DEFAULT_PRIOR, Prior
-from .evolution import Evolution, batch_stiffness, evolve_population
 from .solve import HaloSolution, SolverName, SolverSettings
 
 

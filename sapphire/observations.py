@@ -127,7 +127,7 @@ class Observations:
         return len(self.relations)
 
     # --- derived sets -----------------------------------------------------------------------
-    def select(self, names: str | Iterable[str]) -> "Observations":
+    def select(self, names: str | Iterable[str]) -> Observations:
         """The subset with the given relation names (order of ``names`` is irrelevant)."""
         wanted = (names,) if isinstance(names, str) else tuple(names)
         if not wanted:
@@ -144,7 +144,7 @@ class Observations:
                 )
         return Observations(tuple(rel for rel in self.relations if rel.name in wanted))
 
-    def scaled(self, sigma_scale: float | Mapping[str, float]) -> "Observations":
+    def scaled(self, sigma_scale: float | Mapping[str, float]) -> Observations:
         """Copy with every ``sigma`` multiplied by ``sigma_scale`` (forecasts of smaller errors).
 
         ``sigma_scale`` is one positive number, or a mapping relation name -> factor (relations not
@@ -178,7 +178,7 @@ class Observations:
         }
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Observations":
+    def from_dict(cls, values: Mapping[str, Any]) -> Observations:
         """Inverse of :meth:`to_dict`; checks the stored fingerprint when there is one."""
         obs = cls(tuple(Relation.from_dict(r) for r in values["relations"]))
         stored = values.get("fingerprint")
@@ -207,7 +207,7 @@ class Observations:
 
     # --- constructors -----------------------------------------------------------------------
     @classmethod
-    def default(cls) -> "Observations":
+    def default(cls) -> Observations:
         """The package's default z = 0 constraints (data README, "The default z = 0 constraints").
 
         - smhm: Behroozi et al. (2019) centrals, 248 posterior samples of their Appendix J fit at
@@ -226,7 +226,7 @@ class Observations:
         gas_ratio: PathLike | None = None,
         mzr: PathLike | None = None,
         detection_limits: Mapping[str, DetectionLimit] | None = None,
-    ) -> "Observations":
+    ) -> Observations:
         """A user's own tables, any subset of the three relations (at least one).
 
         ``detection_limits`` maps a relation name to its survey's :class:`DetectionLimit`

@@ -171,7 +171,7 @@ class Relation:
         """Number of points."""
         return int(self.x.size)
 
-    def scaled(self, sigma_scale: float) -> "Relation":
+    def scaled(self, sigma_scale: float) -> Relation:
         """Copy with ``sigma`` multiplied by ``sigma_scale`` (> 0)."""
         scale = check_scale(sigma_scale, self.name)
         return dataclasses.replace(self, sigma=self.sigma * scale)
@@ -195,7 +195,7 @@ class Relation:
         }
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "Relation":
+    def from_dict(cls, values: Mapping[str, Any]) -> Relation:
         """Inverse of :meth:`to_dict`."""
         return cls(**dict(values))
 

@@ -9,8 +9,6 @@ these checks is ``benchmarks/validate_engine.py``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -18,8 +16,7 @@ import numpy as np
 import pytest
 
 import sapphire  # noqa: F401  (x64)
-from sapphire import DEFAULT_PRIOR, HaloPopulation, Model, Prior
-from sapphire import cosmology
+from sapphire import DEFAULT_PRIOR, HaloPopulation, Model, Prior, cosmology
 from sapphire.config import DEFAULT_CONFIG
 from sapphire.physics import (
     LN10,

@@ -18,6 +18,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _fakes import FakeEmulator
 
 import forecasts
 import forecasts.campaigns
@@ -25,8 +26,6 @@ import forecasts.cli
 import forecasts.problem
 import sapphire
 from sapphire.cli import main
-
-from _fakes import FakeEmulator
 
 PRIOR = sapphire.DEFAULT_PRIOR
 CENTRE = ",".join(f"{v:g}" for v in PRIOR.centre)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from _numpy_reference import numpy_observed_y
 import pytest
+from _numpy_reference import numpy_observed_y
 
 import sapphire
 from sapphire import cosmology

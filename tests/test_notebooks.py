@@ -10,7 +10,6 @@ still runs on its own (``pytest -k 05`` builds what it needs).
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import time
 from pathlib import Path

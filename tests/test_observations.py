@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from sapphire.observations import (
+    RELATION_NAMES,
     XGASS_DETECTION_LIMIT,
     DetectionLimit,
-    RELATION_NAMES,
     Observations,
     Relation,
     mzr_andrews_martini2013,

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _numpy_reference import numpy_observed_y
 
 import sapphire  # noqa: F401  (enables float64)
-from _numpy_reference import numpy_observed_y
 from sapphire.config import DEFAULT_CONFIG
 from sapphire.observations import Observations
 from sapphire.summaries import (

@@ -55,7 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             devices=args.devices, scheduler=args.scheduler, batch_points=args.batch_points, progress=not args.quiet,
         )
     except (FileExistsError, ValueError) as err:
-        raise SystemExit(f"sapphire generate: {err}")
+        raise SystemExit(f"sapphire generate: {err}") from None
     print(
         f"{report.path}: {report.computed} points computed in {report.seconds:.1f} s on {report.backend} "
         f"({report.points_per_hour:,.0f} points/hour); store holds {report.n_points} points, "
@@ -80,7 +80,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         summary = inspect_store(args.store, figure=args.figure)
     except ValueError as err:
-        raise SystemExit(f"sapphire inspect: {err}")
+        raise SystemExit(f"sapphire inspect: {err}") from None
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -105,7 +105,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         result = verify_store(args.store, progress=not args.json)
     except ValueError as err:
-        raise SystemExit(f"sapphire inspect: {err}")
+        raise SystemExit(f"sapphire inspect: {err}") from None
     if args.json:
         print(json.dumps(result, indent=2))
         return 0 if result["ok"] else 1

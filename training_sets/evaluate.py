@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +19,9 @@ import numpy as np
 
 from sapphire.config import ModelConfig
 from sapphire.halos import HaloPopulation
-from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states
 from sapphire.model import Model
 from sapphire.observations import Observations
+from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states
 from sapphire.prior import Prior
 
 from .store import writable

@@ -38,16 +38,17 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 import sapphire
-from sapphire.jsonio import json_ready
 from sapphire.halos import HaloPopulation
-from sapphire.population_summaries import summary_names
+from sapphire.jsonio import json_ready
 from sapphire.observations import Observations
+from sapphire.population_summaries import summary_names
 from sapphire.prior import Prior
 
 SCHEMA_VERSION = 2
@@ -348,7 +349,7 @@ class CheckedArray:
         return read_rows(self.root, self.name, selection)
 
 
-def _missing_error(root, damage: "ChunkDamage") -> StoreError:
+def _missing_error(root, damage: ChunkDamage) -> StoreError:
     where = group_path(root) or root.store
     return StoreError(
         f"{where}: {damage.describe()} (its rows are marked done); `sapphire inspect {where} --verify` lists every "
