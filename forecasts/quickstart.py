@@ -128,21 +128,36 @@ class _Stages:
         self.log(f"[quickstart] {name}: {outcome} ({seconds:.1f} s)")
 
 
+#: A_etaM offsets from the truth at which :func:`cgm_regime` also counts the cooling halos.
+A_ETAM_SCAN = (-0.4, -0.3, -0.2, -0.1, 0.1, 0.2)
+
+
 def cgm_regime(model: sapphire.Model, halos: sapphire.HaloPopulation, theta) -> dict:
     """Where ``theta`` lies relative to the CGM regime switch (docs/design.md s.9).
 
     t_cool / t_ff at r_0 at z = 0 (the ``t_cool_over_t_ff_r0`` diagnostic of ``Model.evolve``)
     per halo: below 1 the CGM cools and feeds the ISM, above 1 it stays hot (blows out, holds
     back inflow).  Returns the fractions of the solved halos in each state, the ratio's
-    quantiles, and A_etaM's place in its prior range (the switch lies in the lower half)."""
-    out = model.evolve(theta, halos)
-    ratio = np.asarray(out.diagnostics["t_cool_over_t_ff_r0"], dtype=np.float64).reshape(halos.n_halos, -1)[:, -1]
-    ok = np.asarray(out.success, bool).reshape(-1) & np.isfinite(ratio)
-    solved = ratio[ok]
+    quantiles, A_etaM's place in its prior range (the switch lies in the lower half) and
+    ``scan``: the cooling fraction at A_etaM + :data:`A_ETAM_SCAN` (the other parameters as in
+    theta)."""
     names = list(sapphire.PARAMETER_NAMES)
     k = names.index("A_etaM")
     low, high = sapphire.DEFAULT_PRIOR.low[k], sapphire.DEFAULT_PRIOR.high[k]
     a_etam = float(np.asarray(theta)[k])
+
+    def ratios(a: float) -> np.ndarray:
+        """t_cool/t_ff at r_0, z = 0, of the solved halos at theta with A_etaM = a."""
+        point = np.array(theta, dtype=np.float64)
+        point[k] = a
+        out = model.evolve(point, halos)
+        ratio = np.asarray(out.diagnostics["t_cool_over_t_ff_r0"], dtype=np.float64).reshape(halos.n_halos, -1)[:, -1]
+        return ratio[np.asarray(out.success, bool).reshape(-1) & np.isfinite(ratio)]
+
+    solved = ratios(a_etam)
+    # the same at A_etaM steps below and above the truth (one compiled solve): where the switch lies
+    scan = [{"A_etaM": a, "fraction_cooling": float(np.mean(r < 1.0)) if r.size else None, "n_solved": int(r.size)}
+            for a in a_etam + np.array(A_ETAM_SCAN) if low <= a <= high for r in [ratios(a)]]
     unit = (a_etam - low) / (high - low)
     cooling = float(np.mean(solved < 1.0)) if solved.size else float("nan")
     q = np.quantile(solved, [0.1, 0.5, 0.9]).tolist() if solved.size else [None] * 3
@@ -154,7 +169,9 @@ def cgm_regime(model: sapphire.Model, halos: sapphire.HaloPopulation, theta) -> 
             "and the emulator's errors are largest, docs/design.md s.9)")
     return {"n_halos": int(halos.n_halos), "n_solved": int(solved.size), "fraction_cooling": cooling,
             "fraction_hot": 1.0 - cooling if solved.size else None, "t_cool_over_t_ff_r0_quantiles": q,
-            "A_etaM": a_etam, "A_etaM_unit": unit, "A_etaM_half": half, "line": line}
+            "A_etaM": a_etam, "A_etaM_unit": unit, "A_etaM_half": half, "scan": scan,
+            "line": line + "; fraction cooling versus A_etaM: " + ", ".join(
+                f"{row['A_etaM']:.2f}: {row['fraction_cooling']:.2f}" for row in scan if row["fraction_cooling"] is not None)}
 
 
 def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", seed: int = 0, progress: bool = True,
