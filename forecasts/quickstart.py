@@ -90,22 +90,23 @@ class _Stages:
 
     Each finished stage is recorded in ``out/stages.json`` with a key (the run's sizes and seed,
     the stage's own settings); on a rerun a stage with the same key is skipped when its saved
-    results load, unless an earlier stage of this run was computed again."""
+    results load, unless a stage it depends on (``after``) was computed again in this run."""
 
     def __init__(self, out: Path, base: dict, log: Callable[[str], None]):
         self.path, self.base, self.log, self.rows = out / "stages.json", base, log, []
         self.records: dict = {}
-        self.recomputed = False
+        self.recomputed: set[str] = set()
         if self.path.exists():
             try:
                 self.records = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 log(f"[quickstart] {self.path} is unreadable ({exc}): running every stage again")
 
-    def run(self, name: str, compute: Callable[[], str], load: Callable[[], None], extra: Any = None) -> None:
+    def run(self, name: str, compute: Callable[[], str], load: Callable[[], None], extra: Any = None,
+            after: tuple[str, ...] = ()) -> None:
         key = hashlib.sha256(json.dumps([self.base, name, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
         record = self.records.get(name)
-        if record is not None and record.get("key") == key and not self.recomputed:
+        if record is not None and record.get("key") == key and not self.recomputed.intersection(after):
             try:
                 load()
             except (OSError, ValueError, KeyError) as exc:
@@ -115,7 +116,7 @@ class _Stages:
                 self.rows.append({"stage": name, "seconds": record["seconds"], "outcome": record["outcome"], "skipped": True})
                 self.log(f"[quickstart] {name}: done in an earlier run, skipped ({record['outcome']})")
                 return
-        self.recomputed = True
+        self.recomputed.add(name)
         self.log(f"[quickstart] {name} ...")
         started = time.perf_counter()
         outcome = compute()
@@ -250,7 +251,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         state["emu"] = emu
         return f"trained {sizes.ensemble} members, saved {emu_path}"
 
-    stages.run("emulator", emulator_stage, emulator_load)
+    stages.run("emulator", emulator_stage, emulator_load, after=("training sets",))
     emu = state["emu"]
 
     def emulator_report_stage() -> str:
@@ -260,7 +261,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
     def emulator_report_load() -> None:
         state["emulator_report"] = json.loads((out / "emulator_report" / "emulator_report.json").read_text())
 
-    stages.run("emulator validation (test set)", emulator_report_stage, emulator_report_load)
+    stages.run("emulator validation (test set)", emulator_report_stage, emulator_report_load, after=("emulator",))
 
     # 3. Mock data from the exact model at a known truth, and where the truth sits relative to
     #    the CGM regime switch.
@@ -276,7 +277,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         state["mock"] = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
         state["regime"] = json.loads((out / "regime.json").read_text())
 
-    stages.run("mock and CGM regime", mock_stage, mock_load)
+    stages.run("mock and CGM regime", mock_stage, mock_load, after=("training sets",))
     mock = state["mock"]
 
     # 4. Emulator forecast with every parameter free.
@@ -302,7 +303,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
     def emulator_forecast_load() -> None:
         state["emulator_forecast"] = json.loads((out / "emulator_forecast.json").read_text())
 
-    stages.run("emulator forecast (8 free)", emulator_forecast_stage, emulator_forecast_load)
+    stages.run("emulator forecast (8 free)", emulator_forecast_stage, emulator_forecast_load, after=("emulator", "mock and CGM regime"))
 
     # 5. The decisive check: exact-model HMC on a reduced problem against the emulator's on the
     #    same problem, extended until the cross-validation decides or the budget is spent.
@@ -362,7 +363,7 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         _keep_crossval(state, out, report, np.asarray(saved["truth"]))
         state["decisive"] = saved
 
-    stages.run(title, decisive_stage, decisive_load, extra={"exact_budget_s": budget})
+    stages.run(title, decisive_stage, decisive_load, extra={"exact_budget_s": budget}, after=("emulator", "mock and CGM regime"))
 
     report = state["crossval"]
     decisive = state["decisive"]

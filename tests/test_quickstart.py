@@ -1,6 +1,6 @@
 """The real paths at tiny sizes, on one session-scoped ``sapphire quickstart --scale tiny`` run
 (tests/conftest.py): the quickstart end to end, a rerun that skips every stage, a kill inside
-the decisive check that resumes to the uninterrupted run's draws, a real trained emulator
+a stage that resumes to the uninterrupted run's draws, a real trained emulator
 through EmulatorForward / find_map / laplace / run_hmc / cross_validate against ExactForward on
 the same mock, and ``sapphire train`` / ``emulator-report`` on the real tiny stores."""
 
@@ -14,13 +14,6 @@ import sapphire
 from forecasts import quickstart
 from forecasts.hmc import HmcResult
 from sapphire.cli import main
-
-DECISIVE_FILES = ("exact_hmc.ckpt.npz", "emulator_hmc_reduced.ckpt.npz", "decisive_state.json", "exact_hmc.npz",
-                  "emulator_hmc_reduced.npz", "decisive.json")
-
-
-def decisive_stage_name(summary) -> str:
-    return next(row["stage"] for row in summary["stages"] if row["stage"].startswith("decisive check"))
 
 
 def test_tiny_quickstart_end_to_end(quickstart_tiny):
@@ -69,26 +62,28 @@ class Killed(Exception):
     pass
 
 
-def test_kill_inside_the_decisive_check_resumes(quickstart_tiny, tmp_path, monkeypatch):
-    """Copy the finished run, forget its decisive stage, kill the exact HMC after its first block
-    (a checkpoint written), rerun: the earlier stages are skipped and the exact draws equal the
-    uninterrupted run's."""
+def test_kill_inside_a_stage_resumes(quickstart_tiny, tmp_path, monkeypatch):
+    """Copy the finished run, forget its 8-free emulator forecast, kill that stage's HMC after its
+    first block (a checkpoint written), rerun: only that stage is computed again (the stages that
+    do not depend on it are skipped) and its draws equal the uninterrupted run's."""
     import forecasts.hmc
 
+    stage = "emulator forecast (8 free)"
     out = tmp_path / "qs"
     shutil.copytree(quickstart_tiny.out, out)
-    stage = decisive_stage_name(quickstart_tiny.summary)
     records = json.loads((out / "stages.json").read_text())
     del records[stage]
     (out / "stages.json").write_text(json.dumps(records))
-    for name in DECISIVE_FILES:
-        (out / name).unlink(missing_ok=True)
+    for name in ("emulator_hmc.ckpt.npz", "emulator_forecast.json"):
+        (out / name).unlink()
 
     real_bar = forecasts.hmc.progress_bar
+    blocks = []
 
     def bar(description, total):
-        if description.startswith("exact"):
+        if description == "emulator HMC":
             def kill(info):
+                blocks.append(info["iteration"])
                 raise Killed(f"killed at iteration {info['iteration']}")
             return kill
         return real_bar(description, total)
@@ -96,15 +91,15 @@ def test_kill_inside_the_decisive_check_resumes(quickstart_tiny, tmp_path, monke
     monkeypatch.setattr(forecasts.hmc, "progress_bar", bar)
     with pytest.raises(Killed):
         quickstart.run_quickstart(out, scale="tiny", seed=0, progress=True, log=lambda line: None)
-    assert (out / "exact_hmc.ckpt.npz").exists() and not (out / "exact_hmc.npz").exists()
+    chains, warmup, draws = quickstart.SCALES["tiny"].emulator_hmc
+    assert blocks == [warmup] and (out / "emulator_hmc.ckpt.npz").exists() and not (out / "emulator_forecast.json").exists()
     monkeypatch.setattr(forecasts.hmc, "progress_bar", real_bar)
-    lines = []
-    resumed = quickstart.run_quickstart(out, scale="tiny", seed=0, progress=False, log=lines.append)
-    assert [row["skipped"] for row in resumed["stages"]] == [True] * (len(resumed["stages"]) - 1) + [False]
-    before, after = HmcResult.load(quickstart_tiny.out / "exact_hmc.npz"), HmcResult.load(out / "exact_hmc.npz")
-    n = min(before.samples.shape[1], after.samples.shape[1])
-    assert n >= quickstart.SCALES["tiny"].exact_hmc[2]
-    np.testing.assert_array_equal(after.samples[:, :n], before.samples[:, :n])
+    resumed = quickstart.run_quickstart(out, scale="tiny", seed=0, progress=False, log=lambda line: None)
+    assert [row["stage"] for row in resumed["stages"] if not row["skipped"]] == [stage]
+    before = json.loads((quickstart_tiny.out / "emulator_forecast.json").read_text())["hmc"]
+    after = json.loads((out / "emulator_forecast.json").read_text())["hmc"]
+    assert after["draws"] == draws and after["mean"] == before["mean"] and after["std"] == before["std"]
+    assert resumed["verdict"] == quickstart_tiny.summary["verdict"]
 
 
 def test_real_emulator_through_the_forecast_path(quickstart_tiny):
