@@ -139,7 +139,7 @@ def test_real_emulator_through_the_forecast_path(quickstart_tiny):
     fm64 = EmulatorForward(emu.with_precision("float64"), mock, free=free, fixed=truth)
     theta = np.asarray(truth)[list(fm64.free_index)]
     _, grad, _ = fm64.log_likelihood_grad_and_failures(theta)
-    h = 1e-6 * (fm64.prior.high - fm64.prior.low)
+    h = 1e-6 * (np.asarray(fm64.prior.high) - np.asarray(fm64.prior.low))
     fd = [(float(fm64.log_likelihood(theta + h * e)) - float(fm64.log_likelihood(theta - h * e))) / (2 * h[i])
           for i, e in enumerate(np.eye(2))]
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
@@ -151,7 +151,7 @@ def test_train_and_emulator_report_commands_on_the_real_tiny_store(quickstart_ti
 
     out = quickstart_tiny.out
     artifact = tmp_path / "cli.emu"
-    assert main(["train", str(out / "train.zarr"), str(artifact), "--ensemble", "1", "--epochs", "5", "--patience", "5",
+    assert main(["train", str(out / "train.zarr"), str(artifact), "--ensemble", "2", "--epochs", "5", "--patience", "5",
                  "--hidden", "8", "--quiet"]) == 0
     emu = SobolevEmulator.load(artifact)
     train = training_sets.open_training_set(out / "train.zarr")
