@@ -276,6 +276,8 @@ def test_hmc_checkpoint_resumes_bitwise(tmp_path):
     assert not partial.complete and partial.samples.shape == (2, 10, 2) and path.exists()
     resumed = run_hmc(toy, checkpoint=path, **settings)
     assert resumed.complete
+    # same forward-model object and settings: both calls reused the first call's compiled block
+    assert uninterrupted.times["compile"] > 0 and partial.times["compile"] == 0 and resumed.times["compile"] == 0
     np.testing.assert_array_equal(resumed.samples, uninterrupted.samples)
     np.testing.assert_array_equal(resumed.diverging, uninterrupted.diverging)
     np.testing.assert_array_equal(resumed.step_size, uninterrupted.step_size)
