@@ -38,7 +38,11 @@ def run_one(scale: str, seed: int, out: Path, exact_budget: float | None) -> dic
     if not summary_path.exists():
         return {"seed": seed, "exit_status": code, "wall_s": round(wall, 1), "verdict": None,
                 "error": f"no summary.json (see {out.parent / (out.name + '.log')})"}
-    summary = json.loads(summary_path.read_text())
+    return row_from_summary(seed, code, wall, json.loads(summary_path.read_text()))
+
+
+def row_from_summary(seed: int, code: int, wall: float, summary: dict) -> dict:
+    """The table row of one quickstart's ``summary.json``."""
     params = summary["crossval"]["parameters"]
     check = summary["decisive_check"]
     return {
