@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -137,7 +138,8 @@ class RecoveryReport(_JsonReport):
             could not be made (non-finite summaries), as (index, message).
         relation_sets: one dict per relation set with arrays over truths: ``map`` (n_truths,
             n_free), ``sigma`` (Laplace marginal errors, NaN if not positive definite),
-            ``normalised_bias`` ((map - truth)/sigma), ``converged``, ``positive_definite``,
+            ``normalised_bias`` ((map - truth)/sigma), ``converged`` (the best start's),
+            ``map_converged_fraction`` and ``map_modes`` (of all starts), ``positive_definite``,
             ``condition_number``, ``failed`` and ``failure_reasons``, plus ``failure_rate``,
             the mean and std of the normalised bias per parameter (over successes), and the
             median condition number.
@@ -165,6 +167,8 @@ class RecoveryReport(_JsonReport):
                 "sigma": [_fin_list(row) for row in entry["sigma"]],
                 "normalised_bias": [_fin_list(row) for row in entry["normalised_bias"]],
                 "converged": [bool(v) for v in entry["converged"]],
+                "map_converged_fraction": _fin_list(entry["map_converged_fraction"]),
+                "map_modes": [int(v) for v in entry["map_modes"]],
                 "positive_definite": [bool(v) for v in entry["positive_definite"]],
                 "condition_number": _fin_list(entry["condition_number"]),
                 "failure_reasons": entry["failure_reasons"],
@@ -248,6 +252,7 @@ def mock_recovery(
         "relations": rels,
         "map": np.full((n_truths, n_free), np.nan), "sigma": np.full((n_truths, n_free), np.nan),
         "normalised_bias": np.full((n_truths, n_free), np.nan), "converged": np.zeros(n_truths, bool),
+        "map_converged_fraction": np.full(n_truths, np.nan), "map_modes": np.zeros(n_truths, int),
         "positive_definite": np.zeros(n_truths, bool), "condition_number": np.full(n_truths, np.nan),
         "failed": np.ones(n_truths, bool), "failure_reasons": [["no mock"] for _ in range(n_truths)],
     } for rels in relation_sets]
@@ -267,12 +272,14 @@ def mock_recovery(
             fisher = laplace(fm, best, method=hessian_method)
             reasons = []
             converged = bool(result.converged[result.best_index])
-            if not converged:
-                reasons.append("MAP not converged")
+            if not converged:  # best_index prefers converged starts: none of them converged
+                reasons.append(f"MAP not converged (0/{len(result.converged)} starts; {result.polish_message[result.best_index] if result.polish_message else 'no polish'})")
             if not fisher.positive_definite:
                 reasons.append(fisher.message)
             entry["map"][k] = best
             entry["converged"][k] = converged
+            entry["map_converged_fraction"][k] = result.converged_fraction
+            entry["map_modes"][k] = len(result.modes)
             entry["positive_definite"][k] = fisher.positive_definite
             entry["condition_number"][k] = fisher.condition_number
             if fisher.sigmas is not None:
@@ -309,7 +316,7 @@ def mock_recovery(
 class ErrorScalingReport(_JsonReport):
     """What :func:`error_scaling_forecast` returns: ``free`` names, ``theta`` and one row per
     scale (``sigma_scale``, ``fisher_sigma`` (Laplace), ``gauss_newton_sigma``, ``hmc_std``,
-    ``hmc_mean``, ``hmc_r_hat_max``, ``hmc_divergent``, ``positive_definite``,
+    ``hmc_mean``, ``hmc_r_hat_max``, ``hmc_divergent``, ``hmc_warmup_divergent``, ``positive_definite``,
     ``condition_number``, ``message``, ``precision_gain`` = sigma(scale 1st) / sigma)."""
 
     free: tuple[str, ...]
@@ -367,10 +374,16 @@ def error_scaling_forecast(
             "message": fisher.message,
         }
         if with_hmc:
-            result = run_hmc(fm, **(hmc_options or {}))
+            # chains start at the point (the MAP, or the mock's truth): no warmup spent finding the
+            # posterior from random starts across the box (``hmc_options["init"]`` overrides)
+            result = run_hmc(fm, **({"init": point} | (hmc_options or {})))
+            if result.n_divergent:
+                warnings.warn(f"error_scaling_forecast: HMC at sigma scale {s:g} had {result.n_divergent} divergent "
+                              f"transitions after warmup ({result.warmup_divergent} during warmup)", RuntimeWarning, stacklevel=2)
             row.update({
                 "hmc_std": result.std.tolist(), "hmc_mean": result.mean.tolist(),
                 "hmc_r_hat_max": _fin(np.nanmax(result.r_hat)), "hmc_divergent": result.n_divergent,
+                "hmc_warmup_divergent": result.warmup_divergent,
                 "hmc_seconds": result.times.get("total_this_call"),
             })
         if first_sigma is None and fisher.sigmas is not None:

@@ -42,7 +42,7 @@ from .hmc import HmcResult
 
 __all__ = [
     "Thresholds", "CrossValidationReport", "cross_validate", "classifier_two_sample_auc", "classifier_two_sample_test",
-    "ClassifierTest", "McMoments", "mc_moments",
+    "ClassifierTest", "McMoments", "mc_moments", "extension_targets",
 ]
 
 
@@ -377,19 +377,22 @@ def _ess_needed(value, var, ess, low, high, z, labels) -> dict:
     return {"extend": list(labels), "ess_needed": {lab: float(np.ceil(e * factor)) for lab, e in zip(labels, ess)}, "ess_now": now}
 
 
-def _advice(needed: list, verdict: str) -> str:
-    """One line for an INCONCLUSIVE verdict: which sets to run longer, to which ESS.  If an
-    undecided criterion's estimate violates it, the first such one to be decided (smallest
-    extension) would decide the verdict (FAIL); otherwise every undecided one must be (PASS)."""
+def extension_targets(needed: list, verdict: str) -> dict:
+    """What would decide an INCONCLUSIVE verdict, from a report's ``needed`` list.
+
+    If an undecided criterion's estimate violates it, the first such one to be decided (the
+    smallest extension) would decide the verdict (FAIL); otherwise every undecided one must be
+    (PASS).  Returns ``{"outcome": "FAIL" | "PASS" | None, "ess": {label: {"needed", "now",
+    "for"}}, "on_threshold": [criteria no run length decides]}``; per label the largest
+    extension asked for (ESS values; "for" names the criterion).  Empty unless INCONCLUSIVE."""
     if verdict != "INCONCLUSIVE":
-        return ""
+        return {"outcome": None, "ess": {}, "on_threshold": []}
     def cost(item):
         factors = [item["ess_needed"][lab] / max(item["ess_now"][lab], 1.0) for lab in item["extend"] if item["ess_needed"][lab] is not None]
         return max(factors) if len(factors) == len(item["extend"]) else np.inf
     violating = [item for item in needed if not item["estimate_meets"]]
     deciding = [min(violating, key=cost)] if violating else needed
-    outcome = "FAIL" if violating else "PASS"
-    asks: dict[str, tuple[float, float, str]] = {}
+    asks: dict[str, dict] = {}
     on_threshold = []
     for item in deciding:
         where = item["criterion"] + (f" of {item['parameter']}" if item["parameter"] else "")
@@ -397,13 +400,22 @@ def _advice(needed: list, verdict: str) -> str:
             need = item["ess_needed"][lab]
             if need is None:
                 on_threshold.append(where)
-            elif lab not in asks or need / item["ess_now"][lab] > asks[lab][0] / asks[lab][1]:
-                asks[lab] = (need, item["ess_now"][lab], where)
-    parts = [f"run the {lab} chains longer, to an ESS of ~{need:.0f} (now {now:.0f}, ~{need / max(now, 1.0):.1f}x the draws; "
-             f"for the {where})" for lab, (need, now, where) in asks.items()]
-    if on_threshold:
-        parts.append(f"the {', '.join(sorted(set(on_threshold)))} sits on its threshold: no run length decides it")
-    return (f"the Monte-Carlo errors are too large to decide; if the estimates stay where they are, {outcome} needs: "
+            elif lab not in asks or need / item["ess_now"][lab] > asks[lab]["needed"] / asks[lab]["now"]:
+                asks[lab] = {"needed": need, "now": item["ess_now"][lab], "for": where}
+    return {"outcome": "FAIL" if violating else "PASS", "ess": asks, "on_threshold": sorted(set(on_threshold))}
+
+
+def _advice(needed: list, verdict: str) -> str:
+    """One line for an INCONCLUSIVE verdict: which sets to run longer, to which ESS
+    (:func:`extension_targets`)."""
+    if verdict != "INCONCLUSIVE":
+        return ""
+    targets = extension_targets(needed, verdict)
+    parts = [f"run the {lab} chains longer, to an ESS of ~{a['needed']:.0f} (now {a['now']:.0f}, ~{a['needed'] / max(a['now'], 1.0):.1f}x the draws; "
+             f"for the {a['for']})" for lab, a in targets["ess"].items()]
+    if targets["on_threshold"]:
+        parts.append(f"the {', '.join(targets['on_threshold'])} sits on its threshold: no run length decides it")
+    return (f"the Monte-Carlo errors are too large to decide; if the estimates stay where they are, {targets['outcome']} needs: "
             + "; ".join(parts) + ".")
 
 

@@ -52,6 +52,11 @@ __all__ = ["HmcResult", "run_hmc", "CheckpointMismatch", "progress_bar"]
 CHECKPOINT_FORMAT = 2  # 1: pickles (no longer read)
 
 
+#: Compiled block functions of this process (oldest first), see ``run_hmc``.
+_COMPILED_BLOCKS: dict[str, tuple[ForwardModel, Callable]] = {}
+_COMPILED_BLOCKS_KEPT = 4
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint belongs to another problem or other sampler settings."""
 
@@ -470,7 +475,12 @@ def run_hmc(
         run_block = lambda s, n: jax.lax.map(lambda one: block(one, n), s)  # noqa: E731
 
     total = num_warmup + num_samples
-    blocks_done, compiled = 0, None
+    # The block function depends only on the forward model, the sampler settings, the block
+    # length and the state's layout: a later call in this process with the same forward-model
+    # object and the same rest (a run extended or resumed, e.g. by forecasts.decisive) reuses its
+    # compilation.  The cache holds the object, so its id is not reused while cached.
+    compile_key = json.dumps([id(fm), fingerprint, settings, block_size, _state_layout(state)], sort_keys=True)
+    blocks_done, compiled = 0, _COMPILED_BLOCKS.get(compile_key, (None, None))[1]
     stopped_early = False
     while iteration < total:
         if (max_blocks is not None and blocks_done >= max_blocks) or (
@@ -484,6 +494,9 @@ def run_hmc(
             t0 = time.perf_counter()
             compiled = jax.jit(run_block).lower(state, jnp.int32(n)).compile()
             times["compile"] += time.perf_counter() - t0
+            _COMPILED_BLOCKS[compile_key] = (fm, compiled)
+            while len(_COMPILED_BLOCKS) > _COMPILED_BLOCKS_KEPT:
+                _COMPILED_BLOCKS.pop(next(iter(_COMPILED_BLOCKS)))
         t0 = time.perf_counter()
         state, z, div, acc, steps, nf = compiled(state, jnp.int32(n))
         z, div, acc, steps, nf = (np.asarray(a)[:, :n] for a in (z, div, acc, steps, nf))

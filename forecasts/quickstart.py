@@ -1,28 +1,47 @@
 """The main job end to end (``sapphire quickstart``): training set -> Sobolev emulator -> mock
--> emulator MAP + Fisher + HMC -> reduced exact-model HMC -> cross-validation report.
+-> emulator MAP + Fisher + HMC -> a decisive exact-versus-emulator check -> report.
 
-Every stage writes its result under ``out_dir`` and is skipped on a rerun when that result
-exists and still matches its inputs (stores are resumed, HMC runs continue from their
-checkpoints), so an interrupted quickstart picks up where it stopped.
+The decisive check (``forecasts.decisive``) runs exact-model and emulator HMC on a reduced
+problem (``Scale.exact_free``, the other parameters at the mock truth), cross-validates them with
+Monte-Carlo errors and extends the chains the cross-validation names until its verdict is PASS
+or FAIL or ``Scale.exact_budget_s`` is spent (then INCONCLUSIVE, with the ESS that would decide
+it).  ``sapphire quickstart`` exits 0 on PASS, 1 on FAIL, 3 on INCONCLUSIVE.
+
+Every stage is recorded in ``out_dir/stages.json`` when it finishes and is skipped on a rerun
+when its record matches (sizes, seed, the stage's settings) and its results load; stores are
+resumed and HMC runs continue from their checkpoints, so a killed quickstart picks up inside the
+stage where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 import sapphire
-from sapphire.cli_common import nonnegative_int, output_dir
+from sapphire.cli_common import nonnegative_float, nonnegative_int, output_dir
 from sapphire.jsonio import write_json
 
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-    """Sizes of one quickstart configuration."""
+    """Sizes of one quickstart configuration.
+
+    ``emulator_hmc``, ``exact_hmc``: (chains, warmup, draws per chain).  The emulator's draws are
+    those of the 8-free forecast and the first round of the reduced check; ``exact_hmc``'s draws
+    are the exact chains' first round.  The decisive check then extends the chains the
+    cross-validation names (exact up to ``max_exact_draws`` per chain, the reduced emulator up to
+    8x its first draws) until the verdict is PASS or FAIL or ``exact_budget_s`` wall-clock seconds
+    (first round included) are spent.
+    """
 
     n_halos: int
     n_train: int
@@ -36,184 +55,328 @@ class Scale:
     emulator_hmc: tuple[int, int, int]  # chains, warmup, draws
     exact_free: tuple[str, ...]
     exact_hmc: tuple[int, int, int]
+    exact_budget_s: float
+    max_exact_draws: int
 
 
 SCALES: dict[str, Scale] = {
-    # 2-core laptop CPU, no GPU: about 15 minutes in all (README gives the measured time).
-    # The exact check is 1-dimensional: each exact NUTS step is a sensitivity solve (~0.1 s for 32
-    # halos here), and ~10 of them per iteration during warmup.
+    # 2-core laptop CPU, no GPU: the README gives the measured times.  The exact check has 2
+    # free parameters; each exact NUTS step is a sensitivity solve of the 32 halos.
     "small": Scale(n_halos=32, n_train=384, n_test=64, chunk=16, ensemble=4, epochs=600, patience=100,
                    hidden=(64, 64, 64), map_starts=8, emulator_hmc=(4, 500, 1000),
-                   exact_free=("A_etaM",), exact_hmc=(2, 100, 200)),
+                   exact_free=("A_etaM", "A_tdep"), exact_hmc=(2, 150, 250), exact_budget_s=360.0, max_exact_draws=3000),
     # Tests and CI notebooks: every stage, minutes on 2 cores, numbers meaningless.
     "tiny": Scale(n_halos=8, n_train=48, n_test=16, chunk=8, ensemble=2, epochs=40, patience=20,
-                  hidden=(16, 16), map_starts=2, emulator_hmc=(2, 30, 30),
-                  exact_free=("A_etaM",), exact_hmc=(1, 10, 10)),
+                  hidden=(16, 16), map_starts=2, emulator_hmc=(2, 30, 40),
+                  exact_free=("A_etaM", "A_tdep"), exact_hmc=(2, 10, 20), exact_budget_s=120.0, max_exact_draws=40),
     # The original analysis's sizes, for GPU nodes.
     "paper": Scale(n_halos=1000, n_train=5000, n_test=500, chunk=16, ensemble=8, epochs=3000, patience=300,
                    hidden=(128, 128, 128, 128), map_starts=32, emulator_hmc=(4, 1000, 2000),
-                   exact_free=("A_etaM", "B_etaM", "A_tdep", "B_tdep"), exact_hmc=(4, 500, 1000)),
+                   exact_free=("A_etaM", "B_etaM", "A_tdep", "B_tdep"), exact_hmc=(4, 500, 1000), exact_budget_s=7200.0,
+                   max_exact_draws=20000),
 }
 
 # The mock's truth, in the unit cube of the prior box: an interior, unremarkable point.
 TRUTH_UNIT = np.array([0.55, 0.6, 0.45, 0.5, 0.4, 0.55, 0.5, 0.45])
 
+#: ``cmd_quickstart``'s exit status per verdict (README "Exit status"): 0 the emulator posterior
+#: agrees with the exact one; 1 it does not; 3 undecided within the budget (rerun with a larger
+#: ``--exact-budget`` to extend the chains where they stopped).
+EXIT_STATUS = {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 3}
+
 
 class _Stages:
-    """Runs named stages, timing them and printing one line each."""
+    """Runs named stages in order, timing them and printing one line each.
 
-    def __init__(self, log: Callable[[str], None]):
-        self.log, self.rows = log, []
+    Each finished stage is recorded in ``out/stages.json`` with a key (the run's sizes and seed,
+    the stage's own settings); on a rerun a stage with the same key is skipped when its saved
+    results load, unless a stage it depends on (``after``) was computed again in this run."""
 
-    def run(self, name: str, function: Callable[[], str]) -> None:
+    def __init__(self, out: Path, base: dict, log: Callable[[str], None]):
+        self.path, self.base, self.log, self.rows = out / "stages.json", base, log, []
+        self.records: dict = {}
+        self.recomputed: set[str] = set()
+        if self.path.exists():
+            try:
+                self.records = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                log(f"[quickstart] {self.path} is unreadable ({exc}): running every stage again")
+
+    def run(self, name: str, compute: Callable[[], str], load: Callable[[], None], extra: Any = None,
+            after: tuple[str, ...] = ()) -> None:
+        key = hashlib.sha256(json.dumps([self.base, name, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        record = self.records.get(name)
+        if record is not None and record.get("key") == key and not self.recomputed.intersection(after):
+            try:
+                load()
+            except (OSError, ValueError, KeyError) as exc:
+                self.log(f"[quickstart] {name}: the results of an earlier run could not be reused "
+                         f"({type(exc).__name__}: {exc}); running it again")
+            else:
+                self.rows.append({"stage": name, "seconds": record["seconds"], "outcome": record["outcome"], "skipped": True})
+                self.log(f"[quickstart] {name}: done in an earlier run, skipped ({record['outcome']})")
+                return
+        self.recomputed.add(name)
         self.log(f"[quickstart] {name} ...")
         started = time.perf_counter()
-        outcome = function()
-        seconds = time.perf_counter() - started
-        self.rows.append({"stage": name, "seconds": round(seconds, 1), "outcome": outcome})
+        outcome = compute()
+        seconds = round(time.perf_counter() - started, 1)
+        self.records[name] = {"key": key, "outcome": outcome, "seconds": seconds}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.records, indent=1))
+        os.replace(tmp, self.path)
+        self.rows.append({"stage": name, "seconds": seconds, "outcome": outcome, "skipped": False})
         self.log(f"[quickstart] {name}: {outcome} ({seconds:.1f} s)")
 
 
+#: A_etaM offsets from the truth at which :func:`cgm_regime` also counts the cooling halos.
+A_ETAM_SCAN = (-0.4, -0.3, -0.2, -0.1, 0.1, 0.2)
+
+
+def cgm_regime(model: sapphire.Model, halos: sapphire.HaloPopulation, theta) -> dict:
+    """Where ``theta`` lies relative to the CGM regime switch (docs/design.md s.9).
+
+    t_cool / t_ff at r_0 at z = 0 (the ``t_cool_over_t_ff_r0`` diagnostic of ``Model.evolve``)
+    per halo: below 1 the CGM cools and feeds the ISM, above 1 it stays hot (blows out, holds
+    back inflow).  Returns the fractions of the solved halos in each state, the ratio's
+    quantiles, A_etaM's place in its prior range (the switch lies in the lower half) and
+    ``scan``: the cooling fraction at A_etaM + :data:`A_ETAM_SCAN` (the other parameters as in
+    theta)."""
+    names = list(sapphire.PARAMETER_NAMES)
+    k = names.index("A_etaM")
+    low, high = sapphire.DEFAULT_PRIOR.low[k], sapphire.DEFAULT_PRIOR.high[k]
+    a_etam = float(np.asarray(theta)[k])
+
+    def ratios(a: float) -> np.ndarray:
+        """t_cool/t_ff at r_0, z = 0, of the solved halos at theta with A_etaM = a."""
+        point = np.array(theta, dtype=np.float64)
+        point[k] = a
+        out = model.evolve(point, halos)
+        ratio = np.asarray(out.diagnostics["t_cool_over_t_ff_r0"], dtype=np.float64).reshape(halos.n_halos, -1)[:, -1]
+        return ratio[np.asarray(out.success, bool).reshape(-1) & np.isfinite(ratio)]
+
+    solved = ratios(a_etam)
+    # the same at A_etaM steps below and above the truth (one compiled solve): where the switch lies
+    scan = [{"A_etaM": a, "fraction_cooling": float(np.mean(r < 1.0)) if r.size else None, "n_solved": int(r.size)}
+            for a in a_etam + np.array(A_ETAM_SCAN) if low <= a <= high for r in [ratios(a)]]
+    unit = (a_etam - low) / (high - low)
+    cooling = float(np.mean(solved < 1.0)) if solved.size else float("nan")
+    q = np.quantile(solved, [0.1, 0.5, 0.9]).tolist() if solved.size else [None] * 3
+    half = "lower" if unit < 0.5 else "upper"
+    line = (f"at the mock truth {100 * cooling:.0f}% of the {solved.size} solved halos have a cooling CGM (t_cool/t_ff < 1 at r_0) "
+            f"and {100 * (1 - cooling):.0f}% a hot one (median t_cool/t_ff {q[1]:.3g}, 10-90% {q[0]:.3g}-{q[2]:.3g}); "
+            f"A_etaM = {a_etam:.3f} lies at {unit:.2f} of its range [{low:g}, {high:g}], in the {half} half "
+            f"({'inside' if half == 'lower' else 'above'} the low-mass-loading half where the CGM switches regime "
+            "and the emulator's errors are largest, docs/design.md s.9)")
+    return {"n_halos": int(halos.n_halos), "n_solved": int(solved.size), "fraction_cooling": cooling,
+            "fraction_hot": 1.0 - cooling if solved.size else None, "t_cool_over_t_ff_r0_quantiles": q,
+            "A_etaM": a_etam, "A_etaM_unit": unit, "A_etaM_half": half, "scan": scan,
+            "line": line + "; fraction cooling versus A_etaM: " + ", ".join(
+                f"{row['A_etaM']:.2f}: {row['fraction_cooling']:.2f}" for row in scan if row["fraction_cooling"] is not None)}
+
+
 def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", seed: int = 0, progress: bool = True,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, exact_budget_s: float | None = None) -> dict[str, Any]:
     """Run (or finish) the whole pipeline into ``out_dir``; returns the summary written to
-    ``out_dir/summary.json``.  ``scale``: a key of :data:`SCALES`."""
+    ``out_dir/summary.json``.  ``scale``: a key of :data:`SCALES`; ``exact_budget_s``: the
+    decisive check's wall-clock budget in seconds (default the scale's; a rerun with a larger one
+    extends the chains where the last run stopped)."""
     import training_sets
     from emulator import SobolevEmulator, emulator_report, train_emulator
     from training_sets.generate import model_from_attrs
 
     from .campaigns import mock_observations
     from .crossval import cross_validate
+    from .decisive import extend_until_decided
     from .fisher import gauss_newton_fisher, laplace
     from .forward import EmulatorForward, ExactForward
+    from .hmc import HmcResult
     from .optimize import find_map
+    from .steps import fisher_from_dict
 
     if scale not in SCALES:
         raise ValueError(f"unknown quickstart scale {scale!r}; choose one of {sorted(SCALES)}")
     sizes = SCALES[scale]
+    budget = float(sizes.exact_budget_s if exact_budget_s is None else exact_budget_s)
+    if not (np.isfinite(budget) and budget >= 0):
+        raise ValueError(f"exact_budget_s must be a number of seconds >= 0; got {exact_budget_s!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = _Stages(log)
+    fixed_sizes = {k: v for k, v in dataclasses.asdict(sizes).items() if k != "exact_budget_s"}
+    stages = _Stages(out, {"sizes": fixed_sizes, "seed": seed}, log)
     state: dict[str, Any] = {}
+    truth = sapphire.DEFAULT_PRIOR.from_unit(TRUTH_UNIT)
 
     # 1. Training and test sets (same halos, independent designs).
+    stores = (("train", sizes.n_train, seed), ("test", sizes.n_test, seed + 1000))
+
     def training_sets_stage() -> str:
         reports = []
-        for name, n_points, design_seed in (("train", sizes.n_train, seed), ("test", sizes.n_test, seed + 1000)):
+        for name, n_points, design_seed in stores:
             r = training_sets.generate(out / f"{name}.zarr", n_points=n_points, n_halos=sizes.n_halos, seed=design_seed,
                                        halo_seed=seed, chunk=sizes.chunk, resume=True, progress=progress)
             reports.append(f"{name}: {r.n_points} points ({r.computed} computed now, {r.failed_points} with failed halos)")
         return "; ".join(reports)
 
-    stages.run("training sets", training_sets_stage)
+    def training_sets_load() -> None:
+        for name, n_points, _ in stores:
+            ts = training_sets.open_training_set(out / f"{name}.zarr")
+            if ts.n_points != n_points or not bool(ts.done.all().compute()):
+                raise ValueError(f"{name}.zarr holds {int(ts.done.sum().compute())} of {n_points} points")
+
+    stages.run("training sets", training_sets_stage, training_sets_load)
     train = training_sets.open_training_set(out / "train.zarr")
     state["model"], state["halos"] = model_from_attrs(train.attrs), train.halos()
+    model, halos = state["model"], state["halos"]
 
     # 2. Emulator (retrained only if the training store changed).
+    emu_path = out / "emulator.emu"
+
+    def emulator_load() -> None:
+        emu = SobolevEmulator.load(emu_path)
+        if emu.store_fingerprint != train.fingerprint:
+            raise ValueError(f"{emu_path} was trained on another store")
+        state["emu"] = emu
+
     def emulator_stage() -> str:
-        path = out / "emulator.emu"
-        if path.exists():
+        if emu_path.exists():
             try:
-                emu = SobolevEmulator.load(path)
-                if emu.store_fingerprint == train.fingerprint:
-                    state["emu"] = emu
-                    return f"kept {path} (trained on this store)"
-            except ValueError:
-                pass
+                emulator_load()
+                return f"kept {emu_path} (trained on this store)"
+            except ValueError as exc:
+                log(f"[quickstart] not reusing {emu_path} ({exc}): training a new emulator in its place")
         emu = train_emulator(train, ensemble=sizes.ensemble, epochs=sizes.epochs, patience=sizes.patience,
                              hidden=sizes.hidden, seed=seed, progress=progress)
-        emu.save(path)
+        emu.save(emu_path)
         state["emu"] = emu
-        return f"trained {sizes.ensemble} members, saved {path}"
+        return f"trained {sizes.ensemble} members, saved {emu_path}"
 
-    stages.run("emulator", emulator_stage)
+    stages.run("emulator", emulator_stage, emulator_load, after=("training sets",))
     emu = state["emu"]
 
     def emulator_report_stage() -> str:
-        report = emulator_report(emu, out / "test.zarr", out / "emulator_report", progress=progress)
-        state["emulator_report"] = report
-        return _emulator_report_line(report)
+        state["emulator_report"] = emulator_report(emu, out / "test.zarr", out / "emulator_report", progress=progress)
+        return _emulator_report_line(state["emulator_report"])
 
-    stages.run("emulator validation (test set)", emulator_report_stage)
+    def emulator_report_load() -> None:
+        state["emulator_report"] = json.loads((out / "emulator_report" / "emulator_report.json").read_text())
 
-    # 3. Mock data from the exact model at a known truth.
-    truth = sapphire.DEFAULT_PRIOR.from_unit(TRUTH_UNIT)
-    model, halos = state["model"], state["halos"]
+    stages.run("emulator validation (test set)", emulator_report_stage, emulator_report_load, after=("emulator",))
 
+    # 3. Mock data from the exact model at a known truth, and where the truth sits relative to
+    #    the CGM regime switch.
     def mock_stage() -> str:
-        path = out / "mock_observations.json"
         mock = mock_observations(model, halos, sapphire.Observations.default(), truth)
-        path.write_text(mock.to_json())
-        state["mock"] = mock
-        return f"exact summaries at theta_true = {np.round(truth, 3).tolist()} ({halos.n_halos} halos), written to {path.name}"
+        (out / "mock_observations.json").write_text(mock.to_json())
+        state["mock"], state["regime"] = mock, cgm_regime(model, halos, truth)
+        write_json(out / "regime.json", state["regime"])
+        return (f"exact summaries at theta_true = {np.round(truth, 3).tolist()} ({halos.n_halos} halos); "
+                f"{100 * state['regime']['fraction_cooling']:.0f}% of halos with a cooling CGM")
 
-    stages.run("mock", mock_stage)
+    def mock_load() -> None:
+        state["mock"] = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
+        state["regime"] = json.loads((out / "regime.json").read_text())
+
+    stages.run("mock and CGM regime", mock_stage, mock_load, after=("training sets",))
     mock = state["mock"]
 
     # 4. Emulator forecast with every parameter free.
     def emulator_forecast_stage() -> str:
+        from .plots import corner_overlay
+
         fm = EmulatorForward(emu, mock)
         fit = find_map(fm, n_starts=sizes.map_starts, seed=seed)
         fisher = laplace(fm, fit.best)
         chains, warmup, draws = sizes.emulator_hmc
-        post = _run_hmc_resuming(fm, out / "emulator_hmc.pkl", log, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=seed, progress=_hmc_bar("emulator HMC", warmup + draws, progress))
-        state["emulator_forecast"] = {"map": fit.to_dict(), "laplace": fisher.to_dict(), "hmc": post.summary(), "truth": truth}
+        post = _run_hmc_resuming(fm, out / "emulator_hmc.ckpt.npz", log, num_chains=chains, num_warmup=warmup,
+                                 num_samples=draws, seed=seed, init=fit.best,
+                                 progress=_hmc_bar("emulator HMC", warmup + draws, progress))
+        state["emulator_forecast"] = {"map": fit.to_dict(), "map_line": fit.summary_line(), "laplace": fisher.to_dict(),
+                                      "hmc": post.summary(), "truth": truth}
         write_json(out / "emulator_forecast.json", state["emulator_forecast"])
-        from .plots import corner_overlay
-
-        corner_overlay([post.samples.reshape(-1, post.samples.shape[-1])], ["emulator HMC"], post.names,
-                       out / "emulator_posterior.png", truths=truth, title="emulator posterior, all 8 parameters")
+        corner_overlay([post.flat], ["emulator HMC"], post.names, out / "emulator_posterior.png", truths=truth,
+                       title="emulator posterior, all 8 parameters")
         bias = (post.mean - truth) / post.std
-        return (f"MAP loss {fit.best_loss:.2f} ({fit.n_converged}/{len(fit.losses)} starts converged); HMC "
-                f"{chains}x({warmup}+{draws}), {_hmc_line(post)}; |mean - truth|/sigma max {np.max(np.abs(bias)):.2f}")
+        return (f"MAP: {fit.summary_line()}; HMC {chains}x({warmup}+{draws}) from the MAP, {_hmc_line(post)}; "
+                f"|mean - truth|/sigma max {np.max(np.abs(bias)):.2f}")
 
-    stages.run("emulator forecast (8 free)", emulator_forecast_stage)
+    def emulator_forecast_load() -> None:
+        state["emulator_forecast"] = json.loads((out / "emulator_forecast.json").read_text())
 
-    # 5. Reduced exact-model check and the same problem with the emulator.
+    stages.run("emulator forecast (8 free)", emulator_forecast_stage, emulator_forecast_load, after=("emulator", "mock and CGM regime"))
+
+    # 5. The decisive check: exact-model HMC on a reduced problem against the emulator's on the
+    #    same problem, extended until the cross-validation decides or the budget is spent.
     free = list(sizes.exact_free)
-    chains, warmup, draws = sizes.exact_hmc
+    title = f"decisive check ({len(free)} free: exact vs emulator)"
 
-    def exact_stage() -> str:
-        # Fisher of the exact model at the truth: the mock is noise-free, so the truth is the
-        # exact MAP up to the theta-dependence of the model's standard error; an exact MAP
-        # search would cost another compilation of the sensitivity solve.  Gauss-Newton
-        # (J^T C^-1 J) for both models, so the two ellipses are computed the same way.
+    def decisive_stage() -> str:
         exact = ExactForward(model, halos, mock, free=free, fixed=truth)
         start = truth[list(exact.free_index)]
-        fisher = gauss_newton_fisher(exact, start)
-        post = _run_hmc_resuming(exact, out / "exact_hmc.pkl", log, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=seed, init=start, progress=_hmc_bar("exact HMC", warmup + draws, progress))
-        state["exact"] = (post, fisher)
-        return (f"{len(free)} free ({', '.join(free)}), {halos.n_halos} halos: {chains}x({warmup}+{draws}), "
-                f"{_hmc_line(post)}")
+        emu_fm = EmulatorForward(emu, mock, free=free, fixed=truth)
+        # Fisher of the exact model at the truth: the mock is noise-free, so the truth is the
+        # exact MAP up to the theta-dependence of the model's standard error (an exact MAP search
+        # would cost another compilation of the sensitivity solve).  Gauss-Newton for both.
+        fisher_exact = gauss_newton_fisher(exact, start)
+        fit = find_map(emu_fm, n_starts=sizes.map_starts, seed=seed)
+        fisher_emu = gauss_newton_fisher(emu_fm, fit.best)
+        (ec, ew, ed), (cc, cw, cd) = sizes.exact_hmc, sizes.emulator_hmc
 
-    def emulator_reduced_stage() -> str:
-        fm = EmulatorForward(emu, mock, free=free, fixed=truth)
-        fisher = gauss_newton_fisher(fm, find_map(fm, n_starts=sizes.map_starts, seed=seed).best)
-        chains, warmup, draws = sizes.emulator_hmc
-        post = _run_hmc_resuming(fm, out / "emulator_hmc_reduced.pkl", log, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=seed, progress=_hmc_bar("emulator HMC", warmup + draws, progress))
-        state["emulator_reduced"] = (post, fisher)
-        return f"{chains}x({warmup}+{draws}), {_hmc_line(post)}"
+        def run_exact(n: int, limit: float | None):
+            return _run_hmc_resuming(exact, out / "exact_hmc.ckpt.npz", log, num_chains=ec, num_warmup=ew, num_samples=n,
+                                     seed=seed, init=start, time_limit_s=limit, progress=_hmc_bar("exact HMC", ew + n, progress))
 
-    stages.run("exact-model HMC (reduced)", exact_stage)
-    stages.run("emulator HMC (same reduced problem)", emulator_reduced_stage)
+        def run_emulator(n: int, limit: float | None):
+            return _run_hmc_resuming(emu_fm, out / "emulator_hmc_reduced.ckpt.npz", log, num_chains=cc, num_warmup=cw,
+                                     num_samples=n, seed=seed, init=fit.best, time_limit_s=limit,
+                                     progress=_hmc_bar("emulator HMC (reduced)", cw + n, progress))
 
-    # 6. Cross-validation.
-    def crossval_stage() -> str:
-        exact_post, exact_fisher = state["exact"]
-        emu_post, emu_fisher = state["emulator_reduced"]
-        report = cross_validate(exact_post, emu_post, fisher_reference=exact_fisher, fisher_candidate=emu_fisher, seed=seed)
-        report.to_json(out / "crossval.json")
-        figures = report.plot(out, truths=truth[[sapphire.PARAMETER_NAMES.index(n) for n in free]])
-        state["crossval"] = report
-        state["crossval_figures"] = figures
-        return f"{report.verdict}: shifts {np.round(report.shift, 3).tolist()} sigma, width ratios {np.round(report.width_ratio, 3).tolist()}, AUC {report.auc:.3f}"
+        def compare(reference, candidate):
+            return cross_validate(reference, candidate, fisher_reference=fisher_exact, fisher_candidate=fisher_emu, seed=seed)
 
-    stages.run("cross-validation", crossval_stage)
+        key = hashlib.sha256(json.dumps([exact.fingerprint(), emu_fm.fingerprint(), sizes.exact_hmc, sizes.emulator_hmc,
+                                         sizes.max_exact_draws, seed]).encode()).hexdigest()[:16]
+        result = extend_until_decided(run_exact, run_emulator, compare, reference_draws=ed, candidate_draws=cd, budget_s=budget,
+                                      max_reference_draws=sizes.max_exact_draws, max_candidate_draws=8 * cd,
+                                      state_path=out / "decisive_state.json", key=key, log=log)
+        result.reference.save(out / "exact_hmc.npz")
+        result.candidate.save(out / "emulator_hmc_reduced.npz")
+        write_json(out / "decisive.json", {
+            "free": free, "truth": start, "check": result.to_dict(), "map": fit.to_dict(), "map_line": fit.summary_line(),
+            "fisher_exact": fisher_exact.to_dict(), "fisher_emulator": fisher_emu.to_dict(),
+            "exact_hmc": result.reference.summary(), "emulator_hmc": result.candidate.summary(),
+        })
+        _keep_crossval(state, out, result.report, start)
+        state["decisive"] = json.loads((out / "decisive.json").read_text())
+        report = result.report
+        return (f"{report.verdict} after {len(result.rounds)} round(s), {result.spent_s:.0f} s of {budget:.0f} ({result.stopped}): "
+                f"exact {ec}x{result.reference.samples.shape[1]} draws (ESS {_ess_text(report.reference_ess)}), emulator "
+                f"{cc}x{result.candidate.samples.shape[1]} (ESS {_ess_text(report.candidate_ess)}); shifts "
+                + ", ".join(f"{n} {s:+.3f} +- {e:.3f}" for n, s, e in zip(report.names, report.shift, report.shift_se))
+                + f" sigma; AUC {report.auc:.3f} +- {report.auc_se:.3f}; emulator MAP: {fit.summary_line()}")
 
+    def decisive_load() -> None:
+        saved = json.loads((out / "decisive.json").read_text())
+        reference, candidate = HmcResult.load(out / "exact_hmc.npz"), HmcResult.load(out / "emulator_hmc_reduced.npz")
+        report = cross_validate(reference, candidate, fisher_reference=fisher_from_dict(saved["fisher_exact"]),
+                                fisher_candidate=fisher_from_dict(saved["fisher_emulator"]), seed=seed)
+        _keep_crossval(state, out, report, np.asarray(saved["truth"]))
+        state["decisive"] = saved
+
+    stages.run(title, decisive_stage, decisive_load, extra={"exact_budget_s": budget}, after=("emulator", "mock and CGM regime"))
+
+    report = state["crossval"]
+    decisive = state["decisive"]
     summary = {
-        "scale": scale, "sizes": dataclasses.asdict(sizes), "seed": seed, "truth": truth,
+        "scale": scale, "sizes": dataclasses.asdict(sizes) | {"exact_budget_s": budget}, "seed": seed, "truth": truth,
         "sapphire_version": sapphire.__version__, "stages": stages.rows,
-        "verdict": state["crossval"].verdict, "crossval": state["crossval"].to_dict(),
+        "verdict": report.verdict, "exit_status": EXIT_STATUS[report.verdict], "advice": report.advice,
+        "decisive_check": decisive["check"], "crossval": report.to_dict(),
+        "chains": _chain_rows(state["emulator_forecast"]["hmc"], decisive["exact_hmc"], decisive["emulator_hmc"]),
+        "cgm_regime": state["regime"],
+        "emulator_map": {"line": state["emulator_forecast"]["map_line"],
+                         "converged_fraction": state["emulator_forecast"]["map"].get("converged_fraction")},
+        "reduced_emulator_map": {"line": decisive["map_line"], "converged_fraction": decisive["map"].get("converged_fraction")},
         "emulator_report": {"acceptance": state["emulator_report"].get("acceptance"),
                             "line": _emulator_report_line(state["emulator_report"])},
         "emulator_forecast": state["emulator_forecast"]["hmc"],
@@ -221,8 +384,29 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
     write_json(out / "summary.json", summary)
     _write_report(out, summary, state)
     log(_summary_table(stages.rows))
-    log(f"[quickstart] verdict: emulator posterior vs exact: {summary['verdict']}; report {out / 'report.md'}")
+    log(f"[quickstart] verdict: emulator posterior vs exact: {summary['verdict']}"
+        + (f" ({report.advice})" if report.advice else "") + f"; report {out / 'report.md'}")
     return summary
+
+
+def _keep_crossval(state: dict, out: Path, report, truths) -> None:
+    """Write the cross-validation's JSON and figures and keep the report for the summary."""
+    report.to_json(out / "crossval.json")
+    state["crossval_figures"] = report.plot(out, truths=truths)
+    state["crossval"] = report
+
+
+def _ess_text(ess) -> str:
+    return "/".join(f"{v:.0f}" for v in np.asarray(ess))
+
+
+def _chain_rows(*summaries: dict) -> list[dict]:
+    """One row per HMC run of the report: chains x draws, ESS and R-hat per parameter,
+    divergences (sampling and warmup)."""
+    labels = ("emulator, 8 free", "exact, reduced", "emulator, reduced")
+    return [{"run": label, "chains": s["chains"], "draws": s["draws"], "names": s["names"], "ess": s["ess"],
+             "r_hat": s["r_hat"], "n_divergent": s["n_divergent"], "warmup_divergent": s["warmup_divergent"],
+             "draws_with_failed_halos": s.get("draws_with_failed_halos")} for label, s in zip(labels, summaries)]
 
 
 def _hmc_line(post) -> str:
@@ -258,23 +442,55 @@ def _summary_table(rows: list[dict]) -> str:
 
 def _write_report(out: Path, summary: dict, state: dict) -> None:
     report = state["crossval"]
+    check = summary["decisive_check"]
+    meaning = {"PASS": "agrees with the exact one", "FAIL": "does NOT agree with the exact one",
+               "INCONCLUSIVE": "could not be told apart from the exact one, nor shown to differ, within the budget"}
     lines = [
         "# sapphire quickstart report",
         "",
         f"Scale `{summary['scale']}`, seed {summary['seed']}, sapphire {summary['sapphire_version']}.",
         "",
-        f"**Verdict: the emulator posterior {'agrees' if report.verdict == 'PASS' else 'does NOT agree'} with the exact one "
-        f"({report.verdict}).**",
+        f"**Verdict: the emulator posterior {meaning[report.verdict]} ({report.verdict}; exit status {summary['exit_status']}).**",
+    ]
+    if report.advice:
+        lines += ["", f"What would decide it: {report.advice} Rerun with a larger `--exact-budget` (seconds, "
+                      f"now {check['budget_s']:.0f}) to extend the chains where they stopped."]
+    lines += [
+        "",
+        "## Where the mock truth lies",
+        "",
+        summary["cgm_regime"]["line"][0].upper() + summary["cgm_regime"]["line"][1:] + ".",
         "",
         "## Stages",
         "",
         "| stage | seconds | outcome |",
         "| --- | ---: | --- |",
     ]
-    lines += [f"| {r['stage']} | {r['seconds']:.1f} | {r['outcome']} |" for r in summary["stages"]]
-    lines += ["", "## Emulator posterior versus exact HMC", "", report.to_markdown(), ""]
+    lines += [f"| {r['stage']} | {r['seconds']:.1f}{' (earlier run)' if r.get('skipped') else ''} | {r['outcome']} |"
+              for r in summary["stages"]]
+    lines += ["", "## Chains", "",
+              "| run | chains x draws | ESS per parameter | max R-hat | divergences (sampling / warmup) | draws with failed halos |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for row in summary["chains"]:
+        ess = ", ".join(f"{n} {e:.0f}" if e is not None else f"{n} n/a" for n, e in zip(row["names"], row["ess"]))
+        r_hat = max((v for v in row["r_hat"] if v is not None), default=None)
+        lines.append(f"| {row['run']} | {row['chains']} x {row['draws']} | {ess} | {'n/a' if r_hat is None else f'{r_hat:.3f}'} | "
+                     f"{row['n_divergent']} / {row['warmup_divergent']} | {row['draws_with_failed_halos']} |")
+    lines += ["", f"## The decisive check ({check['stopped']} after {len(check['rounds'])} round(s), "
+                  f"{check['spent_s']:.0f} s of a {check['budget_s']:.0f} s budget)", "",
+              "Each round runs (or extends) both chains, then cross-validates with Monte-Carlo errors; an INCONCLUSIVE "
+              "round extends the chains it names to the ESS that would decide it.", "",
+              "| round | exact draws / chain | emulator draws / chain | shift +- MC error (sigma) | AUC | verdict | seconds so far |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in check["rounds"]:
+        shifts = ", ".join(f"{s:+.3f} +- {e:.3f}" for s, e in zip(r["shift"], r["shift_se"]))
+        lines.append(f"| {r['round']} | {r['exact_draws']} | {r['emulator_draws']} | {shifts} | {r['auc']:.3f} +- {r['auc_se']:.3f} | "
+                     f"{r['verdict']} | {r['spent_s']:.0f} |")
+    lines += ["", f"Emulator MAP of the reduced problem: {summary['reduced_emulator_map']['line']}.", "",
+              "## Emulator posterior versus exact HMC", "", report.to_markdown(), ""]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in state["crossval_figures"]]
-    lines += ["", "## Emulator forecast, all parameters free", "", "![emulator posterior](emulator_posterior.png)", "",
+    lines += ["", "## Emulator forecast, all parameters free", "",
+              f"MAP: {summary['emulator_map']['line']}.", "", "![emulator posterior](emulator_posterior.png)", "",
               "## Emulator validation on the test set", "",
               summary["emulator_report"]["line"] + ".", "",
               "Figures and numbers in `emulator_report/` (value errors in units of the observational sigma per "
@@ -297,23 +513,27 @@ def _run_hmc_resuming(fm, checkpoint: Path, log: Callable[[str], None], **option
 
 
 def cmd_quickstart(args) -> int:
-    """``sapphire quickstart``."""
-    try:
-        summary = run_quickstart(args.out, scale=args.scale, seed=args.seed, progress=not args.quiet)
-    except ValueError as err:
-        raise SystemExit(f"sapphire quickstart: {err}")
-    return 0 if summary["verdict"] in ("PASS", "FAIL") else 1
+    """``sapphire quickstart``: exit status 0 PASS, 1 FAIL, 3 INCONCLUSIVE (:data:`EXIT_STATUS`)."""
+    summary = run_quickstart(args.out, scale=args.scale, seed=args.seed, progress=not args.quiet,
+                             exact_budget_s=args.exact_budget)  # a ValueError: one line, exit 2 (run_command)
+    return EXIT_STATUS[summary["verdict"]]
 
 
 def register(sub) -> None:
     """Add the ``quickstart`` subcommand to the ``sapphire`` parser."""
     p = sub.add_parser("quickstart", help="the whole pipeline on embedded defaults: training set, emulator, mock, "
-                                          "emulator MAP/Fisher/HMC, reduced exact HMC, cross-validation report")
+                                          "emulator MAP/Fisher/HMC, exact-vs-emulator check run until decided, report",
+                       description="Exit status: 0 the emulator posterior agrees with the exact one (PASS); 1 it does not "
+                                   "(FAIL); 3 undecided within the budget (INCONCLUSIVE: rerun with a larger --exact-budget "
+                                   "to extend the chains); 2 a bad option.")
     p.add_argument("--out", type=output_dir, default="runs/quickstart",
                    help="output directory (default runs/quickstart); rerun to resume")
     p.add_argument("--scale", default="small", choices=sorted(SCALES), help="small (laptop, default), tiny (CI), paper (GPU nodes)")
     p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed of every random draw of the run: halos, training design (the test design: seed + 1000), "
                         "emulator training, MAP starts, HMC (default 0)")
+    p.add_argument("--exact-budget", type=nonnegative_float, default=None, metavar="SECONDS",
+                   help="wall-clock budget of the decisive exact-vs-emulator check, first round included (default: the "
+                        "scale's, small 360); a rerun with a larger one extends the chains where the last run stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

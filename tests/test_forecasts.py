@@ -276,6 +276,8 @@ def test_hmc_checkpoint_resumes_bitwise(tmp_path):
     assert not partial.complete and partial.samples.shape == (2, 10, 2) and path.exists()
     resumed = run_hmc(toy, checkpoint=path, **settings)
     assert resumed.complete
+    # same forward-model object and settings: both calls reused the first call's compiled block
+    assert uninterrupted.times["compile"] > 0 and partial.times["compile"] == 0 and resumed.times["compile"] == 0
     np.testing.assert_array_equal(resumed.samples, uninterrupted.samples)
     np.testing.assert_array_equal(resumed.diverging, uninterrupted.diverging)
     np.testing.assert_array_equal(resumed.step_size, uninterrupted.step_size)
@@ -399,6 +401,8 @@ def test_mock_recovery_runs_every_path(tmp_path):
         ok = entry["converged"]
         np.testing.assert_allclose(entry["normalised_bias"][ok], ((entry["map"] - report.truths) / entry["sigma"])[ok])
         assert entry["failure_rate"] == pytest.approx(np.mean(~ok))
+        # the best start converged exactly when some start did; modes counted over converged starts
+        assert np.array_equal(entry["map_converged_fraction"] > 0, ok) and np.all(entry["map_modes"][ok] >= 1)
     data = json.loads(report.to_json(tmp_path / "recovery.json"))
     assert data["relation_sets"][1]["relations"] == ["gas_ratio", "mzr"]
     assert report.plot(tmp_path / "recovery.png").stat().st_size > 10_000
@@ -428,4 +432,5 @@ def test_error_scaling_forecast_on_the_toy(tmp_path, toy):
     row = report.rows[0]
     np.testing.assert_allclose(row["theta"], mode, atol=1e-4 * sigma.min())
     assert np.all(np.abs(np.array(row["hmc_std"]) / (0.5 * sigma) - 1) < 0.35) and row["hmc_r_hat_max"] < 1.1
+    assert row["hmc_divergent"] == 0 and row["hmc_warmup_divergent"] >= 0  # chains start at the MAP
     assert report.plot(tmp_path / "scaling.png").stat().st_size > 10_000
