@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 import sapphire
-from sapphire.prior import latin_hypercube
 from sapphire.observations import RELATION_NAMES, Observations, Relation
+from sapphire.prior import latin_hypercube
 
 from .fisher import gauss_newton_fisher, laplace
 from .forward import EmulatorForward, ExactForward, ForwardModel, resolve_fixed, resolve_free

@@ -168,7 +168,7 @@ class HmcResult:
         return path
 
     @classmethod
-    def load(cls, path) -> "HmcResult":
+    def load(cls, path) -> HmcResult:
         import json
 
         with np.load(path, allow_pickle=False) as f:

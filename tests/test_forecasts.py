@@ -15,15 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _fakes import FakeEmulator
 from numpyro.diagnostics import effective_sample_size
 
 import forecasts
 import sapphire
-from _fakes import FakeEmulator
 from forecasts import (
     CheckpointMismatch,
     EmulatorForward,
