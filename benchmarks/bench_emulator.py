@@ -50,9 +50,12 @@ def parse_args(argv=None):
     p.add_argument("--speed-halos", type=int, default=256)
     p.add_argument("--skip", default="", help="comma list of stages to skip: train,lambda0,curve,speed")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--sync-dispatch", action="store_true",
-                   help="run JAX's CPU client without asynchronous dispatch (set before JAX starts); "
-                        "the speed results go to 'speed_sync_dispatch'")
+    p.add_argument(
+        "--sync-dispatch",
+        action="store_true",
+        help="run JAX's CPU client without asynchronous dispatch (set before JAX starts); "
+        "the speed results go to 'speed_sync_dispatch'",
+    )
     return p.parse_args(argv)
 
 
@@ -76,13 +79,19 @@ def time_emulator(emu, theta, repeats: int = 2000, loop_thetas: int = 1000) -> d
     inner = call_times(jax.jit(lambda t: (emu.predict(t), emu.jacobian(t))), theta, repeats)
     draws = emu.prior.from_unit(np.random.default_rng(0).uniform(size=(loop_thetas, emu.prior.ndim)))
     looped = call_times(jax.jit(lambda ts: jax.lax.map(emu.predict_and_jacobian, ts)), jax.numpy.asarray(draws), 20)
-    return {"precision": emu.precision, "predict_and_jacobian_median_s": float(np.median(times)),
-            "p90_s": float(np.percentile(times, 90)),
-            "user_jit_of_predict_plus_jacobian_median_s": float(np.median(inner)),
-            "in_compiled_loop_per_theta_s": float(np.median(looped)) / loop_thetas, "calls": repeats}
+    return {
+        "precision": emu.precision,
+        "predict_and_jacobian_median_s": float(np.median(times)),
+        "p90_s": float(np.percentile(times, 90)),
+        "user_jit_of_predict_plus_jacobian_median_s": float(np.median(inner)),
+        "in_compiled_loop_per_theta_s": float(np.median(looped)) / loop_thetas,
+        "calls": repeats,
+    }
 
 
-def architecture_speeds(emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 128)), (5, (128, 128, 128, 128)))) -> dict:
+def architecture_speeds(
+    emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 128)), (5, (128, 128, 128, 128)))
+) -> dict:
     """predict_and_jacobian time of untrained ensembles of other sizes (the cost does not
     depend on the weights): what a smaller or larger default would cost."""
     from emulator import SobolevEmulator
@@ -92,9 +101,18 @@ def architecture_speeds(emu, theta, shapes=((5, (64, 64, 64)), (3, (128, 128, 12
     for k, hidden in shapes:
         arch = Architecture(emu.architecture.n_in, emu.architecture.n_out, hidden, emu.architecture.activation)
         _, params = init_ensemble(arch, list(range(k)))
-        other = SobolevEmulator(architecture=arch, params=params, scalings=emu.scalings, prior=emu.prior,
-                                observations=emu.observations, summary_names=emu.summary_names, store_fingerprint="timing")
-        out[f"K={k} hidden={list(hidden)}"] = time_emulator(other, theta, repeats=1000, loop_thetas=200)["predict_and_jacobian_median_s"]
+        other = SobolevEmulator(
+            architecture=arch,
+            params=params,
+            scalings=emu.scalings,
+            prior=emu.prior,
+            observations=emu.observations,
+            summary_names=emu.summary_names,
+            store_fingerprint="timing",
+        )
+        out[f"K={k} hidden={list(hidden)}"] = time_emulator(other, theta, repeats=1000, loop_thetas=200)[
+            "predict_and_jacobian_median_s"
+        ]
     return out
 
 
@@ -119,8 +137,13 @@ def time_exact(theta, n_halos: int, repeats: int = 3) -> dict:
         t0 = time.perf_counter()
         once()
         times.append(time.perf_counter() - t0)
-    return {"summaries_plus_jacobian_median_s": float(np.median(times)), "all_s": times, "first_call_s": first,
-            "n_halos": n_halos, "devices": jax.local_device_count()}
+    return {
+        "summaries_plus_jacobian_median_s": float(np.median(times)),
+        "all_s": times,
+        "first_call_s": first,
+        "n_halos": n_halos,
+        "devices": jax.local_device_count(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -139,12 +162,20 @@ def main(argv=None) -> dict:
     skip = set(filter(None, args.skip.split(",")))
     data = Path(args.data)
     progress = not args.quiet
-    result: dict = {"data": str(data), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                   "python": sys.version.split()[0]},
-                    "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    result: dict = {
+        "data": str(data),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
     hidden = tuple(int(w) for w in args.hidden.split(",") if w)
-    common = dict(ensemble=args.ensemble, hidden=hidden, epochs=args.epochs, patience=args.patience, seed=args.seed,
-                  progress=progress)
+    common = dict(
+        ensemble=args.ensemble,
+        hidden=hidden,
+        epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        progress=progress,
+    )
     emus = {}
     for tag, lam, stage in (("", args.gradient_weight, "train"), ("_lambda0", 0.0, "lambda0")):
         path = out / f"emulator{tag}.emu"
@@ -156,27 +187,53 @@ def main(argv=None) -> dict:
         emu = train_emulator(str(data), gradient_weight=lam, **common)
         emu.save(path)
         emus[tag] = emu
-        print(f"trained lambda={lam}: {time.perf_counter() - t0:.0f} s, {emu.training['epochs_run']} epochs", flush=True)
+        print(
+            f"trained lambda={lam}: {time.perf_counter() - t0:.0f} s, {emu.training['epochs_run']} epochs", flush=True
+        )
     for tag, emu in emus.items():
         rep = emulator_report(emu, str(data), out / f"report{tag}", progress=progress)
-        result[f"report{tag}"] = {k: rep[k] for k in ("n_test", "value_error_sigma_obs", "jacobian_rel_error", "fisher",
-                                                       "calibration", "acceptance", "emulator")}
+        result[f"report{tag}"] = {
+            k: rep[k]
+            for k in (
+                "n_test",
+                "value_error_sigma_obs",
+                "jacobian_rel_error",
+                "fisher",
+                "calibration",
+                "acceptance",
+                "emulator",
+            )
+        }
         for r in result[f"report{tag}"]["value_error_sigma_obs"], result[f"report{tag}"]["jacobian_rel_error"]:
             r.pop("per_summary", None), r.pop("per_summary_median", None)
     if "" in emus and "_lambda0" in emus:
         a, b = result["report"], result["report_lambda0"]
         result["sobolev_vs_values_only"] = {
-            "jacobian_error_ratio_lambda0_over_lambda1": b["jacobian_rel_error"]["median"] / a["jacobian_rel_error"]["median"],
+            "jacobian_error_ratio_lambda0_over_lambda1": b["jacobian_rel_error"]["median"]
+            / a["jacobian_rel_error"]["median"],
             "fisher_overlap_median": [a["fisher"]["overlap_median"], b["fisher"]["overlap_median"]],
             "fisher_kl_median": [a["fisher"]["kl_median"], b["fisher"]["kl_median"]],
-            "value_worst_median": [a["value_error_sigma_obs"]["worst_median"], b["value_error_sigma_obs"]["worst_median"]],
+            "value_worst_median": [
+                a["value_error_sigma_obs"]["worst_median"],
+                b["value_error_sigma_obs"]["worst_median"],
+            ],
         }
     if "curve" not in skip:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         gp_sizes = [int(s) for s in args.gp_sizes.split(",") if s]
-        curve = learning_curve(str(data), sizes, gradient_weights=(args.gradient_weight, 0.0), gp_sizes=gp_sizes,
-                               ensemble=args.curve_ensemble, seed=args.seed, progress=progress, out_dir=out,
-                               epochs=args.epochs, patience=args.patience, hidden=hidden)
+        curve = learning_curve(
+            str(data),
+            sizes,
+            gradient_weights=(args.gradient_weight, 0.0),
+            gp_sizes=gp_sizes,
+            ensemble=args.curve_ensemble,
+            seed=args.seed,
+            progress=progress,
+            out_dir=out,
+            epochs=args.epochs,
+            patience=args.patience,
+            hidden=hidden,
+        )
         result["learning_curve"] = curve
     if "speed" not in skip and "" in emus:
         theta = sapphire.DEFAULT_PRIOR.centre
@@ -188,22 +245,37 @@ def main(argv=None) -> dict:
         emu.precision = "float32"
         slow = time_exact(theta, args.speed_halos)
         exact_s = slow["summaries_plus_jacobian_median_s"]
-        speedups = {f"{precision}_{how}": exact_s / row[key]
-                    for precision, row in fast.items()
-                    for how, key in (("single_call", "predict_and_jacobian_median_s"),
-                                     ("in_compiled_loop", "in_compiled_loop_per_theta_s"))}
+        speedups = {
+            f"{precision}_{how}": exact_s / row[key]
+            for precision, row in fast.items()
+            for how, key in (
+                ("single_call", "predict_and_jacobian_median_s"),
+                ("in_compiled_loop", "in_compiled_loop_per_theta_s"),
+            )
+        }
         key = "speed_sync_dispatch" if args.sync_dispatch else "speed"
-        result[key] = {"emulator": fast["float32"], "emulator_float64": fast["float64"], "exact": slow,
-                       "speedup": speedups["float32_single_call"], "speedups": speedups,
-                       "cpu_async_dispatch": not args.sync_dispatch,
-                       "other_architectures": architecture_speeds(emu, theta)}
-        print(f"speed ({'synchronous' if args.sync_dispatch else 'default asynchronous'} CPU dispatch): exact "
-              f"{exact_s:.3f} s ({args.speed_halos} halos)", flush=True)
+        result[key] = {
+            "emulator": fast["float32"],
+            "emulator_float64": fast["float64"],
+            "exact": slow,
+            "speedup": speedups["float32_single_call"],
+            "speedups": speedups,
+            "cpu_async_dispatch": not args.sync_dispatch,
+            "other_architectures": architecture_speeds(emu, theta),
+        }
+        print(
+            f"speed ({'synchronous' if args.sync_dispatch else 'default asynchronous'} CPU dispatch): exact "
+            f"{exact_s:.3f} s ({args.speed_halos} halos)",
+            flush=True,
+        )
         for precision, row in fast.items():
-            print(f"  {precision}: single call {row['predict_and_jacobian_median_s'] * 1e6:.0f} us "
-                  f"(x{speedups[precision + '_single_call']:.3g}), in a compiled loop "
-                  f"{row['in_compiled_loop_per_theta_s'] * 1e6:.0f} us per theta "
-                  f"(x{speedups[precision + '_in_compiled_loop']:.3g})", flush=True)
+            print(
+                f"  {precision}: single call {row['predict_and_jacobian_median_s'] * 1e6:.0f} us "
+                f"(x{speedups[precision + '_single_call']:.3g}), in a compiled loop "
+                f"{row['in_compiled_loop_per_theta_s'] * 1e6:.0f} us per theta "
+                f"(x{speedups[precision + '_in_compiled_loop']:.3g})",
+                flush=True,
+            )
     from sapphire.jsonio import json_ready
 
     path = out / "bench_emulator.json"

@@ -113,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--halos", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--extra-sizes", default="", help="comma-separated extra batch sizes (e.g. 10000,100000 on a GPU)")
+    parser.add_argument(
+        "--extra-sizes", default="", help="comma-separated extra batch sizes (e.g. 10000,100000 on a GPU)"
+    )
     parser.add_argument("--rows", default="", help="comma-separated subset of: " + ", ".join(ROWS))
     parser.add_argument("--out", default="benchmarks/results/bench_engine.json")
     args = parser.parse_args()

@@ -64,10 +64,21 @@ def main() -> None:
     timings = {}
     try:
         for label, n_dev, batch_points in (
-            ("one_device", 1, False), ("all_devices", len(devices), False), ("one_device_batch_points", 1, True)
+            ("one_device", 1, False),
+            ("all_devices", len(devices), False),
+            ("one_device_batch_points", 1, True),
         ):
-            report = T.generate(tmp / f"{label}.zarr", n_points=args.points, halos=halos, model=model, seed=args.seed,
-                                chunk=args.chunk, devices=n_dev, batch_points=batch_points, progress=False)
+            report = T.generate(
+                tmp / f"{label}.zarr",
+                n_points=args.points,
+                halos=halos,
+                model=model,
+                seed=args.seed,
+                chunk=args.chunk,
+                devices=n_dev,
+                batch_points=batch_points,
+                progress=False,
+            )
             timings[label] = report.seconds
         identical = T.store_digest(tmp / "one_device.zarr") == T.store_digest(tmp / "all_devices.zarr")
     finally:
@@ -75,7 +86,9 @@ def main() -> None:
 
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {devices[0].platform} x{len(devices)}",
-        "points": args.points, "halos": args.halos, "chunk": args.chunk,
+        "points": args.points,
+        "halos": args.halos,
+        "chunk": args.chunk,
         "compile_s_all_devices": round(compile_s, 2),
         "raw_engine_s": round(raw_s, 3),
         "generate_one_device_s": round(timings["one_device"], 3),

@@ -44,7 +44,12 @@ def side_by_side(fns: dict, repeats: int, label: str) -> dict:
             times[name].append(timed(fn))
     out = {}
     for name, values in times.items():
-        out[name] = {"best_s": min(values), "median_s": float(np.median(values)), "first_call_s": first[name], "all_s": values}
+        out[name] = {
+            "best_s": min(values),
+            "median_s": float(np.median(values)),
+            "first_call_s": first[name],
+            "all_s": values,
+        }
         print(f"  [{label}] {name}: best {min(values):.3f} s, median {np.median(values):.3f} s", flush=True)
     return out
 
@@ -54,7 +59,9 @@ def main() -> None:
     parser.add_argument("--halos", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-jax-grad", action="store_true", help="skip jax.grad(log_likelihood) (its own compilation)")
+    parser.add_argument(
+        "--no-jax-grad", action="store_true", help="skip jax.grad(log_likelihood) (its own compilation)"
+    )
     parser.add_argument("--out", default="benchmarks/results/bench_likelihood.json")
     args = parser.parse_args()
 
@@ -63,9 +70,16 @@ def main() -> None:
     halos = sapphire.HaloPopulation.from_diffmah(args.halos, seed=args.seed)
     points = {"centre": sapphire.DEFAULT_PRIOR.centre, "lhs_draw": latin_hypercube(sapphire.DEFAULT_PRIOR, 1, 7)[0]}
     report = {
-        "halos": args.halos, "repeats": args.repeats, "solver": model.settings.to_dict(),
-        "machine": {"platform": platform.platform(), "backend": jax.default_backend(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__, "load_average_at_start": list(os.getloadavg())},
+        "halos": args.halos,
+        "repeats": args.repeats,
+        "solver": model.settings.to_dict(),
+        "machine": {
+            "platform": platform.platform(),
+            "backend": jax.default_backend(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+            "load_average_at_start": list(os.getloadavg()),
+        },
         "points": {},
     }
     for label, theta in points.items():
@@ -85,16 +99,25 @@ def main() -> None:
         ratio_median = rows["log_likelihood_and_grad"]["median_s"] / rows["model.jacobian"]["median_s"]
         value = sapphire.log_likelihood_and_grad(theta, model, halos, obs)
         entry = {
-            "theta": theta.tolist(), "timings": rows,
-            "ratio_loglike_and_grad_over_jacobian_best": ratio, "ratio_loglike_and_grad_over_jacobian_median": ratio_median,
+            "theta": theta.tolist(),
+            "timings": rows,
+            "ratio_loglike_and_grad_over_jacobian_best": ratio,
+            "ratio_loglike_and_grad_over_jacobian_median": ratio_median,
             "ratio_loglike_over_evolve_best": rows["log_likelihood"]["best_s"] / rows["model.evolve"]["best_s"],
-            "log_likelihood": float(value.value), "n_failed": value.n_failed, "acceptance_ratio_le_1.5": bool(ratio <= 1.5),
+            "log_likelihood": float(value.value),
+            "n_failed": value.n_failed,
+            "acceptance_ratio_le_1.5": bool(ratio <= 1.5),
         }
         if "jax.grad(log_likelihood)" in rows:
-            entry["ratio_jax_grad_over_jacobian_best"] = rows["jax.grad(log_likelihood)"]["best_s"] / rows["model.jacobian"]["best_s"]
+            entry["ratio_jax_grad_over_jacobian_best"] = (
+                rows["jax.grad(log_likelihood)"]["best_s"] / rows["model.jacobian"]["best_s"]
+            )
         report["points"][label] = entry
-        print(f"  [{label}] log-likelihood + gradient / jacobian = {ratio:.3f} (best), {ratio_median:.3f} (median); "
-              f"n_failed = {value.n_failed}", flush=True)
+        print(
+            f"  [{label}] log-likelihood + gradient / jacobian = {ratio:.3f} (best), {ratio_median:.3f} (median); "
+            f"n_failed = {value.n_failed}",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

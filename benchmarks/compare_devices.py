@@ -42,7 +42,9 @@ def save(path: str, n_halos: int) -> None:
         arrays[f"{name}/success"] = np.asarray(evolution.success)
         arrays[f"{name}/num_steps"] = np.asarray(evolution.num_steps)
     device = jax.devices()[0]
-    arrays["machine"] = np.array(f"{platform.machine()} | jax {jax.__version__} on {device.platform}:{device.device_kind}")
+    arrays["machine"] = np.array(
+        f"{platform.machine()} | jax {jax.__version__} on {device.platform}:{device.device_kind}"
+    )
     np.savez(path, **arrays)
     print(f"saved {path} ({arrays['machine']})")
 

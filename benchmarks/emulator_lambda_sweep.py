@@ -32,12 +32,29 @@ def main(argv=None) -> dict:
     weights = [float(w) for w in args.weights.split(",")]
     ts = as_training_set(args.data)
     n_train = split_design(exclusion_counts(ts)[0], seed=args.seed)["train"].size
-    curve = learning_curve(ts, [n_train], gradient_weights=weights, gp_sizes=(), ensemble=1, seed=args.seed,
-                           progress=False, epochs=args.epochs, patience=args.patience)
+    curve = learning_curve(
+        ts,
+        [n_train],
+        gradient_weights=weights,
+        gp_sizes=(),
+        ensemble=1,
+        seed=args.seed,
+        progress=False,
+        epochs=args.epochs,
+        patience=args.patience,
+    )
     command = " ".join(["python", "benchmarks/emulator_lambda_sweep.py", *(sys.argv[1:] if argv is None else argv)])
-    results = {"command": command, "data": args.data, "ensemble": 1, "epochs": args.epochs, "patience": args.patience, "seed": args.seed,
-               "n_train": int(n_train), "n_test": curve["n_test"],
-               "weights": {f"{lam:g}": curve["curves"][f"sobolev_lambda_{lam:g}"][0] for lam in weights}}
+    results = {
+        "command": command,
+        "data": args.data,
+        "ensemble": 1,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "seed": args.seed,
+        "n_train": int(n_train),
+        "n_test": curve["n_test"],
+        "weights": {f"{lam:g}": curve["curves"][f"sobolev_lambda_{lam:g}"][0] for lam in weights},
+    }
     for lam, row in results["weights"].items():
         print(f"lambda {lam}: {row}", flush=True)
     out = Path(args.out)

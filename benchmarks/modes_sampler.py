@@ -34,14 +34,24 @@ from forecasts.modes import GaussianMixtureTarget, cluster_modes, weigh_modes
 
 
 def run_smc(target: GaussianMixtureTarget, seed: int) -> dict:
-    r = weigh_modes(target.log_likelihood, prior=target.prior, seed=seed, progress=False)  # defaults: 8 runs x 1000 particles
-    return {"log_z": r.log_evidence, "log_z_err": r.log_evidence_error, "weights": [m.weight for m in r.modes],
-            "means0": [float(m.mean[0]) for m in r.modes], "n_calls": r.n_evaluations, "n_failed": r.n_failed,
-            "time_sampling_s": r.times["sampling"]}
+    r = weigh_modes(
+        target.log_likelihood, prior=target.prior, seed=seed, progress=False
+    )  # defaults: 8 runs x 1000 particles
+    return {
+        "log_z": r.log_evidence,
+        "log_z_err": r.log_evidence_error,
+        "weights": [m.weight for m in r.modes],
+        "means0": [float(m.mean[0]) for m in r.modes],
+        "n_calls": r.n_evaluations,
+        "n_failed": r.n_failed,
+        "time_sampling_s": r.times["sampling"],
+    }
 
 
 def _cluster(target, samples, weights, loglik, seed):
-    _, modes = cluster_modes(samples, weights, loglik, target.prior, log_likelihood=jax.jit(target.log_likelihood), seed=seed)
+    _, modes = cluster_modes(
+        samples, weights, loglik, target.prior, log_likelihood=jax.jit(target.log_likelihood), seed=seed
+    )
     return modes
 
 
@@ -52,15 +62,29 @@ def run_dynesty(target: GaussianMixtureTarget, seed: int) -> dict:
     ll = jax.jit(target.log_likelihood)
     loglike = lambda x: float(ll(jnp.asarray(x)))
     t0 = time.perf_counter()
-    sampler = dynesty.NestedSampler(loglike, lambda u: low + width * u, low.size, nlive=500, bound="multi", sample="rslice",
-                                    rstate=np.random.default_rng(seed))
+    sampler = dynesty.NestedSampler(
+        loglike,
+        lambda u: low + width * u,
+        low.size,
+        nlive=500,
+        bound="multi",
+        sample="rslice",
+        rstate=np.random.default_rng(seed),
+    )
     sampler.run_nested(dlogz=0.1, print_progress=False)
     t = time.perf_counter() - t0
     res = sampler.results
     w = np.exp(res.logwt - res.logz[-1])
     modes = _cluster(target, res.samples, w / w.sum(), res.logl, seed)
-    return {"log_z": float(res.logz[-1]), "log_z_err": float(res.logzerr[-1]), "weights": [m.weight for m in modes],
-            "means0": [float(m.mean[0]) for m in modes], "n_calls": int(np.sum(res.ncall)), "n_failed": 0, "time_sampling_s": t}
+    return {
+        "log_z": float(res.logz[-1]),
+        "log_z_err": float(res.logzerr[-1]),
+        "weights": [m.weight for m in modes],
+        "means0": [float(m.mean[0]) for m in modes],
+        "n_calls": int(np.sum(res.ncall)),
+        "n_failed": 0,
+        "time_sampling_s": t,
+    }
 
 
 def run_jaxns(target: GaussianMixtureTarget, seed: int) -> dict:
@@ -84,9 +108,15 @@ def run_jaxns(target: GaussianMixtureTarget, seed: int) -> dict:
     w = np.exp(np.asarray(log_w) - np.max(log_w))
     ll = np.asarray(jax.vmap(target.log_likelihood)(jnp.asarray(theta)))
     modes = _cluster(target, theta, w / w.sum(), ll, seed)
-    return {"log_z": float(res.log_Z_mean), "log_z_err": float(res.log_Z_uncert), "weights": [m.weight for m in modes],
-            "means0": [float(m.mean[0]) for m in modes], "n_calls": int(res.total_num_likelihood_evaluations), "n_failed": 0,
-            "time_sampling_s": t}
+    return {
+        "log_z": float(res.log_Z_mean),
+        "log_z_err": float(res.log_Z_uncert),
+        "weights": [m.weight for m in modes],
+        "means0": [float(m.mean[0]) for m in modes],
+        "n_calls": int(res.total_num_likelihood_evaluations),
+        "n_failed": 0,
+        "time_sampling_s": t,
+    }
 
 
 RUNNERS = {"smc": run_smc, "dynesty": run_dynesty, "jaxns": run_jaxns}
@@ -94,12 +124,20 @@ RUNNERS = {"smc": run_smc, "dynesty": run_dynesty, "jaxns": run_jaxns}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="smc=5,dynesty=1,jaxns=3", help="seeds per candidate (dynesty is the slow one)")
+    parser.add_argument(
+        "--seeds", default="smc=5,dynesty=1,jaxns=3", help="seeds per candidate (dynesty is the slow one)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "modes_sampler.json"))
     args = parser.parse_args()
     problems = {"two_modes": GaussianMixtureTarget.two_modes(), "one_mode": GaussianMixtureTarget.one_mode()}
-    report = {"problems": {k: {"log_evidence": p.log_evidence, "mode_weights": p.mode_weights.tolist()} for k, p in problems.items()},
-              "cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "results": {}}
+    report = {
+        "problems": {
+            k: {"log_evidence": p.log_evidence, "mode_weights": p.mode_weights.tolist()} for k, p in problems.items()
+        },
+        "cpu_cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "results": {},
+    }
     seeds = {k: int(v) for k, v in (item.split("=") for item in args.seeds.split(","))}
     report["seeds"] = seeds
     out_path = Path(args.out)
@@ -125,11 +163,15 @@ def main() -> None:
                 true_w = sorted(target.mode_weights, reverse=True)
                 got = out["weights"] + [0.0] * max(0, len(true_w) - len(out["weights"]))
                 out["n_modes"] = len(out["weights"])
-                out["max_weight_error"] = float(max(abs(a - b) for a, b in zip(got, true_w))) if out["n_modes"] == len(true_w) else None
+                out["max_weight_error"] = (
+                    float(max(abs(a - b) for a, b in zip(got, true_w))) if out["n_modes"] == len(true_w) else None
+                )
                 runs.append(out)
-                print(f"{name:8s} {pname:9s} seed {seed}: {out['time_total_s']:6.1f} s, {out['n_calls']:8d} calls, "
-                      f"lnZ - true = {out['log_z_minus_true']:+.3f} +- {out['log_z_err']:.3f}, weights {np.round(out['weights'], 3)}",
-                      flush=True)
+                print(
+                    f"{name:8s} {pname:9s} seed {seed}: {out['time_total_s']:6.1f} s, {out['n_calls']:8d} calls, "
+                    f"lnZ - true = {out['log_z_minus_true']:+.3f} +- {out['log_z_err']:.3f}, weights {np.round(out['weights'], 3)}",
+                    flush=True,
+                )
                 out_path.write_text(json.dumps(report, indent=1))
     out_path.write_text(json.dumps(report, indent=1))
     print("wrote", out_path)

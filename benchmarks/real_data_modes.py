@@ -60,9 +60,15 @@ def main(argv=None) -> int:
     names = sapphire.PARAMETER_NAMES
     fixed = np.array([forward["fixed"].get(n, np.nan) for n in names])
     free = forward["free"]
-    fm = ExactForward(model, halos, sapphire.Observations.default(), free=free,
-                      fixed=np.where(np.isfinite(fixed), fixed, sapphire.DEFAULT_PRIOR.centre),
-                      relations=forward["relations"], sigma_scale=forward["sigma_scale"])
+    fm = ExactForward(
+        model,
+        halos,
+        sapphire.Observations.default(),
+        free=free,
+        fixed=np.where(np.isfinite(fixed), fixed, sapphire.DEFAULT_PRIOR.centre),
+        relations=forward["relations"],
+        sigma_scale=forward["sigma_scale"],
+    )
     out = []
     for k, mode in enumerate(data["modes"]):
         theta = np.asarray(mode.get("map_theta") or mode["best_theta"], float)
@@ -75,22 +81,50 @@ def main(argv=None) -> int:
         rows = {}
         for lo, hi in BINS:
             sel = ok & (log_mh >= lo) & (log_mh < hi)
-            rows[f"{lo:g}-{hi:g}"] = {key: float(np.median(diag[key][sel])) if sel.any() else None for key in KEYS} | {"n_halos": int(sel.sum())}
-        out.append({"mode": k, "weight": mode["weight"], "map_theta": theta.tolist(), "emulator_chi2": mode.get("chi2"), "dof": dof,
-                    "exact_chi2": chi2, "exact_neg_log_likelihood": -float(fm.log_likelihood(theta)), "n_failed": int((~ok).sum()),
-                    "diagnostics_z0_median": rows, "picture": feedback_picture(rows), "seconds": time.perf_counter() - t0})
-    Path(args.out).write_text(json.dumps({"forecast": args.forecast, "store": args.store, "free": free, "modes": out}, indent=2))
-    head = "| mode | weight | chi^2/dof emulator | chi^2/dof exact | " + " | ".join(f"{key} ({b})" for key in ("f_prev", "eta_m", "outflow", "inflow", "t_cool/t_ff")
-                                                                             for b in ("dwarf", "MW")) + " | picture |"
+            rows[f"{lo:g}-{hi:g}"] = {key: float(np.median(diag[key][sel])) if sel.any() else None for key in KEYS} | {
+                "n_halos": int(sel.sum())
+            }
+        out.append(
+            {
+                "mode": k,
+                "weight": mode["weight"],
+                "map_theta": theta.tolist(),
+                "emulator_chi2": mode.get("chi2"),
+                "dof": dof,
+                "exact_chi2": chi2,
+                "exact_neg_log_likelihood": -float(fm.log_likelihood(theta)),
+                "n_failed": int((~ok).sum()),
+                "diagnostics_z0_median": rows,
+                "picture": feedback_picture(rows),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    Path(args.out).write_text(
+        json.dumps({"forecast": args.forecast, "store": args.store, "free": free, "modes": out}, indent=2)
+    )
+    head = (
+        "| mode | weight | chi^2/dof emulator | chi^2/dof exact | "
+        + " | ".join(
+            f"{key} ({b})" for key in ("f_prev", "eta_m", "outflow", "inflow", "t_cool/t_ff") for b in ("dwarf", "MW")
+        )
+        + " | picture |"
+    )
     print(head)
     print("|" + " --- |" * (head.count("|") - 1))
     for m in out:
         d, mw = m["diagnostics_z0_median"]["10-11"], m["diagnostics_z0_median"]["12-12.6"]
         cells = []
         for key in ("f_prev", "eta_m", "outflow_rate", "inflow_rate", "t_cool_over_t_ff_r0"):
-            cells += [f"{d[key]:.3g}" if d[key] is not None else "n/a", f"{mw[key]:.3g}" if mw[key] is not None else "n/a"]
+            cells += [
+                f"{d[key]:.3g}" if d[key] is not None else "n/a",
+                f"{mw[key]:.3g}" if mw[key] is not None else "n/a",
+            ]
         emu = "n/a" if m["emulator_chi2"] is None else f"{m['emulator_chi2']:.1f}/{m['dof']}"
-        print(f"| {m['mode']} | {m['weight']:.3f} | {emu} | {m['exact_chi2']:.1f}/{m['dof']} | " + " | ".join(cells) + f" | {m['picture']} |")
+        print(
+            f"| {m['mode']} | {m['weight']:.3f} | {emu} | {m['exact_chi2']:.1f}/{m['dof']} | "
+            + " | ".join(cells)
+            + f" | {m['picture']} |"
+        )
     return 0
 
 

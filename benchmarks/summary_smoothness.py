@@ -49,12 +49,16 @@ def main(argv=None) -> dict:
                 lower, upper = theta.copy(), theta.copy()
                 lower[j] = max(theta[j] - step * width[j], prior.low[j])
                 upper[j] = min(theta[j] + step * width[j], prior.high[j])
-                rise = np.asarray(model.summaries(upper, halos, obs).mean) - np.asarray(model.summaries(lower, halos, obs).mean)
+                rise = np.asarray(model.summaries(upper, halos, obs).mean) - np.asarray(
+                    model.summaries(lower, halos, obs).mean
+                )
                 secant[:, j] = rise / (upper[j] - lower[j])
             differences[step].append(float(np.linalg.norm(weighted(exact - secant)) / np.linalg.norm(weighted(exact))))
         print(f"point {picked[k]}: " + ", ".join(f"{s:g} width: {differences[s][-1]:.4f}" for s in STEPS), flush=True)
     result = {
-        "store": str(args.store), "points": picked.tolist(), "n_halos": halos.n_halos,
+        "store": str(args.store),
+        "points": picked.tolist(),
+        "n_halos": halos.n_halos,
         "metric": "||(J_exact - secant) W||_F / ||J_exact W||_F, W = diag(1/sigma_obs) diag(prior width)",
         "per_point": {str(s): v for s, v in differences.items()},
         "median": {str(s): float(np.median(v)) for s, v in differences.items()},

@@ -50,8 +50,14 @@ def scan(param: str, n_halos: int, n_steps: int, n_bases: int, seed: int = 1) ->
         values.append(rows)
         derivatives.append(drows)
         print(f"base {b + 1}/{n_bases} done", flush=True)
-    return {"grid": grid, "bases": np.array(bases), "values": np.array(values),
-            "derivatives": np.array(derivatives), "names": np.array(summaries.names), "param": param}
+    return {
+        "grid": grid,
+        "bases": np.array(bases),
+        "values": np.array(values),
+        "derivatives": np.array(derivatives),
+        "names": np.array(summaries.names),
+        "param": param,
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -87,8 +93,10 @@ def main() -> None:
     plot(result, out.with_suffix(".png"))
     d = np.abs(result["derivatives"])
     for b in range(d.shape[0]):
-        print(f"base {b}: median |dS| {np.median(d[b]):.2f}, max {d[b].max():.1f} sigma_obs per prior width "
-              f"(max at {args.param} = {result['grid'][np.unravel_index(d[b].argmax(), d[b].shape)[0]]:.2f})")
+        print(
+            f"base {b}: median |dS| {np.median(d[b]):.2f}, max {d[b].max():.1f} sigma_obs per prior width "
+            f"(max at {args.param} = {result['grid'][np.unravel_index(d[b].argmax(), d[b].shape)[0]]:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -79,14 +79,28 @@ TIGHT_MAX_STEPS = 400_000
 #: larger steps are truncation-dominated, see the results' ``fd_steps_chosen``).
 SIZES = {
     "full": dict(
-        fail_draws=512, n_halos=64, acc_draws=64, scipy_halos=(0, 21, 42, 63),
-        grad_draws=16, grad_halos=tuple(range(0, 64, 8)), fd_params=tuple(range(8)),
-        fd_steps=(3e-3, 1e-3, 3e-4), budget_halos=(0, 21, 42, 63), budget_times=64,
+        fail_draws=512,
+        n_halos=64,
+        acc_draws=64,
+        scipy_halos=(0, 21, 42, 63),
+        grad_draws=16,
+        grad_halos=tuple(range(0, 64, 8)),
+        fd_params=tuple(range(8)),
+        fd_steps=(3e-3, 1e-3, 3e-4),
+        budget_halos=(0, 21, 42, 63),
+        budget_times=64,
     ),
     "quick": dict(
-        fail_draws=24, n_halos=64, acc_draws=4, scipy_halos=(0,),
-        grad_draws=2, grad_halos=(32, 63), fd_params=(0, 1, 6), fd_steps=(3e-3, 1e-3, 3e-4),
-        budget_halos=(0, 63), budget_times=32,
+        fail_draws=24,
+        n_halos=64,
+        acc_draws=4,
+        scipy_halos=(0,),
+        grad_draws=2,
+        grad_halos=(32, 63),
+        fd_params=(0, 1, 6),
+        fd_steps=(3e-3, 1e-3, 3e-4),
+        budget_halos=(0, 63),
+        budget_times=32,
     ),
 }
 REDUCTIONS = {
@@ -169,8 +183,10 @@ def section_failures(draws, halos, model, log):
         "seconds_first_draw_incl_compile": float(seconds[0]),
         "seconds_total": time.perf_counter() - t_all,
     }
-    log(f"[a] {res['n_solves']} solves, {res['n_failed']} failed, {res['n_nan_entries']} NaN entries; "
-        f"steps mean {res['steps_mean']:.0f} max {res['steps_max']}; implicit fraction {res['implicit_fraction']:.3f}")
+    log(
+        f"[a] {res['n_solves']} solves, {res['n_failed']} failed, {res['n_nan_entries']} NaN entries; "
+        f"steps mean {res['steps_mean']:.0f} max {res['steps_max']}; implicit fraction {res['implicit_fraction']:.3f}"
+    )
     if failed:
         log(f"[a] failing (draw, halo): {failed}")
     return res, finals, success
@@ -201,20 +217,30 @@ def section_accuracy(draws, finals_default, halos, tight_model, default_model, s
         "median_dex": float(np.median(d)),
         "p99_dex": float(np.percentile(d, 99)),
         "max_dex": float(d.max()),
-        "max_at": {"draw": int(worst[0]), "halo": int(worst[1]), "state": STATE_NAMES[worst[2]],
-                   "theta": draws[worst[0]].tolist()},
+        "max_at": {
+            "draw": int(worst[0]),
+            "halo": int(worst[1]),
+            "state": STATE_NAMES[worst[2]],
+            "theta": draws[worst[0]].tolist(),
+        },
         "max_dex_per_state": per_state,
-        "fraction_within_per_state": {name: float(np.mean(diff[..., k][finite[..., k]] <= ACC_DEX))
-                                      for k, name in enumerate(STATE_NAMES)},
+        "fraction_within_per_state": {
+            name: float(np.mean(diff[..., k][finite[..., k]] <= ACC_DEX)) for k, name in enumerate(STATE_NAMES)
+        },
         "fraction_within_per_draw": [float(np.mean(diff[i][finite[i]] <= ACC_DEX)) for i in range(n)],
         "n_draws_below_99pct": int(sum(np.mean(diff[i][finite[i]] <= ACC_DEX) < ACC_FRACTION_TARGET for i in range(n))),
         "n_pairs_above_2e-3": int((np.where(finite, diff, 0.0).max(axis=2) > ACC_DEX).sum()),
         "seconds": time.perf_counter() - t0,
     }
-    log(f"[b] default vs rtol 1e-9: {100 * res['fraction_within_2e-3_dex']:.3f}% within 2e-3 dex, "
-        f"median {res['median_dex']:.2e}, max {res['max_dex']:.2e} at {res['max_at']}")
-    log("[b] per state: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in res["fraction_within_per_state"].items())
-        + f"; {res['n_draws_below_99pct']} of {n} draws below 99%; {res['n_pairs_above_2e-3']} (draw, halo) pairs off by > 2e-3 dex")
+    log(
+        f"[b] default vs rtol 1e-9: {100 * res['fraction_within_2e-3_dex']:.3f}% within 2e-3 dex, "
+        f"median {res['median_dex']:.2e}, max {res['max_dex']:.2e} at {res['max_at']}"
+    )
+    log(
+        "[b] per state: "
+        + ", ".join(f"{k} {100 * v:.2f}%" for k, v in res["fraction_within_per_state"].items())
+        + f"; {res['n_draws_below_99pct']} of {n} draws below 99%; {res['n_pairs_above_2e-3']} (draw, halo) pairs off by > 2e-3 dex"
+    )
 
     # --- SciPy Radau on the same vector field
     forcing = halos.forcing()
@@ -226,22 +252,28 @@ def section_accuracy(draws, finals_default, halos, tight_model, default_model, s
         for h in tqdm(scipy_halos, desc=f"b. SciPy Radau ({label})", file=sys.stderr):
             ts = time.perf_counter()
             ref, ok = scipy_reference_solve(theta, unstack(forcing, h), rtol=1e-9, atol=1e-10)
-            rows.append({
-                "theta": label, "halo": int(h), "log_mh0": float(halos.log_mhalo_z0[h]),
-                "scipy_success": ok,
-                "max_dex_default": float(np.max(np.abs(eng[h] - ref))),
-                "max_dex_tight": float(np.max(np.abs(eng_tight[h] - ref))),
-                "seconds_scipy": time.perf_counter() - ts,
-            })
+            rows.append(
+                {
+                    "theta": label,
+                    "halo": int(h),
+                    "log_mh0": float(halos.log_mhalo_z0[h]),
+                    "scipy_success": ok,
+                    "max_dex_default": float(np.max(np.abs(eng[h] - ref))),
+                    "max_dex_tight": float(np.max(np.abs(eng_tight[h] - ref))),
+                    "seconds_scipy": time.perf_counter() - ts,
+                }
+            )
     res["scipy"] = rows
     res["scipy_max_dex_default"] = float(max(r["max_dex_default"] for r in rows))
     res["scipy_max_dex_tight"] = float(max(r["max_dex_tight"] for r in rows))
     res["scipy_all_success"] = bool(all(r["scipy_success"] for r in rows))
     res["scipy_seconds"] = time.perf_counter() - t0
     for r in rows:
-        log(f"[b] Radau {r['theta']:>12s} halo {r['halo']:2d} (log Mh0 {r['log_mh0']:.2f}): "
+        log(
+            f"[b] Radau {r['theta']:>12s} halo {r['halo']:2d} (log Mh0 {r['log_mh0']:.2f}): "
             f"max |default - Radau| {r['max_dex_default']:.2e} dex, |rtol1e-9 - Radau| {r['max_dex_tight']:.2e} "
-            f"(Radau ok={r['scipy_success']}, {r['seconds_scipy']:.1f} s)")
+            f"(Radau ok={r['scipy_success']}, {r['seconds_scipy']:.1f} s)"
+        )
     return res
 
 
@@ -341,10 +373,16 @@ def section_gradients(grad_draws, halos, halo_ids, tight_model, fd_model, defaul
         full[mask] = rel_full
         for i, h, s, p in np.argwhere(full > DISAGREEMENT_REPORT):
             row = {
-                "comparison": label, "draw": int(i), "theta": grad_draws[i].round(4).tolist(),
-                "halo": int(halo_ids[h]), "state": STATE_NAMES[s], "parameter": PARAMETER_NAMES[p],
-                "test": float(test[i, h, s, p]), "reference": float(ref[i, h, s, p]),
-                "rel_err": float(full[i, h, s, p]), "implicit": bool(implicit[i, h]),
+                "comparison": label,
+                "draw": int(i),
+                "theta": grad_draws[i].round(4).tolist(),
+                "halo": int(halo_ids[h]),
+                "state": STATE_NAMES[s],
+                "parameter": PARAMETER_NAMES[p],
+                "test": float(test[i, h, s, p]),
+                "reference": float(ref[i, h, s, p]),
+                "rel_err": float(full[i, h, s, p]),
+                "implicit": bool(implicit[i, h]),
             }
             if extra is not None:
                 row["fd_error_estimate"] = float(extra[i, h, s, p])
@@ -359,9 +397,12 @@ def section_gradients(grad_draws, halos, halo_ids, tight_model, fd_model, defaul
     # FD's own consistency on the same entries (how good is the reference?)
     fd_self, _ = relative_errors(fd_best + fd_err, fd_best)
     res = {
-        "n_draws": n, "n_halos": halos.n_halos, "halo_ids": [int(h) for h in halo_ids],
+        "n_draws": n,
+        "n_halos": halos.n_halos,
+        "halo_ids": [int(h) for h in halo_ids],
         "draws": grad_draws.tolist(),
-        "fd_steps_scanned": list(steps), "fd_steps_chosen_histogram": step_hist,
+        "fd_steps_scanned": list(steps),
+        "fd_steps_chosen_histogram": step_hist,
         "fd_parameters": [PARAMETER_NAMES[j] for j in params],
         "fd_steps_chosen": [[float(steps[k]) if k >= 0 else None for k in row] for row in chosen],
         "n_entries_fd": int(mask_fd.sum()),
@@ -383,18 +424,24 @@ def section_gradients(grad_draws, halos, halo_ids, tight_model, fd_model, defaul
     for i in range(n):
         r, _ = relative_errors(jac_tight[i], fd_best[i])
         res["per_draw_fd_median_rel"].append(float(np.median(r)) if r.size else float("nan"))
-    log(f"[c] exact vs FD (rtol 1e-10, {res['n_entries_fd']} entries |J|>1e-3): median {res['fd_median_rel']:.2e}, "
-        f"p95 {res['fd_p95_rel']:.2e}, max {res['fd_max_rel']:.2e}; FD steps chosen {step_hist}")
-    log(f"[c] default vs tight exact Jacobians ({res['n_entries_default']} entries): median "
+    log(
+        f"[c] exact vs FD (rtol 1e-10, {res['n_entries_fd']} entries |J|>1e-3): median {res['fd_median_rel']:.2e}, "
+        f"p95 {res['fd_p95_rel']:.2e}, max {res['fd_max_rel']:.2e}; FD steps chosen {step_hist}"
+    )
+    log(
+        f"[c] default vs tight exact Jacobians ({res['n_entries_default']} entries): median "
         f"{res['default_vs_tight_median_rel']:.2e}, p95 {res['default_vs_tight_p95_rel']:.2e}, "
-        f"max {res['default_vs_tight_max_rel']:.2e}; NaN counts {nan_count}")
+        f"max {res['default_vs_tight_max_rel']:.2e}; NaN counts {nan_count}"
+    )
     for rows in (dis_fd, dis_def):
         if rows:
             log(f"[c] {len(rows)} disagreements > {DISAGREEMENT_REPORT:.0%} ({rows[0]['comparison']}):")
         for r in rows:
-            extra = (f" FD err.est {r['fd_error_estimate']:.2e} (h={r['fd_step']:g})" if "fd_error_estimate" in r else "")
-            log(f"    draw {r['draw']:2d} halo {r['halo']:2d} {r['state']:>8s} d/d{r['parameter']:<7s} "
-                f"test {r['test']: .5e} ref {r['reference']: .5e} rel {r['rel_err']:.2e} implicit={r['implicit']}{extra}")
+            extra = f" FD err.est {r['fd_error_estimate']:.2e} (h={r['fd_step']:g})" if "fd_error_estimate" in r else ""
+            log(
+                f"    draw {r['draw']:2d} halo {r['halo']:2d} {r['state']:>8s} d/d{r['parameter']:<7s} "
+                f"test {r['test']: .5e} ref {r['reference']: .5e} rel {r['rel_err']:.2e} implicit={r['implicit']}{extra}"
+            )
     return res
 
 
@@ -408,17 +455,25 @@ def make_budget_solver(config=DEFAULT_CONFIG, rtol=1e-10, atol=1e-10, max_steps=
     t_end = cosmology.present_age(config.cosmology)
 
     def one(theta, forcing, frac, solver_name):
-        scale = config.baryon_fraction * 10.0 ** forcing.log_mhalo_z0
+        scale = config.baryon_fraction * 10.0**forcing.log_mhalo_z0
 
         def field(t, u, args):
             y = u[:N_STATE]
             mh, mdot = forcing(t)
             r = compute_rates(t, y, theta, mh, mdot, config)
             dy = log_state_derivative(t, y, theta, mh, mdot, config)
-            flows = jnp.stack([
-                r.inflow_rate, r.outflow_rate, config.inflow_metallicity * r.inflow_rate,
-                config.metal_yield * r.sfr, r.z_cgm * r.outflow_rate,
-            ]) / scale
+            flows = (
+                jnp.stack(
+                    [
+                        r.inflow_rate,
+                        r.outflow_rate,
+                        config.inflow_metallicity * r.inflow_rate,
+                        config.metal_yield * r.sfr,
+                        r.z_cgm * r.outflow_rate,
+                    ]
+                )
+                / scale
+            )
             return jnp.concatenate([dy, flows])
 
         t0 = forcing.t_start
@@ -428,9 +483,16 @@ def make_budget_solver(config=DEFAULT_CONFIG, rtol=1e-10, atol=1e-10, max_steps=
         ts = t0 + (t_end - t0) * frac
         solver = diffrax.Kvaerno5() if solver_name == "kvaerno5" else diffrax.Tsit5()
         sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(field), solver, t0=t0, t1=t_end, dt0=None, y0=u0,
-            saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps, throw=False,
+            diffrax.ODETerm(field),
+            solver,
+            t0=t0,
+            t1=t_end,
+            dt0=None,
+            y0=u0,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=max_steps,
+            throw=False,
         )
         return ts, sol.ys, sol.result == diffrax.RESULTS.successful, sol.stats["num_steps"]
 
@@ -475,17 +537,27 @@ def section_budgets(halos, budget_halos, n_times, log):
         name = "kvaerno5" if stiff else "tsit5"
         ts, ys, ok, nsteps = block(solvers[name](jnp.asarray(theta), sub.forcing(), frac))
         errs = budget_errors(np.asarray(ts), np.asarray(ys), sub.log_mhalo_z0)
-        row = {"theta": label, "solver": name, "success": np.asarray(ok).tolist(),
-               "num_steps": np.asarray(nsteps).tolist(), "halos": [int(h) for h in budget_halos]}
+        row = {
+            "theta": label,
+            "solver": name,
+            "success": np.asarray(ok).tolist(),
+            "num_steps": np.asarray(nsteps).tolist(),
+            "halos": [int(h) for h in budget_halos],
+        }
         for k, v in errs.items():
             row[f"max_{k}"] = float(np.nanmax(v))
         row["nonfinite"] = int(sum((~np.isfinite(v)).sum() for v in errs.values()))
         rows.append(row)
-        log(f"[d] {label:>12s} ({name}): baryons max rel err {row['max_baryon_rel_to_content']:.2e} (content) "
+        log(
+            f"[d] {label:>12s} ({name}): baryons max rel err {row['max_baryon_rel_to_content']:.2e} (content) "
             f"{row['max_baryon_rel_to_gross']:.2e} (gross); metals {row['max_metal_rel_to_content']:.2e} (content) "
-            f"{row['max_metal_rel_to_gross']:.2e} (gross); success {row['success']}")
+            f"{row['max_metal_rel_to_gross']:.2e} (gross); success {row['success']}"
+        )
     res = {
-        "rows": rows, "n_times": n_times, "rtol": 1e-10, "atol": 1e-10,
+        "rows": rows,
+        "n_times": n_times,
+        "rtol": 1e-10,
+        "atol": 1e-10,
         "worst_baryon_rel": max(r["max_baryon_rel_to_content"] for r in rows),
         "worst_metal_rel": max(r["max_metal_rel_to_content"] for r in rows),
         "worst_baryon_rel_gross": max(r["max_baryon_rel_to_gross"] for r in rows),
@@ -498,7 +570,9 @@ def section_budgets(halos, budget_halos, n_times, log):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller run (~3 min on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "validate_engine.json")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Latin hypercube and of the gradient draws")
@@ -516,10 +590,16 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     results = {
-        "mode": mode, "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()},
-        "seed": args.seed, "halo_seed": args.halo_seed,
-        "versions": {"sapphire": sapphire.__version__, "jax": jax.__version__, "diffrax": diffrax.__version__,
-                     "python": platform.python_version()},
+        "mode": mode,
+        "sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in size.items()},
+        "seed": args.seed,
+        "halo_seed": args.halo_seed,
+        "versions": {
+            "sapphire": sapphire.__version__,
+            "jax": jax.__version__,
+            "diffrax": diffrax.__version__,
+            "python": platform.python_version(),
+        },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "config": DEFAULT_CONFIG.to_dict(),
     }
@@ -547,10 +627,13 @@ def main(argv=None) -> int:
         grad_halos = halos.subset(halo_ids)
         rng = np.random.default_rng(args.seed + 1)
         n_random = size["grad_draws"] - 1
-        grad_draws = np.vstack([STIFF_CORNER[None], DEFAULT_PRIOR.from_unit(rng.uniform(size=(n_random, DEFAULT_PRIOR.ndim)))])
+        grad_draws = np.vstack(
+            [STIFF_CORNER[None], DEFAULT_PRIOR.from_unit(rng.uniform(size=(n_random, DEFAULT_PRIOR.ndim)))]
+        )
         tight10 = Model(rtol=1e-10, atol=1e-10, max_steps=TIGHT_MAX_STEPS)
-        fd_model = Model(rtol=1e-10, atol=1e-10, max_steps=TIGHT_MAX_STEPS,
-                         prior=widened(DEFAULT_PRIOR, 1.5 * max(size["fd_steps"])))
+        fd_model = Model(
+            rtol=1e-10, atol=1e-10, max_steps=TIGHT_MAX_STEPS, prior=widened(DEFAULT_PRIOR, 1.5 * max(size["fd_steps"]))
+        )
         results["gradients"] = section_gradients(
             grad_draws, grad_halos, halo_ids, tight10, fd_model, default_model, size["fd_steps"], size["fd_params"], log
         )
@@ -567,37 +650,81 @@ def main(argv=None) -> int:
 
     if "failures" in results:
         f = results["failures"]
-        row(f"a. failed solves ({f['n_draws']} draws x {f['n_halos']} halos)", fmt(f["n_failed"]), "0", f["n_failed"] == 0)
+        row(
+            f"a. failed solves ({f['n_draws']} draws x {f['n_halos']} halos)",
+            fmt(f["n_failed"]),
+            "0",
+            f["n_failed"] == 0,
+        )
         row("a. NaN entries in final states", fmt(f["n_nan_entries"]), "0", f["n_nan_entries"] == 0)
         row("a. steps mean / max", f"{f['steps_mean']:.0f} / {f['steps_max']}", "-", None)
         row("a. implicit fraction (halo solves)", fmt(f["implicit_fraction"]), "-", None)
-        row("a. seconds per draw (median / max)", f"{f['seconds_per_draw_median']:.2f} / {f['seconds_per_draw_max']:.2f}", "-", None)
+        row(
+            "a. seconds per draw (median / max)",
+            f"{f['seconds_per_draw_median']:.2f} / {f['seconds_per_draw_max']:.2f}",
+            "-",
+            None,
+        )
     if "accuracy" in results:
         a = results["accuracy"]
-        row(f"b. fraction within 2e-3 dex of rtol 1e-9 ({a['n_draws']}x{a['n_halos']}x7)",
-            fmt(a["fraction_within_2e-3_dex"], ".5f"), ">= 0.99", a["fraction_within_2e-3_dex"] >= ACC_FRACTION_TARGET)
+        row(
+            f"b. fraction within 2e-3 dex of rtol 1e-9 ({a['n_draws']}x{a['n_halos']}x7)",
+            fmt(a["fraction_within_2e-3_dex"], ".5f"),
+            ">= 0.99",
+            a["fraction_within_2e-3_dex"] >= ACC_FRACTION_TARGET,
+        )
         row("b. |default - rtol 1e-9| median / max [dex]", f"{a['median_dex']:.2e} / {a['max_dex']:.2e}", "-", None)
         row("b. tight (rtol 1e-9) failed solves", fmt(a["tight_failed"]), "0", a["tight_failed"] == 0)
-        row(f"b. max |default - Radau 1e-9| [dex] ({len(a['scipy'])} solves)", fmt(a["scipy_max_dex_default"], ".2e"),
-            "<= 2e-3", a["scipy_max_dex_default"] <= ACC_DEX and a["scipy_all_success"])
+        row(
+            f"b. max |default - Radau 1e-9| [dex] ({len(a['scipy'])} solves)",
+            fmt(a["scipy_max_dex_default"], ".2e"),
+            "<= 2e-3",
+            a["scipy_max_dex_default"] <= ACC_DEX and a["scipy_all_success"],
+        )
         row("b. max |rtol 1e-9 - Radau 1e-9| [dex]", fmt(a["scipy_max_dex_tight"], ".2e"), "-", None)
     if "gradients" in results:
         g = results["gradients"]
-        row(f"c. exact vs FD median rel ({g['n_draws']}x{g['n_halos']}, |J|>1e-3)", fmt(g["fd_median_rel"], ".2e"),
-            "<= 2e-3", g["fd_median_rel"] <= GRAD_MEDIAN_TARGET)
-        row("c. exact vs FD 95th percentile rel", fmt(g["fd_p95_rel"], ".2e"), "<= 2e-2", g["fd_p95_rel"] <= GRAD_P95_TARGET)
-        row("c. default vs tight Jacobian median rel", fmt(g["default_vs_tight_median_rel"], ".2e"), "<= 1e-2",
-            g["default_vs_tight_median_rel"] <= DEFAULT_VS_TIGHT_MEDIAN_TARGET)
+        row(
+            f"c. exact vs FD median rel ({g['n_draws']}x{g['n_halos']}, |J|>1e-3)",
+            fmt(g["fd_median_rel"], ".2e"),
+            "<= 2e-3",
+            g["fd_median_rel"] <= GRAD_MEDIAN_TARGET,
+        )
+        row(
+            "c. exact vs FD 95th percentile rel",
+            fmt(g["fd_p95_rel"], ".2e"),
+            "<= 2e-2",
+            g["fd_p95_rel"] <= GRAD_P95_TARGET,
+        )
+        row(
+            "c. default vs tight Jacobian median rel",
+            fmt(g["default_vs_tight_median_rel"], ".2e"),
+            "<= 1e-2",
+            g["default_vs_tight_median_rel"] <= DEFAULT_VS_TIGHT_MEDIAN_TARGET,
+        )
         row("c. default vs tight Jacobian 95th percentile rel", fmt(g["default_vs_tight_p95_rel"], ".2e"), "-", None)
-        row("c. entries > 10% off (FD / default)", f"{len(g['disagreements_fd'])} / {len(g['disagreements_default'])}", "-", None)
+        row(
+            "c. entries > 10% off (FD / default)",
+            f"{len(g['disagreements_fd'])} / {len(g['disagreements_default'])}",
+            "-",
+            None,
+        )
         n_nan = sum(g["nan_counts"].values())
         row("c. NaN in Jacobians / FD / states", fmt(n_nan), "0", n_nan == 0)
     if "budgets" in results:
         b = results["budgets"]
-        row("d. worst baryon budget error (rel. to content)", fmt(b["worst_baryon_rel"], ".2e"), "<= 1e-6",
-            b["worst_baryon_rel"] <= BUDGET_TARGET and b["all_success"])
-        row("d. worst metal budget error (rel. to content)", fmt(b["worst_metal_rel"], ".2e"), "<= 1e-6",
-            b["worst_metal_rel"] <= BUDGET_TARGET and b["all_success"])
+        row(
+            "d. worst baryon budget error (rel. to content)",
+            fmt(b["worst_baryon_rel"], ".2e"),
+            "<= 1e-6",
+            b["worst_baryon_rel"] <= BUDGET_TARGET and b["all_success"],
+        )
+        row(
+            "d. worst metal budget error (rel. to content)",
+            fmt(b["worst_metal_rel"], ".2e"),
+            "<= 1e-6",
+            b["worst_metal_rel"] <= BUDGET_TARGET and b["all_success"],
+        )
     results["table"] = [dict(zip(("figure", "value", "target", "status"), r)) for r in table]
     results["log"] = lines
 

@@ -24,8 +24,21 @@ from .report import emulator_report, evaluate_predictions, learning_curve, summa
 from .train import TrainingSettings, train_emulator  # noqa: E402
 
 __all__ = [
-    "FORMAT_VERSION", "Architecture", "GaussianProcessBaseline", "InMemoryTrainingSet", "Scalings",
-    "SobolevEmulator", "TrainingSettings", "as_training_set", "calibrate_spread", "check_compatible_observations",
-    "emulator_report", "evaluate_predictions", "exclusion_counts", "learning_curve", "split_design", "summarise",
+    "FORMAT_VERSION",
+    "Architecture",
+    "GaussianProcessBaseline",
+    "InMemoryTrainingSet",
+    "Scalings",
+    "SobolevEmulator",
+    "TrainingSettings",
+    "as_training_set",
+    "calibrate_spread",
+    "check_compatible_observations",
+    "emulator_report",
+    "evaluate_predictions",
+    "exclusion_counts",
+    "learning_curve",
+    "split_design",
+    "summarise",
     "train_emulator",
 ]

@@ -101,7 +101,9 @@ class SobolevEmulator:
         low = np.asarray(prior.low, np.float64) if theta_range is None else np.asarray(theta_range[0], np.float64)
         high = np.asarray(prior.high, np.float64) if theta_range is None else np.asarray(theta_range[1], np.float64)
         self.theta_range = (low, high)
-        self.training_theta = None if training_theta is None else np.array(training_theta, np.float64).reshape(-1, prior.ndim)
+        self.training_theta = (
+            None if training_theta is None else np.array(training_theta, np.float64).reshape(-1, prior.ndim)
+        )
         self._coverage = None  # (KD tree of the training design in the unit cube, design spacing), built on first use
         self.sapphire_version = sapphire_version or sapphire.__version__
         if len(self.summary_names) != scalings.summary_mean.shape[0]:
@@ -366,14 +368,18 @@ class SobolevEmulator:
             prior = Prior(**{k: tuple(v) for k, v in meta["prior"].items()})
             trained_obs = Observations.from_dict(meta["observations"])
             scalings = Scalings.from_arrays(arrays)
-            params = _unflatten_params(arch, {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")})
+            params = _unflatten_params(
+                arch, {k[len("params/") :]: v for k, v in arrays.items() if k.startswith("params/")}
+            )
         except (KeyError, TypeError, OSError, EOFError, ValueError) as err:
             if isinstance(err, ValueError) and "emulator artifact" in str(err):
                 raise
             raise ValueError(f"emulator artifact {str(path)!r} is corrupt: {type(err).__name__}: {err}") from None
         names = tuple(meta["summary_names"])
         if names != summary_names(trained_obs):
-            raise ValueError(f"emulator artifact {str(path)!r} is corrupt: summary names disagree with its observations")
+            raise ValueError(
+                f"emulator artifact {str(path)!r} is corrupt: summary names disagree with its observations"
+            )
         if observations is not None:
             check_compatible_observations(trained_obs, observations, what=f"emulator {str(path)!r}")
         low, high = meta.get("theta_range", [prior.low, prior.high])

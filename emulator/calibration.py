@@ -21,12 +21,23 @@ def calibrate_spread(emu: SobolevEmulator, rows: Mapping[str, np.ndarray]) -> di
     mean, spread = (np.asarray(a) for a in emu.predict(rows["theta"], calibrated=False))
     err = np.abs(mean - rows["summaries"])
     if emu.ensemble_size < 2 or not np.all(spread > 0):
-        reason = (f"an ensemble of {emu.ensemble_size} has no spread" if emu.ensemble_size < 2
-                  else f"the ensemble spread is 0 in {int(np.sum(~(spread > 0)))} of {spread.size} validation predictions")
-        warnings.warn(f"calibrate_spread: {reason}; the spread is left uncalibrated (factor 1.0), so the emulator error "
-                      "added to the likelihood is the raw spread", RuntimeWarning, stacklevel=2)
-        return {"factor": 1.0, "raw_coverage": float(np.mean(err <= 2 * spread)), "calibrated_coverage": float("nan"),
-                "n_points": int(err.shape[0])}
+        reason = (
+            f"an ensemble of {emu.ensemble_size} has no spread"
+            if emu.ensemble_size < 2
+            else f"the ensemble spread is 0 in {int(np.sum(~(spread > 0)))} of {spread.size} validation predictions"
+        )
+        warnings.warn(
+            f"calibrate_spread: {reason}; the spread is left uncalibrated (factor 1.0), so the emulator error "
+            "added to the likelihood is the raw spread",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return {
+            "factor": 1.0,
+            "raw_coverage": float(np.mean(err <= 2 * spread)),
+            "calibrated_coverage": float("nan"),
+            "n_points": int(err.shape[0]),
+        }
     ratio = err / (2.0 * spread)
     factor = float(np.quantile(ratio, TWO_SIGMA_COVERAGE))
     factor = max(factor, 1e-3)
@@ -36,5 +47,3 @@ def calibrate_spread(emu: SobolevEmulator, rows: Mapping[str, np.ndarray]) -> di
         "calibrated_coverage": float(np.mean(ratio <= factor)),
         "n_points": int(err.shape[0]),
     }
-
-

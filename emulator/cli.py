@@ -53,8 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise OptionError(f"sapphire train: {args.out!r} exists: pass --force to replace it (it is replaced only "
-                          "after the new emulator is trained)")
+        raise OptionError(
+            f"sapphire train: {args.out!r} exists: pass --force to replace it (it is replaced only "
+            "after the new emulator is trained)"
+        )
     ts = as_training_set(args.store)
     valid, excluded = exclusion_counts(ts)
     needed = minimum_valid_points(ts.prior.ndim)
@@ -63,13 +65,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"sapphire train: {args.store} has {valid.size} valid design points (of {excluded['n_points']}; "
             f"not done {excluded['not_done']}, failed halos {excluded['failed_halos']}, non-finite "
             f"{excluded['non_finite']}); training needs at least {needed} ({ts.prior.ndim + 1} to train on, "
-            f"1 to validate, 1 to test): generate more (sapphire generate {args.store} --extend N)")
+            f"1 to validate, 1 to test): generate more (sapphire generate {args.store} --extend N)"
+        )
     options = {"hidden": args.hidden} if args.hidden else {}
-    emu = train_emulator(ts, gradient_weight=args.gradient_weight, ensemble=args.ensemble, epochs=args.epochs,
-                         patience=args.patience, seed=args.seed, progress=not args.quiet, split=TRAIN_SPLIT, **options)
+    emu = train_emulator(
+        ts,
+        gradient_weight=args.gradient_weight,
+        ensemble=args.ensemble,
+        epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        progress=not args.quiet,
+        split=TRAIN_SPLIT,
+        **options,
+    )
     path = emu.save(args.out)
-    print(f"wrote {path}: {emu.ensemble_size} members trained on {args.store} (store {emu.store_fingerprint}), "
-          f"gradient weight {args.gradient_weight}")
+    print(
+        f"wrote {path}: {emu.ensemble_size} members trained on {args.store} (store {emu.store_fingerprint}), "
+        f"gradient weight {args.gradient_weight}"
+    )
     return 0
 
 
@@ -86,17 +100,21 @@ def store_differences(emu, ts) -> dict[str, list[str]]:
     else:
         trained, tested = identity["halos"], attrs["halos"]
         if trained.get("fingerprint") != tested.get("fingerprint"):
-            refuse.append(f"halos: the test store has {tested.get('n_halos')} halos (fingerprint {tested.get('fingerprint')}, "
-                          f"{tested.get('provenance')}), the training store {trained.get('n_halos')} "
-                          f"(fingerprint {trained.get('fingerprint')}, {trained.get('provenance')})")
+            refuse.append(
+                f"halos: the test store has {tested.get('n_halos')} halos (fingerprint {tested.get('fingerprint')}, "
+                f"{tested.get('provenance')}), the training store {trained.get('n_halos')} "
+                f"(fingerprint {trained.get('fingerprint')}, {trained.get('provenance')})"
+            )
     for key, what in (("model_config", "model constants"), ("solver", "solver settings")):
         if key in identity and key in attrs and identity[key] != attrs[key]:
             diff = sorted(k for k in set(identity[key]) | set(attrs[key]) if identity[key].get(k) != attrs[key].get(k))
             refuse.append(f"{what} differ ({', '.join(diff)})")
     trained_obs = emu.observations.to_dict()
     if ts.observations.to_dict() != trained_obs:
-        note.append("the test store's observations (y, sigma) differ from the emulator's: errors are in units of the "
-                    "emulator's sigma_obs")
+        note.append(
+            "the test store's observations (y, sigma) differ from the emulator's: errors are in units of the "
+            "emulator's sigma_obs"
+        )
     return {"refuse": refuse, "note": note}
 
 
@@ -128,13 +146,18 @@ def cmd_emulator_report(args: argparse.Namespace) -> int:
     ts = as_training_set(args.store)
     differences = store_differences(emu, ts)
     if differences["refuse"] and not args.allow_other_store:
-        raise OptionError(f"sapphire emulator-report: {args.store} was not made like the emulator's training store: "
-                          + "; ".join(differences["refuse"]) + " (--allow-other-store to report anyway)")
+        raise OptionError(
+            f"sapphire emulator-report: {args.store} was not made like the emulator's training store: "
+            + "; ".join(differences["refuse"])
+            + " (--allow-other-store to report anyway)"
+        )
     same_store = ts.fingerprint == emu.store_fingerprint
     if same_store and not emu.training.get("split", {}).get("test"):
-        raise OptionError(f"sapphire emulator-report: {args.emulator} has no held-out test split of {args.store}: "
-                          "test it on an independent store made with the same halos (sapphire generate TEST.zarr "
-                          "--design-seed S --halo-seed H ...)")
+        raise OptionError(
+            f"sapphire emulator-report: {args.emulator} has no held-out test split of {args.store}: "
+            "test it on an independent store made with the same halos (sapphire generate TEST.zarr "
+            "--design-seed S --halo-seed H ...)"
+        )
     for line in differences["refuse"]:
         print(f"warning: test store differs from the training store: {line}")
     for line in differences["note"]:
@@ -152,29 +175,48 @@ def cmd_emulator_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add the ``train`` and ``emulator-report`` subcommands to the ``sapphire`` parser."""
-    p = sub.add_parser("train", help="train a Sobolev (value + exact-gradient) deep-ensemble emulator on a training-set store")
+    p = sub.add_parser(
+        "train", help="train a Sobolev (value + exact-gradient) deep-ensemble emulator on a training-set store"
+    )
     p.add_argument("store", type=existing_path, help="training-set Zarr store (sapphire generate)")
     p.add_argument("out", type=output_dir, help="emulator artifact to write (a directory, e.g. out.emu)")
-    p.add_argument("--gradient-weight", type=nonnegative_float, default=1.0,
-                   help="lambda of the Jacobian term (0: values only; default 1)")
+    p.add_argument(
+        "--gradient-weight",
+        type=nonnegative_float,
+        default=1.0,
+        help="lambda of the Jacobian term (0: values only; default 1)",
+    )
     p.add_argument("--ensemble", type=positive_int, default=5, help="ensemble members (default 5)")
     p.add_argument("--epochs", type=positive_int, default=600, help="maximum epochs (default 600; early stopping)")
     p.add_argument("--patience", type=positive_int, default=200, help="early-stopping patience in epochs (default 200)")
     p.add_argument("--hidden", type=int_list, help="hidden layer widths, e.g. 128,128,128 (default: train_emulator's)")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the split, the members' initialisation and the minibatch order (default 0)")
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the split, the members' initialisation and the minibatch order (default 0)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing artifact at OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("emulator-report", help="validate an emulator on held-out store rows (errors in sigma_obs, Jacobians, Fisher, calibration)")
+    p = sub.add_parser(
+        "emulator-report",
+        help="validate an emulator on held-out store rows (errors in sigma_obs, Jacobians, Fisher, calibration)",
+    )
     p.add_argument("emulator", type=existing_path, help="emulator artifact (sapphire train)")
-    p.add_argument("store", type=existing_path,
-                   help="store to test on: the training store (its held-out test split is used) or an independent "
-                        "test store made with the same halos and settings")
+    p.add_argument(
+        "store",
+        type=existing_path,
+        help="store to test on: the training store (its held-out test split is used) or an independent "
+        "test store made with the same halos and settings",
+    )
     p.add_argument("--out", type=output_dir, help="report directory (default: <emulator>_report)")
-    p.add_argument("--allow-other-store", action="store_true",
-                   help="report even if the test store's halos, model constants or solver settings differ from the "
-                        "training store's (with a warning)")
+    p.add_argument(
+        "--allow-other-store",
+        action="store_true",
+        help="report even if the test store's halos, model constants or solver settings differ from the "
+        "training store's (with a warning)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_emulator_report)

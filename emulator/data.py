@@ -71,8 +71,14 @@ class InMemoryTrainingSet:
         self.summary_names = summary_names(self.observations)
         self.attrs = dict(attrs or {})
         s, d = len(self.summary_names), prior.ndim
-        expected = {"theta": (n, d), "summaries": (n, s), "summary_stderr": (n, s), "summary_jacobian": (n, s, d),
-                    "n_failed": (n,), "done": (n,)}
+        expected = {
+            "theta": (n, d),
+            "summaries": (n, s),
+            "summary_stderr": (n, s),
+            "summary_jacobian": (n, s, d),
+            "n_failed": (n,),
+            "done": (n,),
+        }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f"InMemoryTrainingSet: {name} has shape {getattr(self, name).shape}, expected {shape}")
@@ -86,7 +92,11 @@ class InMemoryTrainingSet:
     def from_npz(cls, path: str | os.PathLike, **kwargs) -> InMemoryTrainingSet:
         """Arrays named as in the constructor, from an .npz file."""
         with np.load(path) as npz:
-            arrays = {k: npz[k] for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed", "done") if k in npz.files}
+            arrays = {
+                k: npz[k]
+                for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed", "done")
+                if k in npz.files
+            }
         return cls(**arrays, **kwargs)
 
     @property
@@ -107,7 +117,9 @@ class InMemoryTrainingSet:
         idx = np.arange(self.n_points) if indices is None else np.sort(np.asarray(indices, np.int64))
         return {name: getattr(self, name)[idx] for name in (*DATA_KEYS, "n_failed")}
 
-    def batches(self, batch_size: int, indices=None, seed: int = 0, buffer_chunks: int = 8) -> Iterator[dict[str, np.ndarray]]:
+    def batches(
+        self, batch_size: int, indices=None, seed: int = 0, buffer_chunks: int = 8
+    ) -> Iterator[dict[str, np.ndarray]]:
         """One seeded shuffled pass over ``indices`` (default: valid rows); last batch partial."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -158,7 +170,9 @@ def exclusion_counts(ts) -> tuple[np.ndarray, dict[str, int]]:
     return np.flatnonzero(valid), counts
 
 
-def split_design(indices: np.ndarray, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
+def split_design(
+    indices: np.ndarray, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded split of design-point ``indices`` into disjoint ``train``/``val``/``test`` (each
     sorted), in proportions ``fractions`` (normalised).  At least one validation point is kept
     whenever there are two or more points."""
@@ -201,5 +215,3 @@ def batch_source(ts, train_idx: np.ndarray):
         return ts, train_idx
     rows = ts.load(train_idx)  # sorted, like train_idx
     return InMemoryTrainingSet(**rows, prior=ts.prior, observations=ts.observations), np.arange(train_idx.size)
-
-

@@ -36,8 +36,9 @@ class GaussianProcessBaseline:
         self.std_ = np.where(summaries.std(axis=0) > 0, summaries.std(axis=0), 1.0)
         d = self.prior.ndim
         kernel = ConstantKernel(1.0, (1e-3, 1e3)) * RBF(np.full(d, 0.5), (1e-2, 1e2)) + WhiteKernel(1e-4, (1e-10, 1e0))
-        self.gp = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=self.n_restarts,
-                                           random_state=self.seed)
+        self.gp = GaussianProcessRegressor(
+            kernel, normalize_y=False, n_restarts_optimizer=self.n_restarts, random_state=self.seed
+        )
         self.gp.fit(self._unit(theta), (summaries - self.mean_) / self.std_)
         self.x_train_ = self.gp.X_train_
         self.alpha_ = self.gp.alpha_

@@ -67,5 +67,3 @@ def member_loss(graphdef, decoder, gradient_weight, huber_delta, value_huber_del
     value_penalty = _penalty(weights * (value - z), value_huber_delta)
     jac_penalty = _penalty(weights[:, None] * (jac - jz), huber_delta)
     return value_penalty + gradient_weight * jac_penalty, (value_penalty, jac_penalty)
-
-

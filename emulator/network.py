@@ -58,8 +58,12 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Architecture:
-        return cls(n_in=int(values["n_in"]), n_out=int(values["n_out"]), hidden=tuple(values["hidden"]),
-                   activation=str(values["activation"]))
+        return cls(
+            n_in=int(values["n_in"]),
+            n_out=int(values["n_out"]),
+            hidden=tuple(values["hidden"]),
+            activation=str(values["activation"]),
+        )
 
 
 class MLP(nnx.Module):
@@ -70,12 +74,15 @@ class MLP(nnx.Module):
 
     def __init__(self, arch: Architecture, *, rngs: nnx.Rngs, dtype=jnp.float64) -> None:
         widths = (arch.n_in, *arch.hidden)
-        self.hidden_layers = nnx.List([
-            nnx.Linear(a, b, rngs=rngs, param_dtype=jnp.float64, dtype=dtype)
-            for a, b in zip(widths[:-1], widths[1:])
-        ])
+        self.hidden_layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs, param_dtype=jnp.float64, dtype=dtype) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.output_layer = nnx.Linear(
-            widths[-1], arch.n_out, rngs=rngs, param_dtype=jnp.float64, dtype=dtype,
+            widths[-1],
+            arch.n_out,
+            rngs=rngs,
+            param_dtype=jnp.float64,
+            dtype=dtype,
             kernel_init=nnx.initializers.variance_scaling(0.1, "fan_in", "truncated_normal"),
         )
         self.activation = arch.activation

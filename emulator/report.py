@@ -73,8 +73,9 @@ def fisher_comparison(fisher_emu: np.ndarray, fisher_exact: np.ndarray) -> dict[
     return {"eigenvalue_ratios": r, "kl": kl, "overlap": overlap}
 
 
-def evaluate_predictions(mean, jacobian, rows: Mapping[str, np.ndarray], observations, prior, error=None,
-                         raw_error=None) -> dict[str, Any]:
+def evaluate_predictions(
+    mean, jacobian, rows: Mapping[str, np.ndarray], observations, prior, error=None, raw_error=None
+) -> dict[str, Any]:
     """All per-point metrics of predictions (mean (n, S), jacobian (n, S, 8), optional error
     (n, S)) against exact ``rows`` (theta, summaries, summary_stderr, summary_jacobian).
     Returns numpy arrays (see the module docstring for the definitions)."""
@@ -111,23 +112,33 @@ def summarise(metrics: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[s
         "n_test": int(ve.shape[0]),
         "value_error_sigma_obs": {
             "per_summary": {n: {"median": float(a), "p95": float(b)} for n, a, b in zip(names, med, p95)},
-            "worst_median": float(med.max()), "worst_median_summary": names[int(med.argmax())],
-            "worst_p95": float(p95.max()), "worst_p95_summary": names[int(p95.argmax())],
+            "worst_median": float(med.max()),
+            "worst_median_summary": names[int(med.argmax())],
+            "worst_p95": float(p95.max()),
+            "worst_p95_summary": names[int(p95.argmax())],
             "median_all": float(np.median(ve)),
         },
         "jacobian_rel_error": {
             "definition": "per point ||(J_emu - J_exact) W||_F / ||J_exact W||_F, W = diag(1/sigma_obs) . diag(prior width)",
-            "median": float(np.median(jac)), "p75": float(np.percentile(jac, 75)), "p95": float(np.percentile(jac, 95)),
-            "per_summary_median": {n: float(v) for n, v in zip(names, np.median(metrics["jacobian_row_rel_error"], axis=0))},
+            "median": float(np.median(jac)),
+            "p75": float(np.percentile(jac, 75)),
+            "p95": float(np.percentile(jac, 95)),
+            "per_summary_median": {
+                n: float(v) for n, v in zip(names, np.median(metrics["jacobian_row_rel_error"], axis=0))
+            },
         },
         "fisher": {
             "definition": "F = J^T diag(1/(sigma_obs^2 + stderr^2)) J + diag(12/width^2); r = generalised eigenvalues of (F_emu, F_exact)",
             "eigenvalue_ratio_median": float(np.median(metrics["eigenvalue_ratios"])),
-            "eigenvalue_ratio_p05_p95": [float(np.percentile(metrics["eigenvalue_ratios"], 5)),
-                                         float(np.percentile(metrics["eigenvalue_ratios"], 95))],
+            "eigenvalue_ratio_p05_p95": [
+                float(np.percentile(metrics["eigenvalue_ratios"], 5)),
+                float(np.percentile(metrics["eigenvalue_ratios"], 95)),
+            ],
             "max_abs_log_ratio_median": float(np.median(log_r.max(axis=1))),
-            "kl_median": float(np.median(metrics["kl"])), "kl_p95": float(np.percentile(metrics["kl"], 95)),
-            "overlap_median": float(np.median(metrics["overlap"])), "overlap_p05": float(np.percentile(metrics["overlap"], 5)),
+            "kl_median": float(np.median(metrics["kl"])),
+            "kl_p95": float(np.percentile(metrics["kl"], 95)),
+            "overlap_median": float(np.median(metrics["overlap"])),
+            "overlap_p05": float(np.percentile(metrics["overlap"], 5)),
         },
         "acceptance": {
             "value_median_le_0.1_sigma_every_summary": bool(med.max() <= VALUE_MEDIAN_TARGET),
@@ -162,8 +173,12 @@ def error_by_parameter_half(theta, metrics, prior) -> dict[str, dict[str, float]
     for j, name in enumerate(prior.names):
         lower = unit[:, j] < 0.5
         pick = lambda a, m: float(np.median(a[m])) if m.any() else None
-        out[name] = {"value_worst_lower": pick(worst, lower), "value_worst_upper": pick(worst, ~lower),
-                     "jacobian_lower": pick(jac, lower), "jacobian_upper": pick(jac, ~lower)}
+        out[name] = {
+            "value_worst_lower": pick(worst, lower),
+            "value_worst_upper": pick(worst, ~lower),
+            "jacobian_lower": pick(jac, lower),
+            "jacobian_upper": pick(jac, ~lower),
+        }
     return out
 
 
@@ -175,7 +190,9 @@ def _test_rows(emu: SobolevEmulator, ts, test_indices) -> tuple[np.ndarray, str]
         idx = np.sort(np.asarray(test_indices, np.int64))
         valid = np.asarray(ts.valid_mask())
         if not np.all(valid[idx]):
-            raise ValueError(f"test_indices include {int(np.sum(~valid[idx]))} design points that are not valid (failed or non-finite)")
+            raise ValueError(
+                f"test_indices include {int(np.sum(~valid[idx]))} design points that are not valid (failed or non-finite)"
+            )
         return idx, "given"
     if ts.fingerprint == emu.store_fingerprint:
         idx = np.sort(np.asarray(emu.training.get("split", {}).get("test", []), np.int64))
@@ -192,7 +209,8 @@ def check_store_matches(emu: SobolevEmulator, ts) -> None:
     if tuple(ts.summary_names) != tuple(emu.summary_names):
         raise ValueError(
             f"store summaries {len(ts.summary_names)} ({ts.summary_names[:3]}...) differ from the emulator's "
-            f"{len(emu.summary_names)} ({emu.summary_names[:3]}...)")
+            f"{len(emu.summary_names)} ({emu.summary_names[:3]}...)"
+        )
     if ts.prior.to_dict() != emu.prior.to_dict():
         raise ValueError(f"store prior {ts.prior.to_dict()} differs from the emulator's {emu.prior.to_dict()}")
 
@@ -231,19 +249,24 @@ def emulator_report(
     report = summarise(metrics, emu.summary_names)
     report["error_by_parameter_half"] = error_by_parameter_half(rows["theta"], metrics, emu.prior)
     _, store_excluded = exclusion_counts(ts)
-    report.update({
-        "test_points": test_source,
-        "store": {"fingerprint": ts.fingerprint, "excluded": store_excluded, "n_points": int(ts.n_points)},
-        "emulator": {
-            "ensemble_size": emu.ensemble_size, "architecture": emu.architecture.to_dict(),
-            "gradient_weight": emu.training.get("gradient_weight"), "store_fingerprint": emu.store_fingerprint,
-            "calibration_factor": emu.calibration_factor,
-            "n_train": len(emu.training.get("split", {}).get("train", [])),
-            "epochs_run": emu.training.get("epochs_run"), "train_seconds": emu.training.get("train_seconds"),
-            "excluded_at_training": emu.training.get("excluded"),
-            "validation_calibration": emu.training.get("calibration"),
-        },
-    })
+    report.update(
+        {
+            "test_points": test_source,
+            "store": {"fingerprint": ts.fingerprint, "excluded": store_excluded, "n_points": int(ts.n_points)},
+            "emulator": {
+                "ensemble_size": emu.ensemble_size,
+                "architecture": emu.architecture.to_dict(),
+                "gradient_weight": emu.training.get("gradient_weight"),
+                "store_fingerprint": emu.store_fingerprint,
+                "calibration_factor": emu.calibration_factor,
+                "n_train": len(emu.training.get("split", {}).get("train", [])),
+                "epochs_run": emu.training.get("epochs_run"),
+                "train_seconds": emu.training.get("train_seconds"),
+                "excluded_at_training": emu.training.get("excluded"),
+                "validation_calibration": emu.training.get("calibration"),
+            },
+        }
+    )
     steps.update(1)
     if figures:
         plot_value_error(report, out_dir / "value_error.png")
@@ -301,7 +324,8 @@ def learning_curve(
         metrics = evaluate_predictions(mean, jac, rows, ts.observations, ts.prior)
         s = summarise(metrics, names)
         entry = {
-            "n_train": int(n), "train_seconds": float(seconds),
+            "n_train": int(n),
+            "train_seconds": float(seconds),
             "value_worst_median": s["value_error_sigma_obs"]["worst_median"],
             "value_worst_p95": s["value_error_sigma_obs"]["worst_p95"],
             "value_median_all": s["value_error_sigma_obs"]["median_all"],
@@ -313,18 +337,35 @@ def learning_curve(
         }
         curves.setdefault(method, []).append(entry)
         if progress:
-            print(f"learning curve {method} n={n}: value worst median {entry['value_worst_median']:.3f} sigma, "
-                  f"jacobian {entry['jacobian_rel_error_median']:.3f}, overlap {entry['fisher_overlap_median']:.3f} "
-                  f"({seconds:.0f} s)", flush=True)
+            print(
+                f"learning curve {method} n={n}: value worst median {entry['value_worst_median']:.3f} sigma, "
+                f"jacobian {entry['jacobian_rel_error_median']:.3f}, overlap {entry['fisher_overlap_median']:.3f} "
+                f"({seconds:.0f} s)",
+                flush=True,
+            )
 
     for n in sorted(int(s) for s in sizes if int(s) <= n_max):
         for lam in gradient_weights:
             t0 = time.perf_counter()
-            emu = train_emulator(ts, gradient_weight=lam, ensemble=ensemble, seed=seed, split=split, n_train=n,
-                                 progress=False, **train_kwargs)
+            emu = train_emulator(
+                ts,
+                gradient_weight=lam,
+                ensemble=ensemble,
+                seed=seed,
+                split=split,
+                n_train=n,
+                progress=False,
+                **train_kwargs,
+            )
             mean, _ = emu.predict(rows["theta"])
-            record(f"sobolev_lambda_{lam:g}", n, np.asarray(mean), np.asarray(emu.jacobian(rows["theta"])),
-                   time.perf_counter() - t0, {"epochs_run": emu.training["epochs_run"]})
+            record(
+                f"sobolev_lambda_{lam:g}",
+                n,
+                np.asarray(mean),
+                np.asarray(emu.jacobian(rows["theta"])),
+                time.perf_counter() - t0,
+                {"epochs_run": emu.training["epochs_run"]},
+            )
     train_rows = None
     for n in sorted(int(s) for s in gp_sizes if int(s) <= n_max):
         if train_rows is None:
@@ -335,8 +376,14 @@ def learning_curve(
         gp = GaussianProcessBaseline(ts.prior, seed=seed).fit(train_rows["theta"][pick], train_rows["summaries"][pick])
         mean, _ = gp.predict(rows["theta"])
         record("gaussian_process", n, mean, gp.jacobian(rows["theta"]), time.perf_counter() - t0)
-    result = {"n_test": int(splits["test"].size), "n_train_max": int(n_max), "ensemble": int(ensemble),
-              "seed": int(seed), "train_kwargs": json_ready(dict(train_kwargs)), "curves": curves}
+    result = {
+        "n_test": int(splits["test"].size),
+        "n_train_max": int(n_max),
+        "ensemble": int(ensemble),
+        "seed": int(seed),
+        "train_kwargs": json_ready(dict(train_kwargs)),
+        "curves": curves,
+    }
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -435,8 +482,9 @@ def plot_error_map(theta, metrics, prior, path: Path) -> None:
     worst = metrics["value_error"].max(axis=1)
     fig, axes = plt.subplots(2, 4, figsize=(14, 6), sharey=True)
     for j, ax in enumerate(axes.ravel()):
-        sc = ax.scatter(theta[:, j], worst, c=np.log10(np.clip(metrics["jacobian_rel_error"], 1e-4, None)),
-                        s=10, cmap="viridis")
+        sc = ax.scatter(
+            theta[:, j], worst, c=np.log10(np.clip(metrics["jacobian_rel_error"], 1e-4, None)), s=10, cmap="viridis"
+        )
         ax.set_xlabel(prior.names[j])
         ax.set_yscale("log")
     for ax in axes[:, 0]:
@@ -467,10 +515,12 @@ def plot_history(history, path: Path) -> None:
 
 def plot_learning_curve(result: Mapping[str, Any], path: Path) -> None:
     plt = _pyplot()
-    panels = [("value_worst_median", "worst-summary median |err| / sigma_obs", VALUE_MEDIAN_TARGET),
-              ("value_worst_p95", "worst-summary p95 |err| / sigma_obs", VALUE_P95_TARGET),
-              ("jacobian_rel_error_median", "median Jacobian relative error", JACOBIAN_TARGET),
-              ("fisher_overlap_median", "median Fisher-ellipse overlap", None)]
+    panels = [
+        ("value_worst_median", "worst-summary median |err| / sigma_obs", VALUE_MEDIAN_TARGET),
+        ("value_worst_p95", "worst-summary p95 |err| / sigma_obs", VALUE_P95_TARGET),
+        ("jacobian_rel_error_median", "median Jacobian relative error", JACOBIAN_TARGET),
+        ("fisher_overlap_median", "median Fisher-ellipse overlap", None),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for (key, label, target), ax in zip(panels, axes):
         for method, entries in result["curves"].items():

@@ -66,8 +66,18 @@ class TrainingSettings:
 
 def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
     decoder, weights = jnp.asarray(decoder), jnp.asarray(weights)
-    loss = lambda p, u, z, jz: member_loss(graphdef, decoder, settings.gradient_weight, settings.huber_delta,
-                                            settings.value_huber_delta, weights, p, u, z, jz)
+    loss = lambda p, u, z, jz: member_loss(
+        graphdef,
+        decoder,
+        settings.gradient_weight,
+        settings.huber_delta,
+        settings.value_huber_delta,
+        weights,
+        p,
+        u,
+        z,
+        jz,
+    )
     grad_fn = jax.vmap(jax.value_and_grad(loss, has_aux=True))
 
     @jax.jit
@@ -103,7 +113,9 @@ def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
     return run_block, evaluate, keep_best
 
 
-def _block_schedule(n_rows: int, n_pad: int, batch_size: int, ensemble: int, rng_seeds) -> tuple[np.ndarray, np.ndarray]:
+def _block_schedule(
+    n_rows: int, n_pad: int, batch_size: int, ensemble: int, rng_seeds
+) -> tuple[np.ndarray, np.ndarray]:
     """Minibatch rows (n_steps_max, K, B) for a block of ``n_rows`` real rows (padded to
     ``n_pad``): each member its own permutation (drop-remainder; a block smaller than one
     batch wraps around), steps beyond the block's own are inactive."""
@@ -194,22 +206,33 @@ def train_emulator(
         calibration (raw and calibrated +-2 spread coverage on the validation split).
     """
     settings = TrainingSettings(
-        gradient_weight=float(gradient_weight), huber_delta=None if huber_delta is None else float(huber_delta),
+        gradient_weight=float(gradient_weight),
+        huber_delta=None if huber_delta is None else float(huber_delta),
         value_huber_delta=None if value_huber_delta is None else float(value_huber_delta),
         summary_weighting=str(summary_weighting),
-        ensemble=int(ensemble), epochs=int(epochs), patience=int(patience),
-        batch_size=int(batch_size), learning_rate=float(learning_rate), final_learning_rate=float(final_learning_rate),
+        ensemble=int(ensemble),
+        epochs=int(epochs),
+        patience=int(patience),
+        batch_size=int(batch_size),
+        learning_rate=float(learning_rate),
+        final_learning_rate=float(final_learning_rate),
         weight_decay=float(weight_decay),
-        warmup_epochs=int(warmup_epochs), block_size=int(block_size), split=tuple(float(f) for f in split),
-        n_train=None if n_train is None else int(n_train), seed=int(seed),
+        warmup_epochs=int(warmup_epochs),
+        block_size=int(block_size),
+        split=tuple(float(f) for f in split),
+        n_train=None if n_train is None else int(n_train),
+        seed=int(seed),
     )
     ts = as_training_set(source)
     start_time = time.perf_counter()
     valid, excluded = exclusion_counts(ts)
     if excluded["excluded"]:
-        _note(progress, f"emulator: {excluded['excluded']} of {excluded['n_points']} design points excluded "
-                        f"(not done {excluded['not_done']}, failed halos {excluded['failed_halos']}, "
-                        f"non-finite {excluded['non_finite']})")
+        _note(
+            progress,
+            f"emulator: {excluded['excluded']} of {excluded['n_points']} design points excluded "
+            f"(not done {excluded['not_done']}, failed halos {excluded['failed_halos']}, "
+            f"non-finite {excluded['non_finite']})",
+        )
     splits = split_design(valid, settings.split, settings.seed)
     train_idx = splits["train"]
     if settings.n_train is not None:
@@ -222,8 +245,12 @@ def train_emulator(
 
     train_summaries = np.asarray(ts.summaries[train_idx])
     scalings = fit_scalings(ts.prior, train_summaries, pca_components)
-    arch = Architecture(n_in=ts.prior.ndim, n_out=scalings.decoder.shape[0], hidden=tuple(hidden), activation=activation)
-    member_seeds = [int(np.random.SeedSequence([settings.seed, k]).generate_state(1)[0]) for k in range(settings.ensemble)]
+    arch = Architecture(
+        n_in=ts.prior.ndim, n_out=scalings.decoder.shape[0], hidden=tuple(hidden), activation=activation
+    )
+    member_seeds = [
+        int(np.random.SeedSequence([settings.seed, k]).generate_state(1)[0]) for k in range(settings.ensemble)
+    ]
     graphdef, params = init_ensemble(arch, member_seeds)
 
     n_block = min(settings.block_size, train_idx.size)
@@ -258,12 +285,20 @@ def train_emulator(
                 u, z, jz = to_network_space(block, scalings)
                 n_rows = u.shape[0]
                 index, active = _block_schedule(
-                    n_rows, n_block, settings.batch_size, settings.ensemble,
+                    n_rows,
+                    n_block,
+                    settings.batch_size,
+                    settings.ensemble,
                     [(settings.seed, k, epoch, block_no) for k in range(settings.ensemble)],
                 )
                 params, opt_state, losses = run_block(
-                    params, opt_state, jnp.asarray(_pad_rows(u, n_block)), jnp.asarray(_pad_rows(z, n_block)),
-                    jnp.asarray(_pad_rows(jz, n_block)), jnp.asarray(index), jnp.asarray(active),
+                    params,
+                    opt_state,
+                    jnp.asarray(_pad_rows(u, n_block)),
+                    jnp.asarray(_pad_rows(z, n_block)),
+                    jnp.asarray(_pad_rows(jz, n_block)),
+                    jnp.asarray(index),
+                    jnp.asarray(active),
                 )
                 epoch_losses.append(np.asarray(losses[0])[active])
             val_total, val_value, val_jac = (np.asarray(a) for a in evaluate(params, val_u, val_z, val_jz))
@@ -276,8 +311,11 @@ def train_emulator(
             history["val_value_penalty"].append(val_value.tolist())
             history["val_jacobian_penalty"].append(val_jac.tolist())
             bar.update(1)
-            bar.set_postfix(train=f"{np.mean(history['train_loss'][-1]):.2e}", val=f"{np.mean(val_total):.2e}",
-                            best=f"{np.mean(best_val):.2e}")
+            bar.set_postfix(
+                train=f"{np.mean(history['train_loss'][-1]):.2e}",
+                val=f"{np.mean(val_total):.2e}",
+                best=f"{np.mean(best_val):.2e}",
+            )
             if np.all(epoch - best_epoch >= settings.patience):
                 break
     finally:
@@ -302,8 +340,12 @@ def train_emulator(
         "settings": dataclasses.asdict(settings),
         "member_seeds": member_seeds,
         "excluded": excluded,
-        "split": {"train": train_idx.tolist(), "val": splits["val"].tolist(), "test": splits["test"].tolist(),
-                  "n_train_split": int(splits["train"].size)},
+        "split": {
+            "train": train_idx.tolist(),
+            "val": splits["val"].tolist(),
+            "test": splits["test"].tolist(),
+            "n_train_split": int(splits["train"].size),
+        },
         "epochs_run": int(epoch + 1),
         "best_epoch": best_epoch.tolist(),
         "best_val_loss": best_val.tolist(),

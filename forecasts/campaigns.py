@@ -60,31 +60,50 @@ ALL_RELATION_SETS: tuple[tuple[str, ...], ...] = tuple(
 ForwardFactory = Callable[..., ForwardModel]
 
 
-def exact_factory(model: sapphire.Model, halos: sapphire.HaloPopulation, obs: Observations | None = None, *,
-                  free=None, fixed=None) -> ForwardFactory:
+def exact_factory(
+    model: sapphire.Model, halos: sapphire.HaloPopulation, obs: Observations | None = None, *, free=None, fixed=None
+) -> ForwardFactory:
     """``factory(obs=None, relations=None, sigma_scale=1.0) -> ExactForward(model, halos, ...)``."""
     default = Observations.default() if obs is None else obs
 
     def factory(obs: Observations | None = None, relations=None, sigma_scale=1.0) -> ForwardModel:
-        return ExactForward(model, halos, default if obs is None else obs, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale)
+        return ExactForward(
+            model,
+            halos,
+            default if obs is None else obs,
+            free=free,
+            fixed=fixed,
+            relations=relations,
+            sigma_scale=sigma_scale,
+        )
 
     return factory
 
 
-def emulator_factory(emu, obs: Observations | None = None, *, include_emulator_error: bool = True, free=None, fixed=None) -> ForwardFactory:
+def emulator_factory(
+    emu, obs: Observations | None = None, *, include_emulator_error: bool = True, free=None, fixed=None
+) -> ForwardFactory:
     """``factory(obs=None, relations=None, sigma_scale=1.0) -> EmulatorForward(emu, ...)``."""
 
     default = obs
 
     def factory(obs: Observations | None = None, relations=None, sigma_scale=1.0) -> ForwardModel:
         chosen = default if obs is None else obs
-        return EmulatorForward(emu, chosen, include_emulator_error, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale)
+        return EmulatorForward(
+            emu, chosen, include_emulator_error, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale
+        )
 
     return factory
 
 
-def mock_observations(model: sapphire.Model, halos: sapphire.HaloPopulation, obs: Observations | None, theta,
-                      *, noise_seed: int | None = None) -> Observations:
+def mock_observations(
+    model: sapphire.Model,
+    halos: sapphire.HaloPopulation,
+    obs: Observations | None,
+    theta,
+    *,
+    noise_seed: int | None = None,
+) -> Observations:
     """Observations with y replaced by the exact model's summary means at ``theta`` (8,) (plus
     N(0, sigma) noise if ``noise_seed`` is given); x and sigma unchanged.  ``ValueError`` if a
     summary is not finite (a relation left with < 2 solved halos)."""
@@ -93,19 +112,29 @@ def mock_observations(model: sapphire.Model, halos: sapphire.HaloPopulation, obs
     mean = np.asarray(s.mean, dtype=np.float64)
     if not np.all(np.isfinite(mean)):
         bad = s.names[int(np.flatnonzero(~np.isfinite(mean))[0])]
-        raise ValueError(f"mock at theta={np.round(theta, 4).tolist()}: summary {bad} is not finite ({s.n_failed} halos failed)")
+        raise ValueError(
+            f"mock at theta={np.round(theta, 4).tolist()}: summary {bad} is not finite ({s.n_failed} halos failed)"
+        )
     if noise_seed is not None:
         mean = mean + np.random.default_rng(noise_seed).normal(0.0, obs.sigma)
     theta_text = ", ".join(f"{v:.4g}" for v in np.asarray(theta))
     relations = []
     for rel in obs.relations:
         sl = obs.slices[rel.name]
-        relations.append(Relation(
-            name=rel.name, x=rel.x, y=mean[sl], sigma=rel.sigma, x_label=rel.x_label, y_label=rel.y_label,
-            source=f"mock: exact model at theta = ({theta_text}), {halos.n_halos} halos ({halos.fingerprint()}), "
-                   f"{'noise seed ' + str(noise_seed) if noise_seed is not None else 'no noise'}; sigma of: {rel.source}",
-            note=rel.note, detection_limit=rel.detection_limit,
-        ))
+        relations.append(
+            Relation(
+                name=rel.name,
+                x=rel.x,
+                y=mean[sl],
+                sigma=rel.sigma,
+                x_label=rel.x_label,
+                y_label=rel.y_label,
+                source=f"mock: exact model at theta = ({theta_text}), {halos.n_halos} halos ({halos.fingerprint()}), "
+                f"{'noise seed ' + str(noise_seed) if noise_seed is not None else 'no noise'}; sigma of: {rel.source}",
+                note=rel.note,
+                detection_limit=rel.detection_limit,
+            )
+        )
     return Observations(tuple(relations))
 
 
@@ -156,23 +185,25 @@ class RecoveryReport(_JsonReport):
     def to_dict(self) -> dict:
         sets = []
         for entry in self.relation_sets:
-            sets.append({
-                "relations": list(entry["relations"]),
-                "failure_rate": entry["failure_rate"],
-                "n_failed": int(np.sum(entry["failed"])),
-                "bias_mean": _fin_list(entry["bias_mean"]),
-                "bias_std": _fin_list(entry["bias_std"]),
-                "median_condition_number": _fin(entry["median_condition_number"]),
-                "map": [_fin_list(row) for row in entry["map"]],
-                "sigma": [_fin_list(row) for row in entry["sigma"]],
-                "normalised_bias": [_fin_list(row) for row in entry["normalised_bias"]],
-                "converged": [bool(v) for v in entry["converged"]],
-                "map_converged_fraction": _fin_list(entry["map_converged_fraction"]),
-                "map_modes": [int(v) for v in entry["map_modes"]],
-                "positive_definite": [bool(v) for v in entry["positive_definite"]],
-                "condition_number": _fin_list(entry["condition_number"]),
-                "failure_reasons": entry["failure_reasons"],
-            })
+            sets.append(
+                {
+                    "relations": list(entry["relations"]),
+                    "failure_rate": entry["failure_rate"],
+                    "n_failed": int(np.sum(entry["failed"])),
+                    "bias_mean": _fin_list(entry["bias_mean"]),
+                    "bias_std": _fin_list(entry["bias_std"]),
+                    "median_condition_number": _fin(entry["median_condition_number"]),
+                    "map": [_fin_list(row) for row in entry["map"]],
+                    "sigma": [_fin_list(row) for row in entry["sigma"]],
+                    "normalised_bias": [_fin_list(row) for row in entry["normalised_bias"]],
+                    "converged": [bool(v) for v in entry["converged"]],
+                    "map_converged_fraction": _fin_list(entry["map_converged_fraction"]),
+                    "map_modes": [int(v) for v in entry["map_modes"]],
+                    "positive_definite": [bool(v) for v in entry["positive_definite"]],
+                    "condition_number": _fin_list(entry["condition_number"]),
+                    "failure_reasons": entry["failure_reasons"],
+                }
+            )
         return {
             "free": list(self.free),
             "truths": [list(map(float, t)) for t in self.truths],
@@ -241,21 +272,33 @@ def mock_recovery(
         held = [i for i in range(len(fixed_full)) if i not in free_index]
         if not np.allclose(wanted[held], fixed_full[held], rtol=0, atol=1e-12):
             names = [probe.parameter_names[i] for i in held]
-            raise ValueError(f"forward_factory holds {dict(zip(names, fixed_full[held].tolist()))}, but fixed gives {dict(zip(names, wanted[held].tolist()))}")
+            raise ValueError(
+                f"forward_factory holds {dict(zip(names, fixed_full[held].tolist()))}, but fixed gives {dict(zip(names, wanted[held].tolist()))}"
+            )
     if not 0 <= truth_margin < 0.5:
         raise ValueError(f"truth_margin must lie in [0, 0.5); got {truth_margin}")
-    unit = latin_hypercube(sapphire.Prior(probe.prior.names, (0.0,) * probe.n_free, (1.0,) * probe.n_free), int(n_truths), seed=seed)
+    unit = latin_hypercube(
+        sapphire.Prior(probe.prior.names, (0.0,) * probe.n_free, (1.0,) * probe.n_free), int(n_truths), seed=seed
+    )
     truths = probe.prior.from_unit(truth_margin + (1 - 2 * truth_margin) * unit)
     relation_sets = [tuple(r) for r in relation_sets]
     n_free = len(free_names)
-    entries = [{
-        "relations": rels,
-        "map": np.full((n_truths, n_free), np.nan), "sigma": np.full((n_truths, n_free), np.nan),
-        "normalised_bias": np.full((n_truths, n_free), np.nan), "converged": np.zeros(n_truths, bool),
-        "map_converged_fraction": np.full(n_truths, np.nan), "map_modes": np.zeros(n_truths, int),
-        "positive_definite": np.zeros(n_truths, bool), "condition_number": np.full(n_truths, np.nan),
-        "failed": np.ones(n_truths, bool), "failure_reasons": [["no mock"] for _ in range(n_truths)],
-    } for rels in relation_sets]
+    entries = [
+        {
+            "relations": rels,
+            "map": np.full((n_truths, n_free), np.nan),
+            "sigma": np.full((n_truths, n_free), np.nan),
+            "normalised_bias": np.full((n_truths, n_free), np.nan),
+            "converged": np.zeros(n_truths, bool),
+            "map_converged_fraction": np.full(n_truths, np.nan),
+            "map_modes": np.zeros(n_truths, int),
+            "positive_definite": np.zeros(n_truths, bool),
+            "condition_number": np.full(n_truths, np.nan),
+            "failed": np.ones(n_truths, bool),
+            "failure_reasons": [["no mock"] for _ in range(n_truths)],
+        }
+        for rels in relation_sets
+    ]
     mock_failures = []
     for k, truth in enumerate(truths):
         theta8 = fixed_full.copy()
@@ -273,7 +316,9 @@ def mock_recovery(
             reasons = []
             converged = bool(result.converged[result.best_index])
             if not converged:  # best_index prefers converged starts: none of them converged
-                reasons.append(f"MAP not converged (0/{len(result.converged)} starts; {result.polish_message[result.best_index] if result.polish_message else 'no polish'})")
+                reasons.append(
+                    f"MAP not converged (0/{len(result.converged)} starts; {result.polish_message[result.best_index] if result.polish_message else 'no polish'})"
+                )
             if not fisher.positive_definite:
                 reasons.append(fisher.message)
             entry["map"][k] = best
@@ -292,8 +337,10 @@ def mock_recovery(
             entry["failed"][k] = bool(reasons)
             entry["failure_reasons"][k] = reasons
             if progress is not None:
-                progress(f"truth {k + 1}/{n_truths} {'+'.join(entry['relations'])}: MAP {np.round(best, 4).tolist()} "
-                         f"bias {np.round(entry['normalised_bias'][k], 2).tolist()} {'FAILED: ' + '; '.join(reasons) if reasons else 'ok'}")
+                progress(
+                    f"truth {k + 1}/{n_truths} {'+'.join(entry['relations'])}: MAP {np.round(best, 4).tolist()} "
+                    f"bias {np.round(entry['normalised_bias'][k], 2).tolist()} {'FAILED: ' + '; '.join(reasons) if reasons else 'ok'}"
+                )
     for entry in entries:
         ok = ~entry["failed"]
         entry["failure_rate"] = float(np.mean(entry["failed"])) if n_truths else float("nan")
@@ -303,10 +350,16 @@ def mock_recovery(
         finite = entry["condition_number"][np.isfinite(entry["condition_number"])]
         entry["median_condition_number"] = float(np.median(finite)) if finite.size else float("nan")
     settings = {
-        "n_truths": int(n_truths), "seed": int(seed), "n_starts": int(n_starts), "noise": bool(noise),
-        "truth_margin": float(truth_margin), "failure_sigma": float(failure_sigma),
-        "map_options": (map_options or MapOptions())._asdict(), "forward": probe.describe(),
-        "fixed": dict(zip(probe.parameter_names, map(float, fixed_full))), "n_halos": int(halos.n_halos),
+        "n_truths": int(n_truths),
+        "seed": int(seed),
+        "n_starts": int(n_starts),
+        "noise": bool(noise),
+        "truth_margin": float(truth_margin),
+        "failure_sigma": float(failure_sigma),
+        "map_options": (map_options or MapOptions())._asdict(),
+        "forward": probe.describe(),
+        "fixed": dict(zip(probe.parameter_names, map(float, fixed_full))),
+        "n_halos": int(halos.n_halos),
     }
     return RecoveryReport(free_names, truths, mock_failures, entries, settings, time.perf_counter() - t0)
 
@@ -325,7 +378,12 @@ class ErrorScalingReport(_JsonReport):
     wall_time: float
 
     def to_dict(self) -> dict:
-        return {"free": list(self.free), "theta": self.theta.tolist(), "scales": self.rows, "wall_time_s": self.wall_time}
+        return {
+            "free": list(self.free),
+            "theta": self.theta.tolist(),
+            "scales": self.rows,
+            "wall_time_s": self.wall_time,
+        }
 
     def plot(self, path) -> Path:
         from .plots import error_scaling_figure
@@ -378,16 +436,26 @@ def error_scaling_forecast(
             # posterior from random starts across the box (``hmc_options["init"]`` overrides)
             result = run_hmc(fm, **({"init": point} | (hmc_options or {})))
             if result.n_divergent:
-                warnings.warn(f"error_scaling_forecast: HMC at sigma scale {s:g} had {result.n_divergent} divergent "
-                              f"transitions after warmup ({result.warmup_divergent} during warmup)", RuntimeWarning, stacklevel=2)
-            row.update({
-                "hmc_std": result.std.tolist(), "hmc_mean": result.mean.tolist(),
-                "hmc_r_hat_max": _fin(np.nanmax(result.r_hat)), "hmc_divergent": result.n_divergent,
-                "hmc_warmup_divergent": result.warmup_divergent,
-                "hmc_seconds": result.times.get("total_this_call"),
-            })
+                warnings.warn(
+                    f"error_scaling_forecast: HMC at sigma scale {s:g} had {result.n_divergent} divergent "
+                    f"transitions after warmup ({result.warmup_divergent} during warmup)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            row.update(
+                {
+                    "hmc_std": result.std.tolist(),
+                    "hmc_mean": result.mean.tolist(),
+                    "hmc_r_hat_max": _fin(np.nanmax(result.r_hat)),
+                    "hmc_divergent": result.n_divergent,
+                    "hmc_warmup_divergent": result.warmup_divergent,
+                    "hmc_seconds": result.times.get("total_this_call"),
+                }
+            )
         if first_sigma is None and fisher.sigmas is not None:
             first_sigma = fisher.sigmas
-        row["precision_gain"] = None if (fisher.sigmas is None or first_sigma is None) else (first_sigma / fisher.sigmas).tolist()
+        row["precision_gain"] = (
+            None if (fisher.sigmas is None or first_sigma is None) else (first_sigma / fisher.sigmas).tolist()
+        )
         rows.append(row)
     return ErrorScalingReport(free_names, np.asarray(theta_out), rows, time.perf_counter() - t0)

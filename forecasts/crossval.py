@@ -41,8 +41,15 @@ from .fisher import FisherResult
 from .hmc import HmcResult
 
 __all__ = [
-    "Thresholds", "CrossValidationReport", "cross_validate", "classifier_two_sample_auc", "classifier_two_sample_test",
-    "ClassifierTest", "McMoments", "mc_moments", "extension_targets",
+    "Thresholds",
+    "CrossValidationReport",
+    "cross_validate",
+    "classifier_two_sample_auc",
+    "classifier_two_sample_test",
+    "ClassifierTest",
+    "McMoments",
+    "mc_moments",
+    "extension_targets",
 ]
 
 
@@ -64,7 +71,9 @@ def _as_chains(x, label: str) -> tuple[np.ndarray, tuple[str, ...] | None]:
         if arr.ndim == 2:
             arr = arr[None]
     if arr.ndim != 3:
-        raise ValueError(f"{label} samples must be an HmcResult or an array (n, d) / (chains, draws, d); got shape {arr.shape}")
+        raise ValueError(
+            f"{label} samples must be an HmcResult or an array (n, d) / (chains, draws, d); got shape {arr.shape}"
+        )
     if arr.shape[1] < 4:
         raise ValueError(f"{label} samples: {arr.shape[1]} draws per chain; need >= 4 to estimate Monte-Carlo errors")
     if not np.all(np.isfinite(arr)):
@@ -249,7 +258,8 @@ class CrossValidationReport:
             "advice": self.advice,
             "decisions": dict(self.decisions),
             "needed": list(self.needed),
-            "thresholds": self.thresholds._asdict() | {"width_ratio_range": [1 / self.thresholds.max_width_ratio, self.thresholds.max_width_ratio]},
+            "thresholds": self.thresholds._asdict()
+            | {"width_ratio_range": [1 / self.thresholds.max_width_ratio, self.thresholds.max_width_ratio]},
             "checks": self.checks,
             "labels": list(self.labels),
             "auc": self.auc,
@@ -259,11 +269,16 @@ class CrossValidationReport:
             "parameters": [
                 {
                     "name": name,
-                    "reference_mean": float(self.reference_mean[k]), "reference_std": float(self.reference_std[k]),
-                    "candidate_mean": float(self.candidate_mean[k]), "candidate_std": float(self.candidate_std[k]),
-                    "shift_in_reference_sigma": float(self.shift[k]), "width_ratio": float(self.width_ratio[k]),
-                    "shift_se": float(self.shift_se[k]), "width_ratio_se": float(self.width_ratio_se[k]),
-                    "reference_ess": float(self.reference_ess[k]), "candidate_ess": float(self.candidate_ess[k]),
+                    "reference_mean": float(self.reference_mean[k]),
+                    "reference_std": float(self.reference_std[k]),
+                    "candidate_mean": float(self.candidate_mean[k]),
+                    "candidate_std": float(self.candidate_std[k]),
+                    "shift_in_reference_sigma": float(self.shift[k]),
+                    "width_ratio": float(self.width_ratio[k]),
+                    "shift_se": float(self.shift_se[k]),
+                    "width_ratio_se": float(self.width_ratio_se[k]),
+                    "reference_ess": float(self.reference_ess[k]),
+                    "candidate_ess": float(self.candidate_ess[k]),
                     "shift_decision": self.parameter_decisions["shift"][k],
                     "width_ratio_decision": self.parameter_decisions["width_ratio"][k],
                 }
@@ -331,15 +346,27 @@ class CrossValidationReport:
         from .plots import corner_overlay, fisher_ellipses
 
         outdir = Path(outdir)
-        paths = [corner_overlay(list(self._samples), list(self.labels), self.names, outdir / f"{prefix}_corner.png", truths=truths,
-                                title=f"{self.labels[1]} vs {self.labels[0]}: {self.verdict} (AUC {self.auc:.3f} +- {self.auc_se:.3f})")]
+        paths = [
+            corner_overlay(
+                list(self._samples),
+                list(self.labels),
+                self.names,
+                outdir / f"{prefix}_corner.png",
+                truths=truths,
+                title=f"{self.labels[1]} vs {self.labels[0]}: {self.verdict} (AUC {self.auc:.3f} +- {self.auc_se:.3f})",
+            )
+        ]
         if self._fishers and all(f is not None for f in self._fishers):
-            paths.append(fisher_ellipses(list(self._fishers), [f"{lab} Fisher" for lab in self.labels], outdir / f"{prefix}_fisher.png"))
+            paths.append(
+                fisher_ellipses(
+                    list(self._fishers), [f"{lab} Fisher" for lab in self.labels], outdir / f"{prefix}_fisher.png"
+                )
+            )
         return paths
 
 
 def _decide(value: float, se: float, low: float, high: float, z: float) -> str:
-    """"pass" if [value - z se, value + z se] lies inside (low, high), "fail" if it lies wholly
+    """ "pass" if [value - z se, value + z se] lies inside (low, high), "fail" if it lies wholly
     outside, "undecided" otherwise."""
     if low < value - z * se and value + z * se < high:
         return "pass"
@@ -374,7 +401,11 @@ def _ess_needed(value, var, ess, low, high, z, labels) -> dict:
         need = {labels[big]: float(np.ceil(ess[big] * var[big] / (target - var[other])))}
         return {"extend": [labels[big]], "ess_needed": need, "ess_now": now}
     factor = (var[0] + var[1]) / target
-    return {"extend": list(labels), "ess_needed": {lab: float(np.ceil(e * factor)) for lab, e in zip(labels, ess)}, "ess_now": now}
+    return {
+        "extend": list(labels),
+        "ess_needed": {lab: float(np.ceil(e * factor)) for lab, e in zip(labels, ess)},
+        "ess_now": now,
+    }
 
 
 def extension_targets(needed: list, verdict: str) -> dict:
@@ -387,9 +418,15 @@ def extension_targets(needed: list, verdict: str) -> dict:
     extension asked for (ESS values; "for" names the criterion).  Empty unless INCONCLUSIVE."""
     if verdict != "INCONCLUSIVE":
         return {"outcome": None, "ess": {}, "on_threshold": []}
+
     def cost(item):
-        factors = [item["ess_needed"][lab] / max(item["ess_now"][lab], 1.0) for lab in item["extend"] if item["ess_needed"][lab] is not None]
+        factors = [
+            item["ess_needed"][lab] / max(item["ess_now"][lab], 1.0)
+            for lab in item["extend"]
+            if item["ess_needed"][lab] is not None
+        ]
         return max(factors) if len(factors) == len(item["extend"]) else np.inf
+
     violating = [item for item in needed if not item["estimate_meets"]]
     deciding = [min(violating, key=cost)] if violating else needed
     asks: dict[str, dict] = {}
@@ -411,24 +448,34 @@ def _advice(needed: list, verdict: str) -> str:
     if verdict != "INCONCLUSIVE":
         return ""
     targets = extension_targets(needed, verdict)
-    parts = [f"run the {lab} chains longer, to an ESS of ~{a['needed']:.0f} (now {a['now']:.0f}, ~{a['needed'] / max(a['now'], 1.0):.1f}x the draws; "
-             f"for the {a['for']})" for lab, a in targets["ess"].items()]
+    parts = [
+        f"run the {lab} chains longer, to an ESS of ~{a['needed']:.0f} (now {a['now']:.0f}, ~{a['needed'] / max(a['now'], 1.0):.1f}x the draws; "
+        f"for the {a['for']})"
+        for lab, a in targets["ess"].items()
+    ]
     if targets["on_threshold"]:
         parts.append(f"the {', '.join(targets['on_threshold'])} sits on its threshold: no run length decides it")
-    return (f"the Monte-Carlo errors are too large to decide; if the estimates stay where they are, {targets['outcome']} needs: "
-            + "; ".join(parts) + ".")
+    return (
+        f"the Monte-Carlo errors are too large to decide; if the estimates stay where they are, {targets['outcome']} needs: "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _fisher_comparison(ref: FisherResult, cand: FisherResult) -> dict:
     out = {
-        "reference_theta": ref.theta.tolist(), "candidate_theta": cand.theta.tolist(),
-        "reference_positive_definite": ref.positive_definite, "candidate_positive_definite": cand.positive_definite,
+        "reference_theta": ref.theta.tolist(),
+        "candidate_theta": cand.theta.tolist(),
+        "reference_positive_definite": ref.positive_definite,
+        "candidate_positive_definite": cand.positive_definite,
         "reference_sigma": None if ref.sigmas is None else ref.sigmas.tolist(),
         "candidate_sigma": None if cand.sigmas is None else cand.sigmas.tolist(),
         "reference_condition_number": ref.condition_number if np.isfinite(ref.condition_number) else None,
         "candidate_condition_number": cand.condition_number if np.isfinite(cand.condition_number) else None,
-        "sigma_ratio": None, "map_shift": None,
-        "reference_message": ref.message, "candidate_message": cand.message,
+        "sigma_ratio": None,
+        "map_shift": None,
+        "reference_message": ref.message,
+        "candidate_message": cand.message,
     }
     if ref.sigmas is not None:
         out["map_shift"] = ((cand.theta - ref.theta) / ref.sigmas).tolist()
@@ -498,7 +545,10 @@ def cross_validate(
     z_mean = [_small_sample_z(z, min(r.ess_mean[k], c.ess_mean[k])) for k in range(d)]
     z_sq = [_small_sample_z(z, min(r.ess_sq[k], c.ess_sq[k])) for k in range(d)]
     per_param = {
-        "shift": [_decide(shift[k], shift_se[k], -thresholds.max_abs_shift, thresholds.max_abs_shift, z_mean[k]) for k in range(d)],
+        "shift": [
+            _decide(shift[k], shift_se[k], -thresholds.max_abs_shift, thresholds.max_abs_shift, z_mean[k])
+            for k in range(d)
+        ],
         "width_ratio": [_decide(log_ratio[k], log_ratio_se[k], -bound, bound, z_sq[k]) for k in range(d)],
     }
     combine = lambda ds: "fail" if "fail" in ds else ("pass" if all(v == "pass" for v in ds) else "undecided")  # noqa: E731
@@ -507,24 +557,63 @@ def cross_validate(
         "width_ratio": combine(per_param["width_ratio"]),
         "auc": _decide(c2st.auc, auc_se, -np.inf, thresholds.max_auc, _small_sample_z(z, min(ess_auc))),
     }
-    verdict = "FAIL" if "fail" in decisions.values() else ("PASS" if all(v == "pass" for v in decisions.values()) else "INCONCLUSIVE")
+    verdict = (
+        "FAIL"
+        if "fail" in decisions.values()
+        else ("PASS" if all(v == "pass" for v in decisions.values()) else "INCONCLUSIVE")
+    )
     labels = tuple(labels)
     needed = []
     for k in range(d):
         if per_param["shift"][k] == "undecided":
-            needed.append({"criterion": "shift", "parameter": names[k], "value": float(shift[k]), "se": float(shift_se[k]),
-                           "estimate_meets": bool(abs(shift[k]) < thresholds.max_abs_shift),
-                           **_ess_needed(shift[k], (shift_var[0][k], shift_var[1][k]), (r.ess_mean[k], c.ess_mean[k]),
-                                         -thresholds.max_abs_shift, thresholds.max_abs_shift, z, labels)})
+            needed.append(
+                {
+                    "criterion": "shift",
+                    "parameter": names[k],
+                    "value": float(shift[k]),
+                    "se": float(shift_se[k]),
+                    "estimate_meets": bool(abs(shift[k]) < thresholds.max_abs_shift),
+                    **_ess_needed(
+                        shift[k],
+                        (shift_var[0][k], shift_var[1][k]),
+                        (r.ess_mean[k], c.ess_mean[k]),
+                        -thresholds.max_abs_shift,
+                        thresholds.max_abs_shift,
+                        z,
+                        labels,
+                    ),
+                }
+            )
         if per_param["width_ratio"][k] == "undecided":
-            needed.append({"criterion": "width ratio", "parameter": names[k], "value": float(ratio[k]), "se": float(ratio[k] * log_ratio_se[k]),
-                           "estimate_meets": bool(abs(log_ratio[k]) < bound),
-                           **_ess_needed(log_ratio[k], (log_ratio_var[0][k], log_ratio_var[1][k]), (r.ess_sq[k], c.ess_sq[k]),
-                                         -bound, bound, z, labels)})
+            needed.append(
+                {
+                    "criterion": "width ratio",
+                    "parameter": names[k],
+                    "value": float(ratio[k]),
+                    "se": float(ratio[k] * log_ratio_se[k]),
+                    "estimate_meets": bool(abs(log_ratio[k]) < bound),
+                    **_ess_needed(
+                        log_ratio[k],
+                        (log_ratio_var[0][k], log_ratio_var[1][k]),
+                        (r.ess_sq[k], c.ess_sq[k]),
+                        -bound,
+                        bound,
+                        z,
+                        labels,
+                    ),
+                }
+            )
     if decisions["auc"] == "undecided":
-        needed.append({"criterion": "classifier AUC", "parameter": None, "value": c2st.auc, "se": auc_se,
-                       "estimate_meets": bool(c2st.auc < thresholds.max_auc),
-                       **_ess_needed(c2st.auc, tuple(auc_var), ess_auc, -np.inf, thresholds.max_auc, z, labels)})
+        needed.append(
+            {
+                "criterion": "classifier AUC",
+                "parameter": None,
+                "value": c2st.auc,
+                "se": auc_se,
+                "estimate_meets": bool(c2st.auc < thresholds.max_auc),
+                **_ess_needed(c2st.auc, tuple(auc_var), ess_auc, -np.inf, thresholds.max_auc, z, labels),
+            }
+        )
     checks = {
         "shift": bool(np.all(np.abs(shift) < thresholds.max_abs_shift)),
         "width_ratio": bool(np.all((ratio >= 1 / thresholds.max_width_ratio) & (ratio <= thresholds.max_width_ratio))),
@@ -534,10 +623,30 @@ def cross_validate(
     if fisher_reference is not None and fisher_candidate is not None:
         fisher = _fisher_comparison(fisher_reference, fisher_candidate)
     return CrossValidationReport(
-        names=names, reference_mean=r.mean, reference_std=r.std, candidate_mean=c.mean, candidate_std=c.std,
-        shift=shift, width_ratio=ratio, auc=c2st.auc, n_classifier=c2st.n, fisher=fisher, thresholds=thresholds,
-        checks=checks, verdict=verdict, labels=labels, shift_se=shift_se, width_ratio_se=ratio * log_ratio_se,
-        reference_ess=r.ess_mean, candidate_ess=c.ess_mean, auc_se=auc_se, auc_folds=c2st.fold_aucs, decisions=decisions,
-        parameter_decisions=per_param, needed=needed, advice=_advice(needed, verdict),
-        _samples=(ref, cand), _fishers=(fisher_reference, fisher_candidate),
+        names=names,
+        reference_mean=r.mean,
+        reference_std=r.std,
+        candidate_mean=c.mean,
+        candidate_std=c.std,
+        shift=shift,
+        width_ratio=ratio,
+        auc=c2st.auc,
+        n_classifier=c2st.n,
+        fisher=fisher,
+        thresholds=thresholds,
+        checks=checks,
+        verdict=verdict,
+        labels=labels,
+        shift_se=shift_se,
+        width_ratio_se=ratio * log_ratio_se,
+        reference_ess=r.ess_mean,
+        candidate_ess=c.ess_mean,
+        auc_se=auc_se,
+        auc_folds=c2st.fold_aucs,
+        decisions=decisions,
+        parameter_decisions=per_param,
+        needed=needed,
+        advice=_advice(needed, verdict),
+        _samples=(ref, cand),
+        _fishers=(fisher_reference, fisher_candidate),
     )

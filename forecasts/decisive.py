@@ -55,8 +55,13 @@ class DecisiveResult:
     budget_s: float
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "stopped": self.stopped, "spent_s": round(self.spent_s, 1),
-                "budget_s": self.budget_s, "rounds": list(self.rounds)}
+        return {
+            "verdict": self.verdict,
+            "stopped": self.stopped,
+            "spent_s": round(self.spent_s, 1),
+            "budget_s": self.budget_s,
+            "rounds": list(self.rounds),
+        }
 
 
 def _read_state(path: Path | None, key: str) -> dict | None:
@@ -116,10 +121,17 @@ def extend_until_decided(
         log: one line per round.
     """
     if budget_s < 0 or reference_draws < 4 or candidate_draws < 4:
-        raise ValueError(f"need budget_s >= 0 and first draw targets >= 4; got {budget_s}, {reference_draws}, {candidate_draws}")
+        raise ValueError(
+            f"need budget_s >= 0 and first draw targets >= 4; got {budget_s}, {reference_draws}, {candidate_draws}"
+        )
     state_path = None if state_path is None else Path(state_path)
-    state = _read_state(state_path, key) or {"key": key, "reference_draws": int(reference_draws),
-                                             "candidate_draws": int(candidate_draws), "spent_s": 0.0, "rounds": []}
+    state = _read_state(state_path, key) or {
+        "key": key,
+        "reference_draws": int(reference_draws),
+        "candidate_draws": int(candidate_draws),
+        "spent_s": 0.0,
+        "rounds": [],
+    }
     if state["rounds"]:
         log(f"[decisive] resuming after {len(state['rounds'])} round(s), {state['spent_s']:.0f} s spent")
     while True:
@@ -132,15 +144,26 @@ def extend_until_decided(
         state["spent_s"] += time.perf_counter() - started
         labels = report.labels
         targets = extension_targets(report.needed, report.verdict)
-        state["rounds"].append({
-            "round": len(state["rounds"]) + 1, f"{labels[0]}_draws": int(reference.samples.shape[1]),
-            f"{labels[1]}_draws": int(candidate.samples.shape[1]), "verdict": report.verdict,
-            f"{labels[0]}_ess": report.reference_ess.tolist(), f"{labels[1]}_ess": report.candidate_ess.tolist(),
-            "shift": report.shift.tolist(), "shift_se": report.shift_se.tolist(), "auc": report.auc, "auc_se": report.auc_se,
-            "spent_s": round(state["spent_s"], 1), "asks": targets["ess"],
-        })
-        log(f"[decisive] round {len(state['rounds'])}: {labels[0]} {reference.samples.shape[1]} / {labels[1]} "
-            f"{candidate.samples.shape[1]} draws per chain -> {report.verdict} ({state['spent_s']:.0f} of {budget_s:.0f} s)")
+        state["rounds"].append(
+            {
+                "round": len(state["rounds"]) + 1,
+                f"{labels[0]}_draws": int(reference.samples.shape[1]),
+                f"{labels[1]}_draws": int(candidate.samples.shape[1]),
+                "verdict": report.verdict,
+                f"{labels[0]}_ess": report.reference_ess.tolist(),
+                f"{labels[1]}_ess": report.candidate_ess.tolist(),
+                "shift": report.shift.tolist(),
+                "shift_se": report.shift_se.tolist(),
+                "auc": report.auc,
+                "auc_se": report.auc_se,
+                "spent_s": round(state["spent_s"], 1),
+                "asks": targets["ess"],
+            }
+        )
+        log(
+            f"[decisive] round {len(state['rounds'])}: {labels[0]} {reference.samples.shape[1]} / {labels[1]} "
+            f"{candidate.samples.shape[1]} draws per chain -> {report.verdict} ({state['spent_s']:.0f} of {budget_s:.0f} s)"
+        )
         stopped = None
         if report.verdict != "INCONCLUSIVE":
             stopped = "decided"
@@ -160,13 +183,26 @@ def extend_until_decided(
                 new_ref = min(new_ref, state["reference_draws"] + int(remaining / per_draw))
             if new_ref <= state["reference_draws"] and new_cand <= state["candidate_draws"]:
                 capped = (ref_ask is not None and state["reference_draws"] >= max_reference_draws) or (
-                    cand_ask is not None and state["candidate_draws"] >= max_candidate_draws)
+                    cand_ask is not None and state["candidate_draws"] >= max_candidate_draws
+                )
                 stopped = "max draws" if capped else "budget"
             elif remaining <= 0:
                 stopped = "budget"
             else:
-                state["reference_draws"], state["candidate_draws"] = max(new_ref, state["reference_draws"]), max(new_cand, state["candidate_draws"])
+                state["reference_draws"], state["candidate_draws"] = (
+                    max(new_ref, state["reference_draws"]),
+                    max(new_cand, state["candidate_draws"]),
+                )
         state["stopped"] = stopped
         _write_state(state_path, state)
         if stopped is not None:
-            return DecisiveResult(report.verdict, report, reference, candidate, state["rounds"], stopped, state["spent_s"], float(budget_s))
+            return DecisiveResult(
+                report.verdict,
+                report,
+                reference,
+                candidate,
+                state["rounds"],
+                stopped,
+                state["spent_s"],
+                float(budget_s),
+            )

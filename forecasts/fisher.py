@@ -99,8 +99,20 @@ def fisher_result(matrix, names: Sequence[str], theta, kind: str = "fisher", rto
     if not np.all(np.isfinite(matrix)):
         i, j = np.argwhere(~np.isfinite(matrix))[0]
         nan = np.full(n, np.nan)
-        return FisherResult(names, theta, matrix, kind, nan, np.full((n, n), np.nan), False, None, None, None, np.inf,
-                            f"matrix entry ({names[i]}, {names[j]}) is {matrix[i, j]}: not finite")
+        return FisherResult(
+            names,
+            theta,
+            matrix,
+            kind,
+            nan,
+            np.full((n, n), np.nan),
+            False,
+            None,
+            None,
+            None,
+            np.inf,
+            f"matrix entry ({names[i]}, {names[j]}) is {matrix[i, j]}: not finite",
+        )
     matrix = 0.5 * (matrix + matrix.T)
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)
     abs_eig = np.abs(eigenvalues)
@@ -122,12 +134,16 @@ def fisher_result(matrix, names: Sequence[str], theta, kind: str = "fisher", rto
             parts.append(f"eigenvalue {eigenvalues[k]:.4g} along ({combo})")
         kind_of = "a saddle point or maximum" if np.any(eigenvalues[bad] < 0) else "singular (flat direction)"
         message = f"not positive definite ({kind_of}): " + "; ".join(parts) + "; no covariance given"
-        return FisherResult(names, theta, matrix, kind, eigenvalues, eigenvectors, False, None, None, None, condition, message)
+        return FisherResult(
+            names, theta, matrix, kind, eigenvalues, eigenvectors, False, None, None, None, condition, message
+        )
     covariance = eigenvectors @ np.diag(1.0 / eigenvalues) @ eigenvectors.T
     covariance = 0.5 * (covariance + covariance.T)
     sigmas = np.sqrt(np.diag(covariance))
     correlation = covariance / np.outer(sigmas, sigmas)
-    return FisherResult(names, theta, matrix, kind, eigenvalues, eigenvectors, True, covariance, sigmas, correlation, condition, message)
+    return FisherResult(
+        names, theta, matrix, kind, eigenvalues, eigenvectors, True, covariance, sigmas, correlation, condition, message
+    )
 
 
 def finite_difference_hessian(fun: Callable, x, step) -> np.ndarray:
@@ -151,7 +167,9 @@ def finite_difference_hessian(fun: Callable, x, step) -> np.ndarray:
     return H
 
 
-_jit_hessian = jax.jit(jax.hessian(lambda spec, data, theta: -log_likelihood_at(spec, data, theta), argnums=2), static_argnums=0)
+_jit_hessian = jax.jit(
+    jax.hessian(lambda spec, data, theta: -log_likelihood_at(spec, data, theta), argnums=2), static_argnums=0
+)
 
 
 def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step: float = 1e-4) -> FisherResult:
@@ -192,8 +210,11 @@ def laplace(fm: ForwardModel, theta, *, method: str | None = None, relative_step
         raise ValueError(f"method must be 'autodiff', 'fd_grad' or None; got {method!r}")
     warn_failed_halos("laplace", [n_failed], "evaluations")
     coverage = check_training_coverage(fm, np.asarray(theta_j)[None], "laplace", "expansion points")
-    return dataclasses.replace(fisher_result(H, fm.free_names, np.asarray(theta_j), kind=f"laplace ({method})"),
-                               n_failed=int(n_failed), coverage=coverage)
+    return dataclasses.replace(
+        fisher_result(H, fm.free_names, np.asarray(theta_j), kind=f"laplace ({method})"),
+        n_failed=int(n_failed),
+        coverage=coverage,
+    )
 
 
 def gauss_newton_fisher(fm: ForwardModel, theta, *, prior_term: bool = False) -> FisherResult:
@@ -210,5 +231,7 @@ def gauss_newton_fisher(fm: ForwardModel, theta, *, prior_term: bool = False) ->
     J = fm.summary_jacobian_numpy(theta_j)
     _, model_variance, n_failed = fm.predict_with_failures_numpy(theta_j)
     F = gauss_newton_fisher_matrix(J, model_variance + fm.sigma**2, fm.prior.width if prior_term else None)
-    result = fisher_result(F, fm.free_names, np.asarray(theta_j), kind="gauss-newton" + (" + prior" if prior_term else ""))
+    result = fisher_result(
+        F, fm.free_names, np.asarray(theta_j), kind="gauss-newton" + (" + prior" if prior_term else "")
+    )
     return dataclasses.replace(result, n_failed=int(n_failed))

@@ -122,7 +122,9 @@ def _summary_jacobian(spec: ForwardSpec, data, theta_free):
 
 #: ``(spec, data, theta_free) -> (ln L, d ln L / d theta_free)``, compiled once per ``spec``.
 jit_value_and_grad = jax.jit(jax.value_and_grad(log_likelihood_at, argnums=2), static_argnums=0)
-_jit_value_grad_failures = jax.jit(jax.value_and_grad(log_likelihood_and_failures, argnums=2, has_aux=True), static_argnums=0)
+_jit_value_grad_failures = jax.jit(
+    jax.value_and_grad(log_likelihood_and_failures, argnums=2, has_aux=True), static_argnums=0
+)
 _jit_predict = jax.jit(_predict_with_failures, static_argnums=0)
 _jit_summary_jacobian = jax.jit(_summary_jacobian, static_argnums=0)
 
@@ -167,7 +169,9 @@ def resolve_fixed(fixed, prior: Prior, free_index: tuple[int, ...]) -> np.ndarra
     else:
         arr = np.asarray(fixed, dtype=np.float64)
         if arr.shape != (len(names),):
-            raise ValueError(f"fixed must have shape ({len(names)},) in the order {names} (or be a mapping name -> value); got shape {arr.shape}")
+            raise ValueError(
+                f"fixed must have shape ({len(names)},) in the order {names} (or be a mapping name -> value); got shape {arr.shape}"
+            )
         full = arr.copy()
     held = [i for i in range(len(names)) if i not in free_index]
     if held:  # the held values must be valid parameters; the free entries are placeholders
@@ -187,7 +191,9 @@ def _check_sigma_scale(sigma_scale):
     try:
         value = float(sigma_scale)
     except (TypeError, ValueError):
-        raise ValueError(f"sigma_scale must be a positive number or a mapping relation -> number, got {sigma_scale!r}") from None
+        raise ValueError(
+            f"sigma_scale must be a positive number or a mapping relation -> number, got {sigma_scale!r}"
+        ) from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"sigma_scale must be finite and > 0, got {sigma_scale!r}")
     return value
@@ -202,7 +208,10 @@ def _select_observations(obs: Observations, relations, sigma_scale) -> Observati
 def _observation_fields(selected: Observations) -> dict:
     """The ``_setup`` arguments that come from the (selected, scaled) observations."""
     return {
-        "observations": selected, "relations": selected.names, "y": selected.y, "sigma": selected.sigma,
+        "observations": selected,
+        "relations": selected.names,
+        "y": selected.y,
+        "sigma": selected.sigma,
         "summary_names": sapphire.population_summaries.summary_names(selected),
     }
 
@@ -307,11 +316,15 @@ class ForwardModel:
         the offending value otherwise.  A tracer is only checked for its shape."""
         if isinstance(theta_free, jax.core.Tracer):
             if theta_free.shape != (self.n_free,):
-                raise ValueError(f"theta must have shape ({self.n_free},) (free parameters {self.free_names}); got {theta_free.shape}")
+                raise ValueError(
+                    f"theta must have shape ({self.n_free},) (free parameters {self.free_names}); got {theta_free.shape}"
+                )
             return theta_free
         arr = self.prior.validate(theta_free)
         if arr.ndim != 1:
-            raise ValueError(f"theta must have shape ({self.n_free},) (free parameters {self.free_names}); got {arr.shape}")
+            raise ValueError(
+                f"theta must have shape ({self.n_free},) (free parameters {self.free_names}); got {arr.shape}"
+            )
         return jnp.asarray(arr)
 
     # ---- the forward model ----------------------------------------------------------------
@@ -379,11 +392,19 @@ class ForwardModel:
     # ---- identity ----------------------------------------------------------------------------
     def describe(self) -> dict:
         """JSON-ready description (kind, free/fixed parameters, relations, sigma scale, data)."""
-        scale = self.sigma_scale if not isinstance(self.sigma_scale, Mapping) else {k: float(v) for k, v in self.sigma_scale.items()}
+        scale = (
+            self.sigma_scale
+            if not isinstance(self.sigma_scale, Mapping)
+            else {k: float(v) for k, v in self.sigma_scale.items()}
+        )
         return {
             "kind": type(self).__name__,
             "free": list(self.free_names),
-            "fixed": {n: float(v) for i, (n, v) in enumerate(zip(self.parameter_names, self.fixed)) if i not in self.free_index},
+            "fixed": {
+                n: float(v)
+                for i, (n, v) in enumerate(zip(self.parameter_names, self.fixed))
+                if i not in self.free_index
+            },
             "prior": self.prior.to_dict(),
             "relations": list(self.relations),
             "sigma_scale": scale,
@@ -434,8 +455,17 @@ class ExactForward(ForwardModel):
     vectorizable = False
     preferred_chain_method = "sequential"
 
-    def __init__(self, model: sapphire.Model, halos: sapphire.HaloPopulation, obs: Observations | None = None, *,
-                 free=None, fixed=None, relations=None, sigma_scale=1.0) -> None:
+    def __init__(
+        self,
+        model: sapphire.Model,
+        halos: sapphire.HaloPopulation,
+        obs: Observations | None = None,
+        *,
+        free=None,
+        fixed=None,
+        relations=None,
+        sigma_scale=1.0,
+    ) -> None:
         obs = Observations.default() if obs is None else obs
         if not isinstance(obs, Observations):
             raise ValueError(f"obs must be a sapphire.Observations, got {type(obs).__name__}")
@@ -501,7 +531,9 @@ def _match_emulator_observations(emu_obs: Observations, obs: Observations) -> No
             raise ValueError(f"obs: relation {rel.name!r} has {rel.size} points, the emulator's has {trained.size}")
         if not np.allclose(trained.x, rel.x, rtol=0, atol=1e-9):
             i = int(np.flatnonzero(~np.isclose(trained.x, rel.x, rtol=0, atol=1e-9))[0])
-            raise ValueError(f"obs: relation {rel.name!r} x[{i}] = {rel.x[i]} differs from the emulator's x[{i}] = {trained.x[i]}")
+            raise ValueError(
+                f"obs: relation {rel.name!r} x[{i}] = {rel.x[i]} differs from the emulator's x[{i}] = {trained.x[i]}"
+            )
 
 
 def _emulator_identity(emu) -> str:
@@ -534,8 +566,17 @@ class EmulatorForward(ForwardModel):
     and, if ``include_emulator_error``, the emulator error squared as model variance (else 0).
     """
 
-    def __init__(self, emu, obs: Observations | None = None, include_emulator_error: bool = True, *,
-                 free=None, fixed=None, relations=None, sigma_scale=1.0) -> None:
+    def __init__(
+        self,
+        emu,
+        obs: Observations | None = None,
+        include_emulator_error: bool = True,
+        *,
+        free=None,
+        fixed=None,
+        relations=None,
+        sigma_scale=1.0,
+    ) -> None:
         for attr in ("observations", "prior", "predict", "jacobian"):
             if not hasattr(emu, attr):
                 raise ValueError(f"emu lacks {attr!r}: not an emulator (needs observations, prior, predict, jacobian)")
@@ -548,7 +589,9 @@ class EmulatorForward(ForwardModel):
         index = np.concatenate([np.arange(emu_obs.slices[n].start, emu_obs.slices[n].stop) for n in selected.names])
         prior = emu.prior
         if tuple(prior.names) != sapphire.PARAMETER_NAMES:
-            raise ValueError(f"emu.prior names {prior.names} are not sapphire.PARAMETER_NAMES {sapphire.PARAMETER_NAMES}")
+            raise ValueError(
+                f"emu.prior names {prior.names} are not sapphire.PARAMETER_NAMES {sapphire.PARAMETER_NAMES}"
+            )
         self._setup(
             parameter_names=sapphire.PARAMETER_NAMES,
             full_prior=prior,
@@ -590,7 +633,11 @@ class EmulatorForward(ForwardModel):
         if not (has_box or has_distance):
             return None
         in_box = np.asarray(emu.in_training_range(full), bool).reshape(-1) if has_box else np.ones(arr.shape[0], bool)
-        distance = np.asarray(emu.coverage_distance(full), np.float64).reshape(-1) if has_distance else np.full(arr.shape[0], np.nan)
+        distance = (
+            np.asarray(emu.coverage_distance(full), np.float64).reshape(-1)
+            if has_distance
+            else np.full(arr.shape[0], np.nan)
+        )
         outside = ~in_box | (np.isfinite(distance) & (distance > COVERAGE_GAP))
         return {"in_box": in_box, "distance": distance, "outside": outside}
 
@@ -614,8 +661,19 @@ class LinearGaussianForward(ForwardModel):
     theta_h), (A_f^T C^-1 A_f)^-1), f = free columns, h = held ones, C = diag(sigma^2).
     """
 
-    def __init__(self, A, b, y, sigma, prior: Prior | None = None, *, names: Sequence[str] | None = None,
-                 free=None, fixed=None, sigma_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        A,
+        b,
+        y,
+        sigma,
+        prior: Prior | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        free=None,
+        fixed=None,
+        sigma_scale: float = 1.0,
+    ) -> None:
         A = np.atleast_2d(np.asarray(A, dtype=np.float64))
         n_summary, n_params = A.shape
         b, y, sigma = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (b, y, sigma))
@@ -637,7 +695,9 @@ class LinearGaussianForward(ForwardModel):
             cov = np.linalg.inv(precision)
             centre = cov @ (A.T @ ((y - b) / sigma**2))
             half = 20.0 * np.sqrt(np.diag(cov))
-            prior = Prior(names=names, low=tuple(float(v) for v in centre - half), high=tuple(float(v) for v in centre + half))
+            prior = Prior(
+                names=names, low=tuple(float(v) for v in centre - half), high=tuple(float(v) for v in centre + half)
+            )
         if tuple(prior.names) != names:
             raise ValueError(f"prior names {prior.names} differ from the parameter names {names}")
         self._setup(
@@ -688,19 +748,27 @@ def check_training_coverage(fm: ForwardModel, theta_free, where: str, what: str 
         return None
     finite = cov["distance"][np.isfinite(cov["distance"])]
     out = {
-        "n": int(cov["outside"].size), "n_outside": int(cov["outside"].sum()), "n_outside_box": int((~cov["in_box"]).sum()),
-        "max_distance": float(finite.max()) if finite.size else None, "gap": COVERAGE_GAP,
+        "n": int(cov["outside"].size),
+        "n_outside": int(cov["outside"].sum()),
+        "n_outside_box": int((~cov["in_box"]).sum()),
+        "max_distance": float(finite.max()) if finite.size else None,
+        "gap": COVERAGE_GAP,
     }
     if out["n_outside"]:
         import warnings
 
-        far = f"; up to {out['max_distance']:.2f} design spacings from the nearest training point" if out["max_distance"] is not None else ""
+        far = (
+            f"; up to {out['max_distance']:.2f} design spacings from the nearest training point"
+            if out["max_distance"] is not None
+            else ""
+        )
         in_gaps = out["n_outside"] - out["n_outside_box"]
         warnings.warn(
             f"{where}: {out['n_outside']} of {out['n']} {what} lie outside the emulator's training coverage "
             f"({out['n_outside_box']} outside the box of its design, {in_gaps} inside it but farther than {COVERAGE_GAP} design "
             f"spacings from any training point{far}): the emulator extrapolates there; extend the design (sapphire generate --extend)",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
     return out
 
@@ -715,5 +783,6 @@ def warn_failed_halos(where: str, counts, what: str) -> None:
         warnings.warn(
             f"{where}: the likelihood excluded failed halos in {int(np.sum(counts > 0))} of {counts.size} {what} (up to "
             f"{int(counts.max())} halos in one evaluation): those likelihoods are built from fewer halos",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )

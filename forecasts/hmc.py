@@ -144,8 +144,12 @@ class HmcResult:
             "times_s": dict(self.times),
             "settings": dict(self.settings),
             "fingerprint": self.fingerprint,
-            "draws_with_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) else int(np.sum(self.n_failed > 0)),
-            "max_failed_halos": None if self.n_failed is None or np.any(self.n_failed < 0) or not self.n_failed.size else int(self.n_failed.max()),
+            "draws_with_failed_halos": None
+            if self.n_failed is None or np.any(self.n_failed < 0)
+            else int(np.sum(self.n_failed > 0)),
+            "max_failed_halos": None
+            if self.n_failed is None or np.any(self.n_failed < 0) or not self.n_failed.size
+            else int(self.n_failed.max()),
             "training_coverage": self.coverage,
         }
 
@@ -156,14 +160,29 @@ class HmcResult:
         path = Path(path)
         np.savez(
             path,
-            samples=self.samples, diverging=self.diverging, accept_prob=self.accept_prob, num_steps=self.num_steps,
-            step_size=self.step_size, inverse_mass_matrix=self.inverse_mass_matrix,
+            samples=self.samples,
+            diverging=self.diverging,
+            accept_prob=self.accept_prob,
+            num_steps=self.num_steps,
+            step_size=self.step_size,
+            inverse_mass_matrix=self.inverse_mass_matrix,
             n_failed=self.n_failed if self.n_failed is not None else np.full(self.diverging.shape, -1),
-            meta=np.array(json.dumps({
-                "names": list(self.names), "n_divergent": self.n_divergent, "warmup_divergent": self.warmup_divergent,
-                "complete": self.complete, "num_warmup": self.num_warmup, "num_samples": self.num_samples,
-                "times": self.times, "settings": self.settings, "fingerprint": self.fingerprint, "coverage": self.coverage,
-            })),
+            meta=np.array(
+                json.dumps(
+                    {
+                        "names": list(self.names),
+                        "n_divergent": self.n_divergent,
+                        "warmup_divergent": self.warmup_divergent,
+                        "complete": self.complete,
+                        "num_warmup": self.num_warmup,
+                        "num_samples": self.num_samples,
+                        "times": self.times,
+                        "settings": self.settings,
+                        "fingerprint": self.fingerprint,
+                        "coverage": self.coverage,
+                    }
+                )
+            ),
         )
         return path
 
@@ -174,10 +193,22 @@ class HmcResult:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             return _make_result(
-                tuple(meta["names"]), f["samples"], f["diverging"], f["accept_prob"], f["num_steps"], meta["warmup_divergent"],
-                f["step_size"], f["inverse_mass_matrix"], meta["complete"], meta["num_warmup"], meta["num_samples"],
-                meta["times"], meta["settings"], meta["fingerprint"],
-                f["n_failed"] if "n_failed" in f.files else np.full(f["diverging"].shape, -1), meta.get("coverage"),
+                tuple(meta["names"]),
+                f["samples"],
+                f["diverging"],
+                f["accept_prob"],
+                f["num_steps"],
+                meta["warmup_divergent"],
+                f["step_size"],
+                f["inverse_mass_matrix"],
+                meta["complete"],
+                meta["num_warmup"],
+                meta["num_samples"],
+                meta["times"],
+                meta["settings"],
+                meta["fingerprint"],
+                f["n_failed"] if "n_failed" in f.files else np.full(f["diverging"].shape, -1),
+                meta.get("coverage"),
             )
 
 
@@ -190,15 +221,45 @@ def _diagnostics(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return r_hat, ess
 
 
-def _make_result(names, samples, diverging, accept_prob, num_steps, warmup_divergent, step_size, inverse_mass_matrix,
-                 complete, num_warmup, num_samples, times, settings, fingerprint, n_failed=None, coverage=None) -> HmcResult:
+def _make_result(
+    names,
+    samples,
+    diverging,
+    accept_prob,
+    num_steps,
+    warmup_divergent,
+    step_size,
+    inverse_mass_matrix,
+    complete,
+    num_warmup,
+    num_samples,
+    times,
+    settings,
+    fingerprint,
+    n_failed=None,
+    coverage=None,
+) -> HmcResult:
     r_hat, ess = _diagnostics(samples)
     return HmcResult(
-        names=tuple(names), samples=samples, diverging=diverging.astype(bool), accept_prob=accept_prob,
-        num_steps=num_steps, r_hat=r_hat, ess=ess, n_divergent=int(diverging.sum()), warmup_divergent=int(warmup_divergent),
-        step_size=step_size, inverse_mass_matrix=inverse_mass_matrix, complete=bool(complete), num_warmup=int(num_warmup),
-        num_samples=int(num_samples), times=dict(times), settings=dict(settings), fingerprint=fingerprint,
-        n_failed=None if n_failed is None else np.asarray(n_failed, int), coverage=coverage,
+        names=tuple(names),
+        samples=samples,
+        diverging=diverging.astype(bool),
+        accept_prob=accept_prob,
+        num_steps=num_steps,
+        r_hat=r_hat,
+        ess=ess,
+        n_divergent=int(diverging.sum()),
+        warmup_divergent=int(warmup_divergent),
+        step_size=step_size,
+        inverse_mass_matrix=inverse_mass_matrix,
+        complete=bool(complete),
+        num_warmup=int(num_warmup),
+        num_samples=int(num_samples),
+        times=dict(times),
+        settings=dict(settings),
+        fingerprint=fingerprint,
+        n_failed=None if n_failed is None else np.asarray(n_failed, int),
+        coverage=coverage,
     )
 
 
@@ -207,9 +268,13 @@ def _prior_distribution(fm: ForwardModel, prior):
     if prior is None:
         return dist.Uniform(jnp.asarray(fm.prior.low), jnp.asarray(fm.prior.high)).to_event(1)
     if not isinstance(prior, dist.Distribution):
-        raise ValueError(f"prior must be a numpyro Distribution with event shape ({fm.n_free},) or None; got {type(prior).__name__}")
+        raise ValueError(
+            f"prior must be a numpyro Distribution with event shape ({fm.n_free},) or None; got {type(prior).__name__}"
+        )
     if tuple(prior.batch_shape + prior.event_shape) != (fm.n_free,) or prior.event_shape != (fm.n_free,):
-        raise ValueError(f"prior must have event shape ({fm.n_free},) and no batch shape; got batch {prior.batch_shape}, event {prior.event_shape} (use .to_event(1))")
+        raise ValueError(
+            f"prior must have event shape ({fm.n_free},) and no batch shape; got batch {prior.batch_shape}, event {prior.event_shape} (use .to_event(1))"
+        )
     return prior
 
 
@@ -268,8 +333,10 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 def _state_layout(state) -> list[list]:
     """[path, dtype, shape] of every leaf of a kernel state (chains stacked)."""
-    return [[jax.tree_util.keystr(path), np.asarray(leaf).dtype.str, list(np.shape(leaf))]
-            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]]
+    return [
+        [jax.tree_util.keystr(path), np.asarray(leaf).dtype.str, list(np.shape(leaf))]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+    ]
 
 
 def _write_checkpoint(path: Path, meta: dict, state, arrays: dict[str, np.ndarray]) -> None:
@@ -277,8 +344,13 @@ def _write_checkpoint(path: Path, meta: dict, state, arrays: dict[str, np.ndarra
     the JSON ``meta`` (with the state layout, versions and the arrays' digest added)."""
     leaves = [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(state))]
     content = {f"state_{i:03d}": leaf for i, leaf in enumerate(leaves)} | {k: np.asarray(v) for k, v in arrays.items()}
-    meta = dict(meta, numpyro_version=numpyro.__version__, jax_version=jax.__version__, state_layout=_state_layout(state),
-                digest=_digest(content))
+    meta = dict(
+        meta,
+        numpyro_version=numpyro.__version__,
+        jax_version=jax.__version__,
+        state_layout=_state_layout(state),
+        digest=_digest(content),
+    )
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **content)
@@ -302,9 +374,13 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
             "older versions were pickles, which are no longer loaded because loading one can run code: delete it or use another path"
         ) from None
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it or use another path")
+        raise CheckpointMismatch(
+            f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}; delete it or use another path"
+        )
     if _digest(arrays) != meta.get("digest"):
-        raise CheckpointMismatch(f"checkpoint {path} is corrupt or was modified (its arrays do not match the digest it records); delete it or use another path")
+        raise CheckpointMismatch(
+            f"checkpoint {path} is corrupt or was modified (its arrays do not match the digest it records); delete it or use another path"
+        )
     return meta, arrays
 
 
@@ -314,7 +390,9 @@ def _restore_state(meta: dict, arrays: dict[str, np.ndarray], fresh_state, path:
     now = _state_layout(fresh_state)
     saved = meta.get("state_layout")
     if saved != now:
-        first = next((f"{a} vs {b}" for a, b in zip(saved or [], now) if a != b), f"{len(saved or [])} leaves vs {len(now)}")
+        first = next(
+            (f"{a} vs {b}" for a, b in zip(saved or [], now) if a != b), f"{len(saved or [])} leaves vs {len(now)}"
+        )
         raise CheckpointMismatch(
             f"checkpoint {path} was written by numpyro {meta.get('numpyro_version')}, whose sampler state differs from numpyro "
             f"{numpyro.__version__}'s (first difference: {first}); resume with numpyro {meta.get('numpyro_version')} or delete it"
@@ -332,7 +410,9 @@ def _check_checkpoint(saved: dict, fingerprint: str, settings: dict, path: Path)
     diffs = {k: (saved["settings"].get(k), v) for k, v in settings.items() if saved["settings"].get(k) != v}
     if diffs:
         text = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointMismatch(f"checkpoint {path} was made with other sampler settings ({text}); delete it or use another path")
+        raise CheckpointMismatch(
+            f"checkpoint {path} was made with other sampler settings ({text}); delete it or use another path"
+        )
 
 
 def progress_bar(description: str, total: int) -> Callable[[dict], None]:
@@ -400,7 +480,9 @@ def run_hmc(
         :class:`HmcResult`.
     """
     if num_chains < 1 or num_warmup < 0 or num_samples < 1:
-        raise ValueError(f"need num_chains >= 1, num_warmup >= 0, num_samples >= 1; got {num_chains}, {num_warmup}, {num_samples}")
+        raise ValueError(
+            f"need num_chains >= 1, num_warmup >= 0, num_samples >= 1; got {num_chains}, {num_warmup}, {num_samples}"
+        )
     chain_method = fm.preferred_chain_method if chain_method is None else chain_method
     if chain_method not in ("vectorized", "sequential"):
         raise ValueError(f"chain_method must be 'vectorized' or 'sequential'; got {chain_method!r}")
@@ -413,10 +495,17 @@ def run_hmc(
     prior_dist = _prior_distribution(fm, prior)
     spec, data, n_free = fm.spec, fm.data, fm.n_free
     settings = {
-        "num_chains": int(num_chains), "num_warmup": int(num_warmup), "seed": int(seed), "prior": _prior_tag(prior_dist),
-        "dense_mass": bool(dense_mass), "target_accept_prob": float(target_accept_prob), "max_tree_depth": int(max_tree_depth),
+        "num_chains": int(num_chains),
+        "num_warmup": int(num_warmup),
+        "seed": int(seed),
+        "prior": _prior_tag(prior_dist),
+        "dense_mass": bool(dense_mass),
+        "target_accept_prob": float(target_accept_prob),
+        "max_tree_depth": int(max_tree_depth),
         "chain_method": chain_method,
-        "init": None if init is None else hashlib.sha256(np.ascontiguousarray(np.asarray(init, dtype=np.float64)).tobytes()).hexdigest()[:12],
+        "init": None
+        if init is None
+        else hashlib.sha256(np.ascontiguousarray(np.asarray(init, dtype=np.float64)).tobytes()).hexdigest()[:12],
     }
     fingerprint = fm.fingerprint()
 
@@ -432,26 +521,39 @@ def run_hmc(
         saved, saved_arrays = _read_checkpoint(checkpoint)
         _check_checkpoint(saved, fingerprint, settings, checkpoint)
         if saved_arrays["samples"].shape[1] > num_samples:
-            raise CheckpointMismatch(f"checkpoint {checkpoint} already holds {saved_arrays['samples'].shape[1]} draws > num_samples = {num_samples}")
+            raise CheckpointMismatch(
+                f"checkpoint {checkpoint} already holds {saved_arrays['samples'].shape[1]} draws > num_samples = {num_samples}"
+            )
 
-    kernel = NUTS(model, dense_mass=dense_mass, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
-                  init_strategy=init_to_uniform(radius=2.0))
+    kernel = NUTS(
+        model,
+        dense_mass=dense_mass,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        init_strategy=init_to_uniform(radius=2.0),
+    )
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     inits = _init_params(prior_dist, init, num_chains, n_free)
     # Every chain is initialised (this also builds the kernel's sample function); a resumed run
     # then replaces the states by the checkpoint's.
-    states = [kernel.init(keys[c], num_warmup, init_params=inits[c], model_args=(), model_kwargs={}) for c in range(num_chains)]
+    states = [
+        kernel.init(keys[c], num_warmup, init_params=inits[c], model_args=(), model_kwargs={})
+        for c in range(num_chains)
+    ]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
     iteration = 0
-    samples, diverging, accept, nsteps, failed = (np.zeros((num_chains, 0) + s, t) for s, t in
-                                                  (((n_free,), float), ((), bool), ((), float), ((), int), ((), int)))
+    samples, diverging, accept, nsteps, failed = (
+        np.zeros((num_chains, 0) + s, t) for s, t in (((n_free,), float), ((), bool), ((), float), ((), int), ((), int))
+    )
     warmup_divergent, warmup_failed = np.zeros(num_chains, int), np.zeros(num_chains, int)
     times = {"compile": 0.0, "warmup": 0.0, "sampling": 0.0}
     if saved is not None:
         state = _restore_state(saved, saved_arrays, state, checkpoint)
         iteration = int(saved["iteration"])
-        samples, diverging, accept, nsteps, failed = (saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps", "n_failed"))
+        samples, diverging, accept, nsteps, failed = (
+            saved_arrays[k] for k in ("samples", "diverging", "accept_prob", "num_steps", "n_failed")
+        )
         warmup_divergent, warmup_failed = saved_arrays["warmup_divergent"], saved_arrays["warmup_failed"]
         times = dict(saved["times"])
 
@@ -462,11 +564,23 @@ def run_hmc(
             s, z, div, acc, steps, nf = carry
             s = kernel.sample(s, (), {})
             sites = postprocess(s.z)
-            return (s, z.at[i].set(sites["theta"]), div.at[i].set(s.diverging), acc.at[i].set(s.accept_prob),
-                    steps.at[i].set(s.num_steps), nf.at[i].set(sites["n_failed"]))
+            return (
+                s,
+                z.at[i].set(sites["theta"]),
+                div.at[i].set(s.diverging),
+                acc.at[i].set(s.accept_prob),
+                steps.at[i].set(s.num_steps),
+                nf.at[i].set(sites["n_failed"]),
+            )
 
-        init_carry = (chain_state, jnp.zeros((block_size, n_free)), jnp.zeros(block_size, bool), jnp.zeros(block_size),
-                      jnp.zeros(block_size, jnp.int64), jnp.zeros(block_size, jnp.int64))
+        init_carry = (
+            chain_state,
+            jnp.zeros((block_size, n_free)),
+            jnp.zeros(block_size, bool),
+            jnp.zeros(block_size),
+            jnp.zeros(block_size, jnp.int64),
+            jnp.zeros(block_size, jnp.int64),
+        )
         return jax.lax.fori_loop(0, n, body, init_carry)
 
     if chain_method == "vectorized":
@@ -517,25 +631,64 @@ def run_hmc(
         if checkpoint is not None:
             _write_checkpoint(
                 checkpoint,
-                {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "settings": settings, "iteration": iteration, "times": times},
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "fingerprint": fingerprint,
+                    "settings": settings,
+                    "iteration": iteration,
+                    "times": times,
+                },
                 state,
-                {"samples": samples, "diverging": diverging, "accept_prob": accept, "num_steps": nsteps, "warmup_divergent": warmup_divergent,
-                 "n_failed": failed, "warmup_failed": warmup_failed},
+                {
+                    "samples": samples,
+                    "diverging": diverging,
+                    "accept_prob": accept,
+                    "num_steps": nsteps,
+                    "warmup_divergent": warmup_divergent,
+                    "n_failed": failed,
+                    "warmup_failed": warmup_failed,
+                },
             )
         if progress is not None:
-            progress({
-                "phase": "warmup" if in_warmup else "sampling", "iteration": iteration, "total": total, "block_s": seconds,
-                "elapsed_s": time.perf_counter() - t_call, "divergent": int(diverging.sum() + (warmup_divergent.sum() if in_warmup else 0)),
-                "mean_accept_prob": float(acc.mean()), "mean_num_steps": float(steps.mean()),
-            })
+            progress(
+                {
+                    "phase": "warmup" if in_warmup else "sampling",
+                    "iteration": iteration,
+                    "total": total,
+                    "block_s": seconds,
+                    "elapsed_s": time.perf_counter() - t_call,
+                    "divergent": int(diverging.sum() + (warmup_divergent.sum() if in_warmup else 0)),
+                    "mean_accept_prob": float(acc.mean()),
+                    "mean_num_steps": float(steps.mean()),
+                }
+            )
 
     times = dict(times, total_this_call=time.perf_counter() - t_call)
     adapt = state.adapt_state
     warn_failed_halos("run_hmc", failed.reshape(-1), "draws")
     warn_failed_halos("run_hmc (warmup)", warmup_failed, "chains' warmups")
-    coverage = check_training_coverage(fm, samples.reshape(-1, n_free), "run_hmc", "draws") if samples.shape[1] else None
+    coverage = (
+        check_training_coverage(fm, samples.reshape(-1, n_free), "run_hmc", "draws") if samples.shape[1] else None
+    )
     return _make_result(
-        fm.free_names, samples, diverging, accept, nsteps, warmup_divergent.sum(), np.asarray(adapt.step_size),
-        np.asarray(adapt.inverse_mass_matrix[("theta",)] if isinstance(adapt.inverse_mass_matrix, dict) else adapt.inverse_mass_matrix),
-        not stopped_early and iteration >= total, num_warmup, num_samples, times, settings, fingerprint, failed, coverage,
+        fm.free_names,
+        samples,
+        diverging,
+        accept,
+        nsteps,
+        warmup_divergent.sum(),
+        np.asarray(adapt.step_size),
+        np.asarray(
+            adapt.inverse_mass_matrix[("theta",)]
+            if isinstance(adapt.inverse_mass_matrix, dict)
+            else adapt.inverse_mass_matrix
+        ),
+        not stopped_early and iteration >= total,
+        num_warmup,
+        num_samples,
+        times,
+        settings,
+        fingerprint,
+        failed,
+        coverage,
     )

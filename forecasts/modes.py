@@ -212,11 +212,15 @@ def _target(target, prior: Prior | None) -> tuple[Callable, Prior, tuple[str, ..
     of a callable with its ``prior``."""
     if isinstance(target, ForwardModel):
         if prior is not None and tuple(prior.names) != target.free_names:
-            raise ValueError(f"prior names {prior.names} differ from the forward model's free parameters {target.free_names}")
+            raise ValueError(
+                f"prior names {prior.names} differ from the forward model's free parameters {target.free_names}"
+            )
         box = target.prior if prior is None else prior
         return target.log_likelihood, box, target.free_names, 0 if target.vectorizable else 1
     if not callable(target):
-        raise ValueError(f"target must be a forecasts.ForwardModel or a callable theta -> log-likelihood; got {type(target).__name__}")
+        raise ValueError(
+            f"target must be a forecasts.ForwardModel or a callable theta -> log-likelihood; got {type(target).__name__}"
+        )
     if not isinstance(prior, Prior):
         raise ValueError(f"a callable target needs prior=sapphire.Prior (the box); got {type(prior).__name__}")
     return target, prior, tuple(prior.names), 0
@@ -231,8 +235,9 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> int:
 # ------------------------------------------------------------------------------------------------
 # Tempered SMC
 # ------------------------------------------------------------------------------------------------
-def _smc_functions(log_likelihood: Callable, low: np.ndarray, high: np.ndarray, num_mcmc_steps: int, target_ess: float,
-                   batch_size: int):
+def _smc_functions(
+    log_likelihood: Callable, low: np.ndarray, high: np.ndarray, num_mcmc_steps: int, target_ess: float, batch_size: int
+):
     """Jitted (init, step) of adaptive tempered SMC with a random-walk mutation on the box."""
     from blackjax.mcmc import random_walk
     from blackjax.smc import adaptive_tempered, resampling
@@ -259,8 +264,9 @@ def _smc_functions(log_likelihood: Callable, low: np.ndarray, high: np.ndarray, 
 
     # the raw kernel (not blackjax.adaptive_tempered_smc, which binds the MCMC parameters once):
     # the proposal covariance is re-estimated from the particles at every step
-    raw = adaptive_tempered.build_kernel(logprior, loglik, mcmc_step, random_walk.init, resampling.systematic, target_ess,
-                                         batch_size=batch_size)
+    raw = adaptive_tempered.build_kernel(
+        logprior, loglik, mcmc_step, random_walk.init, resampling.systematic, target_ess, batch_size=batch_size
+    )
 
     @jax.jit
     def step(key, state, cholesky):
@@ -272,7 +278,9 @@ def _smc_functions(log_likelihood: Callable, low: np.ndarray, high: np.ndarray, 
         failed = jnp.sum(in_box & ~jnp.isfinite(rw.proposal.logdensity))
         return new, info.log_likelihood_increment, jnp.mean(rw.acceptance_rate), failed, jnp.sum(in_box)
 
-    batched_loglik = jax.jit(jax.vmap(loglik) if batch_size == 0 else (lambda x: jax.lax.map(loglik, x, batch_size=batch_size)))
+    batched_loglik = jax.jit(
+        jax.vmap(loglik) if batch_size == 0 else (lambda x: jax.lax.map(loglik, x, batch_size=batch_size))
+    )
     return adaptive_tempered.init, step, batched_loglik
 
 
@@ -290,7 +298,9 @@ def _one_run(init, step, batched_loglik, box: Prior, num_particles: int, key, ma
     low, high = np.asarray(box.low, float), np.asarray(box.high, float)
     width = high - low
     key, k0 = jax.random.split(key)
-    particles = jnp.asarray(low + width * np.asarray(jax.random.uniform(k0, (num_particles, low.size), dtype=jnp.float64)))
+    particles = jnp.asarray(
+        low + width * np.asarray(jax.random.uniform(k0, (num_particles, low.size), dtype=jnp.float64))
+    )
     ll0 = np.asarray(batched_loglik(particles))
     n_failed, n_eval = int(np.sum(~np.isfinite(ll0))), num_particles
     if n_failed == num_particles:
@@ -299,7 +309,9 @@ def _one_run(init, step, batched_loglik, box: Prior, num_particles: int, key, ma
     log_z, scale, acc_all, n_steps = 0.0, 2.38 / math.sqrt(low.size), [], 0
     while float(state.tempering_param) < 1.0:
         if n_steps >= max_steps:
-            raise RuntimeError(f"tempered SMC did not reach beta = 1 in {max_steps} steps (beta = {float(state.tempering_param):.3g}); raise max_steps or num_particles")
+            raise RuntimeError(
+                f"tempered SMC did not reach beta = 1 in {max_steps} steps (beta = {float(state.tempering_param):.3g}); raise max_steps or num_particles"
+            )
         chol = scale * _weighted_cholesky(np.asarray(state.particles), np.asarray(state.weights), width)
         key, sub = jax.random.split(key)
         state, increment, acceptance, failed, in_box = step(sub, state, jnp.asarray(chol))
@@ -316,8 +328,16 @@ def _one_run(init, step, batched_loglik, box: Prior, num_particles: int, key, ma
             progress.update(1)
     particles = np.asarray(state.particles)
     ll = np.asarray(batched_loglik(state.particles))
-    return {"particles": particles, "weights": np.asarray(state.weights, float), "log_likelihood": ll, "log_z": log_z,
-            "n_failed": n_failed, "n_eval": n_eval + num_particles, "n_steps": n_steps, "acceptance": float(np.mean(acc_all))}
+    return {
+        "particles": particles,
+        "weights": np.asarray(state.weights, float),
+        "log_likelihood": ll,
+        "log_z": log_z,
+        "n_failed": n_failed,
+        "n_eval": n_eval + num_particles,
+        "n_steps": n_steps,
+        "acceptance": float(np.mean(acc_all)),
+    }
 
 
 def weigh_modes(
@@ -364,8 +384,14 @@ def weigh_modes(
         raise ValueError(f"target_ess must lie in (0, 1); got {target_ess!r}")
     batch_size = batch_hint if batch_size is None else _check_positive_int("batch_size", batch_size, 0)
     t0 = time.perf_counter()
-    init, step, batched_loglik = _smc_functions(log_likelihood, np.asarray(box.low, float), np.asarray(box.high, float),
-                                                num_mcmc_steps, float(target_ess), batch_size)
+    init, step, batched_loglik = _smc_functions(
+        log_likelihood,
+        np.asarray(box.low, float),
+        np.asarray(box.high, float),
+        num_mcmc_steps,
+        float(target_ess),
+        batch_size,
+    )
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -390,21 +416,48 @@ def weigh_modes(
     log_z_err = float(np.std(log_z_runs, ddof=1) / math.sqrt(num_runs)) if num_runs > 1 else math.nan
 
     t1 = time.perf_counter()
-    labels, modes = cluster_modes(samples, weights, loglik, box, log_likelihood=log_likelihood, run_index=run_index,
-                                  max_modes=max_modes, valley_nats=valley_nats, min_weight=min_weight, seed=seed,
-                                  batch_size=batch_size)
+    labels, modes = cluster_modes(
+        samples,
+        weights,
+        loglik,
+        box,
+        log_likelihood=log_likelihood,
+        run_index=run_index,
+        max_modes=max_modes,
+        valley_nats=valley_nats,
+        min_weight=min_weight,
+        seed=seed,
+        batch_size=batch_size,
+    )
     t_cluster = time.perf_counter() - t1
     outside = outside_training(target, samples, weights)
     return ModesResult(
-        names=names, samples=samples, weights=weights, log_likelihood=loglik, labels=labels, modes=modes,
-        log_evidence=log_z, log_evidence_error=log_z_err, log_evidence_runs=log_z_runs,
-        n_failed=int(sum(r["n_failed"] for r in runs)), n_evaluations=int(sum(r["n_eval"] for r in runs)),
-        n_steps=tuple(r["n_steps"] for r in runs), acceptance=np.array([r["acceptance"] for r in runs]),
+        names=names,
+        samples=samples,
+        weights=weights,
+        log_likelihood=loglik,
+        labels=labels,
+        modes=modes,
+        log_evidence=log_z,
+        log_evidence_error=log_z_err,
+        log_evidence_runs=log_z_runs,
+        n_failed=int(sum(r["n_failed"] for r in runs)),
+        n_evaluations=int(sum(r["n_eval"] for r in runs)),
+        n_steps=tuple(r["n_steps"] for r in runs),
+        acceptance=np.array([r["acceptance"] for r in runs]),
         times={"sampling": t_sampling, "clustering": t_cluster, "total": time.perf_counter() - t0},
-        settings={"sampler": "blackjax adaptive tempered SMC, random-walk mutation", "num_particles": num_particles,
-                  "num_runs": num_runs, "num_mcmc_steps": num_mcmc_steps, "target_ess": float(target_ess), "seed": int(seed),
-                  "max_modes": int(max_modes), "valley_nats": float(valley_nats), "min_weight": float(min_weight),
-                  "log_evidence_error": "std of ln Z over the independent runs / sqrt(num_runs)"},
+        settings={
+            "sampler": "blackjax adaptive tempered SMC, random-walk mutation",
+            "num_particles": num_particles,
+            "num_runs": num_runs,
+            "num_mcmc_steps": num_mcmc_steps,
+            "target_ess": float(target_ess),
+            "seed": int(seed),
+            "max_modes": int(max_modes),
+            "valley_nats": float(valley_nats),
+            "min_weight": float(min_weight),
+            "log_evidence_error": "std of ln Z over the independent runs / sqrt(num_runs)",
+        },
         outside_training=outside,
     )
 
@@ -423,8 +476,11 @@ def outside_training(target, samples: np.ndarray, weights: np.ndarray) -> dict |
     if result["n_particles"]:
         import warnings
 
-        warnings.warn(f"{result['n_particles']} of {samples.shape[0]} SMC particles (posterior weight {result['weight']:.3g}) lie "
-                      "outside the emulator's training box: extend the design (sapphire generate --extend)", stacklevel=3)
+        warnings.warn(
+            f"{result['n_particles']} of {samples.shape[0]} SMC particles (posterior weight {result['weight']:.3g}) lie "
+            "outside the emulator's training box: extend the design (sapphire generate --extend)",
+            stacklevel=3,
+        )
     return result
 
 
@@ -483,7 +539,9 @@ def cluster_modes(
     weights = np.asarray(weights, float)
     loglik = np.asarray(log_likelihood_values, float)
     if samples.ndim != 2 or weights.shape != (samples.shape[0],) or loglik.shape != weights.shape:
-        raise ValueError(f"samples (N, n_free), weights (N,), log_likelihood_values (N,) needed; got {samples.shape}, {weights.shape}, {loglik.shape}")
+        raise ValueError(
+            f"samples (N, n_free), weights (N,), log_likelihood_values (N,) needed; got {samples.shape}, {weights.shape}, {loglik.shape}"
+        )
     if not (np.all(weights >= 0) and weights.sum() > 0):
         raise ValueError("weights must be >= 0 with a positive sum")
     max_modes = _check_positive_int("max_modes", max_modes)
@@ -516,10 +574,17 @@ def cluster_modes(
     for c in np.argsort(mass):
         if mass[c] < min_weight and k > 1:
             others = [o for o in range(k) if o != c and mass[o] >= min_weight] or [o for o in range(k) if o != c]
-            d = [float((best.means_[o] - best.means_[c]) @ precisions[c] @ (best.means_[o] - best.means_[c])) for o in others]
+            d = [
+                float((best.means_[o] - best.means_[c]) @ precisions[c] @ (best.means_[o] - best.means_[c]))
+                for o in others
+            ]
             parent[find(c)] = find(others[int(np.argmin(d))])
     if log_likelihood is not None:
-        batched = jax.jit(jax.vmap(log_likelihood) if batch_size == 0 else (lambda x: jax.lax.map(log_likelihood, x, batch_size=batch_size)))
+        batched = jax.jit(
+            jax.vmap(log_likelihood)
+            if batch_size == 0
+            else (lambda x: jax.lax.map(log_likelihood, x, batch_size=batch_size))
+        )
 
         def best_point(members):
             idx = np.flatnonzero(members)
@@ -531,7 +596,7 @@ def cluster_modes(
             roots = sorted({find(c) for c in range(k)})
             members = {r: np.isin(labels, [c for c in range(k) if find(c) == r]) for r in roots}
             for i, ri in enumerate(roots):
-                for rj in roots[i + 1:]:
+                for rj in roots[i + 1 :]:
                     a, b = best_point(members[ri]), best_point(members[rj])
                     if a is None or b is None or _valley_depth(batched, a, b) < valley_nats:
                         parent[find(rj)] = find(ri)
@@ -552,15 +617,29 @@ def cluster_modes(
         w = p[sel]
         weight = float(w.sum())
         mean = np.average(samples[sel], axis=0, weights=w) if weight > 0 else samples[sel].mean(axis=0)
-        cov = np.atleast_2d(np.cov(samples[sel], rowvar=False, aweights=w + 1e-300)) if sel.sum() > 1 else np.zeros((z.shape[1],) * 2)
+        cov = (
+            np.atleast_2d(np.cov(samples[sel], rowvar=False, aweights=w + 1e-300))
+            if sel.sum() > 1
+            else np.zeros((z.shape[1],) * 2)
+        )
         if run_index is not None and n_runs > 1:
             per_run = np.array([p[sel & (run_index == r)].sum() / p[run_index == r].sum() for r in range(n_runs)])
             weight_error = float(per_run.std(ddof=1) / math.sqrt(n_runs))
         else:
             weight_error = math.nan
         i_best = np.flatnonzero(sel)[np.argmax(loglik[sel])]
-        modes.append(Mode(weight=weight, weight_error=weight_error, mean=mean, cov=cov, std=np.sqrt(np.diag(cov)),
-                          best_theta=samples[i_best].copy(), best_log_likelihood=float(loglik[i_best]), n_samples=int(sel.sum())))
+        modes.append(
+            Mode(
+                weight=weight,
+                weight_error=weight_error,
+                mean=mean,
+                cov=cov,
+                std=np.sqrt(np.diag(cov)),
+                best_theta=samples[i_best].copy(),
+                best_log_likelihood=float(loglik[i_best]),
+                n_samples=int(sel.sum()),
+            )
+        )
     return labels, tuple(modes)
 
 
@@ -585,7 +664,9 @@ class GaussianMixtureTarget:
         sig = np.broadcast_to(np.asarray(sigma, float), mu.shape).copy()
         lo, hi = np.asarray(low, float), np.asarray(high, float)
         if w.ndim != 1 or mu.shape[0] != w.size or lo.shape != (n,) or hi.shape != (n,):
-            raise ValueError(f"weights (K,), means (K, n), low and high (n,) needed; got {w.shape}, {mu.shape}, {lo.shape}, {hi.shape}")
+            raise ValueError(
+                f"weights (K,), means (K, n), low and high (n,) needed; got {w.shape}, {mu.shape}, {lo.shape}, {hi.shape}"
+            )
         if not (np.all(w > 0) and np.all(sig > 0) and np.all(hi > lo)):
             raise ValueError("weights and sigma must be > 0 and high > low")
         w = w / w.sum()
@@ -604,7 +685,9 @@ class GaussianMixtureTarget:
         return jax.scipy.special.logsumexp(self._log_w + self._norm - 0.5 * jnp.sum(r**2, axis=1))
 
     @classmethod
-    def two_modes(cls, n: int = 8, weights=(0.7, 0.3), separation: float = 10.0, half_width: float = 12.0) -> GaussianMixtureTarget:
+    def two_modes(
+        cls, n: int = 8, weights=(0.7, 0.3), separation: float = 10.0, half_width: float = 12.0
+    ) -> GaussianMixtureTarget:
         """The issue-19 problem: two Gaussians (sigma_i from 0.5 to 2 over the n parameters,
         geometric), weights 0.7 / 0.3, means at -+ separation/2 sigma_0 along theta_0, in the box
         +- half_width sigma_i."""
@@ -676,8 +759,16 @@ def refine_modes(
     mode_list = _mode_list(modes)
     starts = [mode_starts(mode, fm.prior, chains_per_mode, seed + m) for m, mode in enumerate(mode_list)]
     bar = progress_bar(f"NUTS in {len(mode_list)} modes", num_warmup + num_samples) if progress else None
-    hmc = run_hmc(fm, num_chains=chains_per_mode * len(mode_list), num_warmup=num_warmup, num_samples=num_samples, seed=seed,
-                  init=np.vstack(starts), progress=bar, **hmc_options)
+    hmc = run_hmc(
+        fm,
+        num_chains=chains_per_mode * len(mode_list),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        seed=seed,
+        init=np.vstack(starts),
+        progress=bar,
+        **hmc_options,
+    )
     out = []
     for m, start in enumerate(starts):
         chains = tuple(range(m * chains_per_mode, (m + 1) * chains_per_mode))
@@ -724,7 +815,10 @@ def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], group
         members = sorted({owner[c] for c in group if c in owner})
         for m in members[1:]:
             parent[find(m)] = find(members[0])
-    sets = [[m for m in range(result.n_modes) if find(m) == root] for root in sorted({find(m) for m in range(result.n_modes)})]
+    sets = [
+        [m for m in range(result.n_modes) if find(m) == root]
+        for root in sorted({find(m) for m in range(result.n_modes)})
+    ]
     if len(sets) == result.n_modes:
         return result, refined, maps, [[m] for m in range(result.n_modes)]
     num_runs = len(result.log_evidence_runs)
@@ -737,9 +831,18 @@ def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], group
         cov = np.atleast_2d(np.cov(result.samples[sel], rowvar=False, aweights=np.maximum(w, 1e-300)))
         per_run = np.array([result.weights[sel & (run_index == r)].sum() * num_runs for r in range(num_runs)])
         best = max(members, key=lambda m: result.modes[m].best_log_likelihood)
-        new_modes.append(Mode(weight=float(w.sum()), weight_error=float(np.std(per_run, ddof=1) / math.sqrt(num_runs)) if num_runs > 1 else math.nan,
-                              mean=mean, cov=cov, std=np.sqrt(np.diag(cov)), best_theta=result.modes[best].best_theta,
-                              best_log_likelihood=result.modes[best].best_log_likelihood, n_samples=int(sel.sum())))
+        new_modes.append(
+            Mode(
+                weight=float(w.sum()),
+                weight_error=float(np.std(per_run, ddof=1) / math.sqrt(num_runs)) if num_runs > 1 else math.nan,
+                mean=mean,
+                cov=cov,
+                std=np.sqrt(np.diag(cov)),
+                best_theta=result.modes[best].best_theta,
+                best_log_likelihood=result.modes[best].best_log_likelihood,
+                n_samples=int(sel.sum()),
+            )
+        )
     order = np.argsort([-m.weight for m in new_modes], kind="stable")
     sets = [sets[k] for k in order]
     new_modes = [new_modes[k] for k in order]
@@ -755,15 +858,28 @@ def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], group
             ess = np.asarray(effective_sample_size(samples), float)
         else:
             r_hat = ess = np.full(samples.shape[-1], np.nan)
-        new_refined.append(ModeChains(mode=k, chains=chains, samples=samples, r_hat=r_hat, ess=ess,
-                                      start=np.vstack([refined[m].start for m in members]), hmc=hmc))
+        new_refined.append(
+            ModeChains(
+                mode=k,
+                chains=chains,
+                samples=samples,
+                r_hat=r_hat,
+                ess=ess,
+                start=np.vstack([refined[m].start for m in members]),
+                hmc=hmc,
+            )
+        )
     new_maps = None
     if maps is not None:
         points, losses = np.asarray(maps[0]), np.asarray(maps[1])
         best = [min(members, key=lambda m: losses[m]) for members in sets]
         new_maps = (points[best], losses[best])
-    merged = dataclasses.replace(result, modes=tuple(new_modes), labels=new_labels,
-                                 settings=dict(result.settings) | {"merged_by_nuts": [list(s) for s in sets]})
+    merged = dataclasses.replace(
+        result,
+        modes=tuple(new_modes),
+        labels=new_labels,
+        settings=dict(result.settings) | {"merged_by_nuts": [list(s) for s in sets]},
+    )
     return merged, tuple(new_refined), new_maps, [list(s) for s in sets]
 
 
@@ -818,10 +934,20 @@ def group_chains(chains, *, threshold: float = 1.01, quantiles: tuple[float, flo
         what = "converged" if len(groups) == 1 else "each converged"
         verdict = f"{len(groups)} mode{'s' if len(groups) > 1 else ''} (chains {chains_text}), {what} (max R-hat {max_r.max():.3f} <= {threshold})"
     else:
-        bad = ", ".join(f"mode {k} (chains {list(groups[k])}) max R-hat {max_r[k]:.3f}" for k in np.flatnonzero(~converged))
+        bad = ", ".join(
+            f"mode {k} (chains {list(groups[k])}) max R-hat {max_r[k]:.3f}" for k in np.flatnonzero(~converged)
+        )
         verdict = f"NOT CONVERGED inside {bad} > {threshold}; {len(groups)} mode(s): chains {chains_text}"
-    return ChainGroups(labels=labels, groups=groups, means=means, r_hat=r_hat, ess=ess, converged=converged,
-                       threshold=float(threshold), verdict=verdict)
+    return ChainGroups(
+        labels=labels,
+        groups=groups,
+        means=means,
+        r_hat=r_hat,
+        ess=ess,
+        converged=converged,
+        threshold=float(threshold),
+        verdict=verdict,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -882,7 +1008,9 @@ def _batched_log_likelihood(fm: ForwardModel) -> Callable:
     return jax.jit(lambda x: jax.lax.map(fm.log_likelihood, x))
 
 
-def mode_evidence(fm: ForwardModel, samples, *, num_draws: int = 256, inflate: float = 1.5, seed: int = 0) -> tuple[float, float]:
+def mode_evidence(
+    fm: ForwardModel, samples, *, num_draws: int = 256, inflate: float = 1.5, seed: int = 0
+) -> tuple[float, float]:
     """ln of one mode's evidence ``Z_m = int_mode L pi d theta`` and its standard error, by
     importance sampling from a Gaussian fitted to the mode's draws.
 
@@ -902,7 +1030,9 @@ def mode_evidence(fm: ForwardModel, samples, *, num_draws: int = 256, inflate: f
     if not (np.isfinite(inflate) and inflate > 0):
         raise ValueError(f"inflate must be a positive number; got {inflate!r}")
     if samples.shape[0] <= fm.n_free:
-        raise ValueError(f"mode_evidence needs more than n_free = {fm.n_free} samples to fit a Gaussian; got {samples.shape[0]}")
+        raise ValueError(
+            f"mode_evidence needs more than n_free = {fm.n_free} samples to fit a Gaussian; got {samples.shape[0]}"
+        )
     low, high = np.asarray(fm.prior.low, float), np.asarray(fm.prior.high, float)
     mean = samples.mean(axis=0)
     cov = inflate**2 * (np.atleast_2d(np.cov(samples, rowvar=False)) + np.diag((1e-9 * (high - low)) ** 2))
@@ -923,8 +1053,9 @@ def mode_evidence(fm: ForwardModel, samples, *, num_draws: int = 256, inflate: f
     return float(top + math.log(mean_ratio)), float(se / mean_ratio)
 
 
-def mode_weights_from_chains(fm: ForwardModel, refined: Sequence[ModeChains], *, num_draws: int = 256, inflate: float = 1.5,
-                             seed: int = 0) -> dict:
+def mode_weights_from_chains(
+    fm: ForwardModel, refined: Sequence[ModeChains], *, num_draws: int = 256, inflate: float = 1.5, seed: int = 0
+) -> dict:
     """Mode weights from each mode's NUTS chains (:func:`mode_evidence` per mode, seed + m).
 
     Returns:
@@ -934,8 +1065,12 @@ def mode_weights_from_chains(fm: ForwardModel, refined: Sequence[ModeChains], *,
     """
     if not refined:
         raise ValueError("refined must hold at least one mode's chains")
-    log_z, err = zip(*[mode_evidence(fm, r.samples, num_draws=num_draws, inflate=inflate, seed=seed + m)
-                       for m, r in enumerate(refined)])
+    log_z, err = zip(
+        *[
+            mode_evidence(fm, r.samples, num_draws=num_draws, inflate=inflate, seed=seed + m)
+            for m, r in enumerate(refined)
+        ]
+    )
     log_z, err = np.array(log_z), np.nan_to_num(np.array(err), nan=0.0)
     if not np.isfinite(log_z).any():
         raise ValueError("every mode's importance-sampling evidence is zero: the chains' Gaussians miss the likelihood")
@@ -946,13 +1081,24 @@ def mode_weights_from_chains(fm: ForwardModel, refined: Sequence[ModeChains], *,
     # d w_m / d Z_j = (delta_mj total - z_m) / total^2
     jac = (np.eye(len(z)) * total - z[:, None]) / total**2
     weight_error = np.sqrt(jac**2 @ var_z)
-    return {"log_evidence": log_z.tolist(), "log_evidence_error": err.tolist(), "weight": weight.tolist(),
-            "weight_error": weight_error.tolist(), "num_draws": int(num_draws), "inflate": float(inflate),
-            "method": "importance sampling, Gaussian fitted to each mode's NUTS draws (covariance x inflate^2)"}
+    return {
+        "log_evidence": log_z.tolist(),
+        "log_evidence_error": err.tolist(),
+        "weight": weight.tolist(),
+        "weight_error": weight_error.tolist(),
+        "num_draws": int(num_draws),
+        "inflate": float(inflate),
+        "method": "importance sampling, Gaussian fitted to each mode's NUTS draws (covariance x inflate^2)",
+    }
 
 
-def mode_table(result: ModesResult, fm: ForwardModel | None = None, refined: Sequence[ModeChains] | None = None,
-               digits: int = 3, maps=None) -> str:
+def mode_table(
+    result: ModesResult,
+    fm: ForwardModel | None = None,
+    refined: Sequence[ModeChains] | None = None,
+    digits: int = 3,
+    maps=None,
+) -> str:
     """Markdown table, one row per mode: weight +- error, mean +- std per parameter (NUTS per
     mode if ``refined``, else the weighted particles), best -ln L, chi^2/dof at the mode's best
     point (if ``fm`` is given), max R-hat (if ``refined``); then the evidence.  With ``maps``
@@ -975,10 +1121,18 @@ def mode_table(result: ModesResult, fm: ForwardModel | None = None, refined: Seq
     source = "NUTS chains started in each mode" if refined is not None else "the weighted SMC particles"
     where = "each mode's MAP" if maps is not None else "each mode's best particle"
     err = result.log_evidence_error
-    rows += ["", f"ln Z = {result.log_evidence:.3f}" + (f" +- {err:.3f}" if np.isfinite(err) else "")
-             + f" ({len(result.log_evidence_runs)} independent runs); means +- std from {source}; weights from tempered SMC;"
-             f" best -ln L and chi^2 at {where}"
-             + (f"; {result.n_failed} of {result.n_evaluations} likelihood evaluations failed (-inf/NaN)" if result.n_failed else "")]
+    rows += [
+        "",
+        f"ln Z = {result.log_evidence:.3f}"
+        + (f" +- {err:.3f}" if np.isfinite(err) else "")
+        + f" ({len(result.log_evidence_runs)} independent runs); means +- std from {source}; weights from tempered SMC;"
+        f" best -ln L and chi^2 at {where}"
+        + (
+            f"; {result.n_failed} of {result.n_evaluations} likelihood evaluations failed (-inf/NaN)"
+            if result.n_failed
+            else ""
+        ),
+    ]
     return "\n".join(rows)
 
 
@@ -988,13 +1142,16 @@ def _map_points(result: ModesResult, maps) -> tuple[np.ndarray, np.ndarray]:
         return np.stack([m.best_theta for m in result.modes]), np.array([-m.best_log_likelihood for m in result.modes])
     points, losses = np.asarray(maps[0], float), np.asarray(maps[1], float)
     if points.shape != (result.n_modes, len(result.names)) or losses.shape != (result.n_modes,):
-        raise ValueError(f"maps must be (points ({result.n_modes}, {len(result.names)}), losses ({result.n_modes},)); "
-                         f"got {points.shape}, {losses.shape}")
+        raise ValueError(
+            f"maps must be (points ({result.n_modes}, {len(result.names)}), losses ({result.n_modes},)); "
+            f"got {points.shape}, {losses.shape}"
+        )
     return points, losses
 
 
-def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = None, fm: ForwardModel | None = None,
-                  maps=None) -> dict:
+def modes_summary(
+    result: ModesResult, refined: Sequence[ModeChains] | None = None, fm: ForwardModel | None = None, maps=None
+) -> dict:
     """JSON-ready: ``{"modes": [{"weight", "weight_error", "mean", "std", "r_hat", "ess",
     "best_theta", "best_log_likelihood"}, ...], "log_evidence", "log_evidence_error", ...}``
     (``r_hat``/``ess`` per parameter from ``refined``, else None; NaN written as None).  With
@@ -1003,24 +1160,33 @@ def modes_summary(result: ModesResult, refined: Sequence[ModeChains] | None = No
     points, losses = _map_points(result, maps)
     modes = []
     for k, (mode, (mean, std)) in enumerate(zip(result.modes, _moments(result, refined))):
-        modes.append({
-            "weight": mode.weight, "weight_error": _finite_or_none(mode.weight_error),
-            "mean": _finite_or_none(mean), "std": _finite_or_none(std),
-            "r_hat": _finite_or_none(refined[k].r_hat) if refined is not None else None,
-            "ess": _finite_or_none(refined[k].ess) if refined is not None else None,
-            "best_theta": mode.best_theta.tolist(), "best_log_likelihood": _finite_or_none(mode.best_log_likelihood),
-            "n_samples": mode.n_samples,
-        })
+        modes.append(
+            {
+                "weight": mode.weight,
+                "weight_error": _finite_or_none(mode.weight_error),
+                "mean": _finite_or_none(mean),
+                "std": _finite_or_none(std),
+                "r_hat": _finite_or_none(refined[k].r_hat) if refined is not None else None,
+                "ess": _finite_or_none(refined[k].ess) if refined is not None else None,
+                "best_theta": mode.best_theta.tolist(),
+                "best_log_likelihood": _finite_or_none(mode.best_log_likelihood),
+                "n_samples": mode.n_samples,
+            }
+        )
         if maps is not None:
             modes[-1] |= {"map_theta": points[k].tolist(), "map_neg_log_likelihood": _finite_or_none(losses[k])}
         if fm is not None:
             chi2, dof = chi2_at(fm, points[k])
             modes[-1] |= {"chi2": _finite_or_none(chi2), "dof": int(dof)}
     return {
-        "names": list(result.names), "modes": modes,
-        "log_evidence": result.log_evidence, "log_evidence_error": _finite_or_none(result.log_evidence_error),
+        "names": list(result.names),
+        "modes": modes,
+        "log_evidence": result.log_evidence,
+        "log_evidence_error": _finite_or_none(result.log_evidence_error),
         "log_evidence_error_method": result.settings["log_evidence_error"],
-        "n_failed": result.n_failed, "n_evaluations": result.n_evaluations, "outside_training": result.outside_training,
+        "n_failed": result.n_failed,
+        "n_evaluations": result.n_evaluations,
+        "outside_training": result.outside_training,
         "settings": dict(result.settings),
         "times_s": dict(result.times),
     }
@@ -1053,19 +1219,33 @@ class ModesCrossValidation:
     reference_groups: str | None = None
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "max_weight_z": self.max_weight_z, "reference_groups": self.reference_groups,
-                "modes": [{"mode": k, "weights": w, "report": r.to_dict()} for k, (w, r) in enumerate(zip(self.weights, self.reports))]}
+        return {
+            "verdict": self.verdict,
+            "max_weight_z": self.max_weight_z,
+            "reference_groups": self.reference_groups,
+            "modes": [
+                {"mode": k, "weights": w, "report": r.to_dict()}
+                for k, (w, r) in enumerate(zip(self.weights, self.reports))
+            ],
+        }
 
     def to_markdown(self) -> str:
         ref, cand = self.labels
-        lines = [f"## Cross-validation mode by mode: {cand} vs {ref}: **{self.verdict}**", "",
-                 f"Each mode: {ref} NUTS started in the {cand}'s mode; mode weights compared with their errors "
-                 f"(they differ when |z| > {self.max_weight_z:g}).", "",
-                 f"| mode | {cand} weight | {ref} weight | z | verdict |", "| --- | --- | --- | --- | --- |"]
+        lines = [
+            f"## Cross-validation mode by mode: {cand} vs {ref}: **{self.verdict}**",
+            "",
+            f"Each mode: {ref} NUTS started in the {cand}'s mode; mode weights compared with their errors "
+            f"(they differ when |z| > {self.max_weight_z:g}).",
+            "",
+            f"| mode | {cand} weight | {ref} weight | z | verdict |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for k, (w, r) in enumerate(zip(self.weights, self.reports)):
             z = "n/a" if w["z"] is None else f"{w['z']:+.2f}"
-            lines.append(f"| {k} | {w['candidate']:.3f} +- {w['candidate_error']:.3f} | {w['reference']:.3f} +- "
-                         f"{w['reference_error']:.3f} | {z} | {r.verdict} |")
+            lines.append(
+                f"| {k} | {w['candidate']:.3f} +- {w['candidate_error']:.3f} | {w['reference']:.3f} +- "
+                f"{w['reference_error']:.3f} | {z} | {r.verdict} |"
+            )
         if self.reference_groups:
             lines += ["", f"{ref} chains: {self.reference_groups}"]
         for k, r in enumerate(self.reports):
@@ -1073,9 +1253,18 @@ class ModesCrossValidation:
         return "\n".join(lines) + "\n"
 
 
-def cross_validate_modes(reference: Sequence[ModeChains], candidate: Sequence[ModeChains], *, reference_weights: dict,
-                         candidate_weights, names: Sequence[str] | None = None, thresholds=None, max_weight_z: float = 3.0,
-                         labels: tuple[str, str] = ("exact", "emulator"), seed: int = 0) -> ModesCrossValidation:
+def cross_validate_modes(
+    reference: Sequence[ModeChains],
+    candidate: Sequence[ModeChains],
+    *,
+    reference_weights: dict,
+    candidate_weights,
+    names: Sequence[str] | None = None,
+    thresholds=None,
+    max_weight_z: float = 3.0,
+    labels: tuple[str, str] = ("exact", "emulator"),
+    seed: int = 0,
+) -> ModesCrossValidation:
     """Compare two posteriors mode by mode: ``forecasts.cross_validate`` on each mode's chains,
     and the mode weights with their errors.
 
@@ -1093,7 +1282,9 @@ def cross_validate_modes(reference: Sequence[ModeChains], candidate: Sequence[Mo
     from .crossval import Thresholds, cross_validate
 
     if len(reference) != len(candidate) or not reference:
-        raise ValueError(f"reference and candidate need the same, non-zero number of modes; got {len(reference)} and {len(candidate)}")
+        raise ValueError(
+            f"reference and candidate need the same, non-zero number of modes; got {len(reference)} and {len(candidate)}"
+        )
     if isinstance(candidate_weights, ModesResult):
         cand_w = [m.weight for m in candidate_weights.modes]
         cand_e = [m.weight_error if np.isfinite(m.weight_error) else 0.0 for m in candidate_weights.modes]
@@ -1105,13 +1296,23 @@ def cross_validate_modes(reference: Sequence[ModeChains], candidate: Sequence[Mo
     if not (np.isfinite(max_weight_z) and max_weight_z > 0):
         raise ValueError(f"max_weight_z must be a positive number; got {max_weight_z!r}")
     thresholds = Thresholds() if thresholds is None else thresholds
-    reports = tuple(cross_validate(r.samples, c.samples, names=names, thresholds=thresholds, labels=labels, seed=seed)
-                    for r, c in zip(reference, candidate))
+    reports = tuple(
+        cross_validate(r.samples, c.samples, names=names, thresholds=thresholds, labels=labels, seed=seed)
+        for r, c in zip(reference, candidate)
+    )
     weights = []
     for cw, ce, rw, re in zip(cand_w, cand_e, ref_w, ref_e):
         err = math.hypot(ce, re)
-        weights.append({"candidate": float(cw), "candidate_error": float(ce), "reference": float(rw), "reference_error": float(re),
-                        "difference": float(cw - rw), "z": float((cw - rw) / err) if err > 0 else None})
+        weights.append(
+            {
+                "candidate": float(cw),
+                "candidate_error": float(ce),
+                "reference": float(rw),
+                "reference_error": float(re),
+                "difference": float(cw - rw),
+                "z": float((cw - rw) / err) if err > 0 else None,
+            }
+        )
     differ = any(w["z"] is not None and abs(w["z"]) > max_weight_z for w in weights)
     unknown = any(w["z"] is None for w in weights) and len(weights) > 1
     verdicts = [r.verdict for r in reports]
@@ -1125,5 +1326,11 @@ def cross_validate_modes(reference: Sequence[ModeChains], candidate: Sequence[Mo
     hmc = getattr(reference[0], "hmc", None)
     if hmc is not None and np.asarray(hmc.samples).shape[1] >= 4:
         groups = group_chains(hmc, threshold=1.01).verdict
-    return ModesCrossValidation(reports=reports, weights=tuple(weights), max_weight_z=float(max_weight_z), verdict=verdict,
-                                labels=tuple(labels), reference_groups=groups)
+    return ModesCrossValidation(
+        reports=reports,
+        weights=tuple(weights),
+        max_weight_z=float(max_weight_z),
+        verdict=verdict,
+        labels=tuple(labels),
+        reference_groups=groups,
+    )

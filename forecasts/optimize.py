@@ -160,7 +160,10 @@ class MapResult:
             text = f"{self.n_converged}/{n} starts converged"
         else:
             parts = [f"{len(m.members)} at loss {m.loss:.3f} (spread {m.spread_sigma:.3g} sigma)" for m in self.modes]
-            text = f"{self.n_converged}/{n} starts converged; {len(self.modes)} mode{'s' if len(self.modes) > 1 else ''}: " + "; ".join(parts)
+            text = (
+                f"{self.n_converged}/{n} starts converged; {len(self.modes)} mode{'s' if len(self.modes) > 1 else ''}: "
+                + "; ".join(parts)
+            )
         if self.max_failed.size and self.max_failed.max() > 0:
             text += f"; failed halos in the evaluations of {int(np.sum(self.max_failed > 0))} start(s) (up to {int(self.max_failed.max())})"
         return text
@@ -183,8 +186,15 @@ class MapResult:
             "polish_message": list(self.polish_message),
             "polish_evaluations": np.asarray(self.polish_evaluations).tolist(),
             "sigma": None if self.sigma is None else self.sigma.tolist(),
-            "modes": [{"members": list(m.members), "theta": m.theta.tolist(), "loss": m.loss, "spread_sigma": fin(m.spread_sigma)}
-                      for m in self.modes],
+            "modes": [
+                {
+                    "members": list(m.members),
+                    "theta": m.theta.tolist(),
+                    "loss": m.loss,
+                    "spread_sigma": fin(m.spread_sigma),
+                }
+                for m in self.modes
+            ],
             "spread_sigma": fin(self.spread_sigma),
             "n_failed": np.asarray(self.n_failed).tolist(),
             "max_failed": np.asarray(self.max_failed).tolist(),
@@ -367,8 +377,14 @@ def _polish(fm: ForwardModel, u0: np.ndarray, options: MapOptions):
             return 1e300, np.zeros_like(u)
         return -value, -grad * width
 
-    res = minimize(fun, np.clip(u0, 0.0, 1.0), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * u0.size,
-                   options={"maxiter": options.polish_max_iter, "ftol": 1e-15, "gtol": 1e-12})
+    res = minimize(
+        fun,
+        np.clip(u0, 0.0, 1.0),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, 1.0)] * u0.size,
+        options={"maxiter": options.polish_max_iter, "ftol": 1e-15, "gtol": 1e-12},
+    )
     loss = float(res.fun) if res.fun < 1e299 else np.inf
     return np.clip(res.x, 0.0, 1.0), loss, str(res.message), int(res.nfev), worst, bool(res.success)
 
@@ -412,12 +428,20 @@ def _group_modes(points, losses, converged, fisher, prior, mode_sigma) -> tuple[
         threshold = 1e-3
         whiten = lambda d: d / np.asarray(prior.width)  # noqa: E731
     coords = whiten(points[idx])
-    labels = fcluster(linkage(coords, method="single"), t=threshold, criterion="distance") if idx.size > 1 else np.ones(1, int)
+    labels = (
+        fcluster(linkage(coords, method="single"), t=threshold, criterion="distance")
+        if idx.size > 1
+        else np.ones(1, int)
+    )
     modes = []
     for lab in np.unique(labels):
         members = idx[labels == lab]
         members = members[np.argsort(losses[members])]
         best = members[0]
-        spread = float(np.max(np.linalg.norm(whiten(points[members] - points[best]), axis=1))) if fisher is not None and fisher.positive_definite else float("nan")
+        spread = (
+            float(np.max(np.linalg.norm(whiten(points[members] - points[best]), axis=1)))
+            if fisher is not None and fisher.positive_definite
+            else float("nan")
+        )
         modes.append(MapMode(tuple(int(m) for m in members), points[best].copy(), float(losses[best]), spread))
     return tuple(sorted(modes, key=lambda m: m.loss))

@@ -66,7 +66,15 @@ def corner_overlay(
             for k, s in enumerate(sets):
                 colour = COLOURS[k % len(COLOURS)]
                 if i == j:
-                    ax.hist(s[:, i], bins=bins, range=(lo[i], hi[i]), density=True, histtype="step", color=colour, label=labels[k])
+                    ax.hist(
+                        s[:, i],
+                        bins=bins,
+                        range=(lo[i], hi[i]),
+                        density=True,
+                        histtype="step",
+                        color=colour,
+                        label=labels[k],
+                    )
                 else:
                     hist, xe, ye = np.histogram2d(s[:, j], s[:, i], bins=bins, range=[[lo[j], hi[j]], [lo[i], hi[i]]])
                     hist = gaussian_filter(hist, 1.0)
@@ -112,7 +120,9 @@ def fisher_ellipses(fishers: Sequence, labels: Sequence[str], path, *, n_sigmas=
     usable = [(f, lab) for f, lab in zip(fishers, labels)]
     names = fishers[0].names
     n = len(names)
-    fig, axes = plt.subplots(max(n - 1, 1), max(n - 1, 1), figsize=(2.4 * max(n - 1, 1) + 1, 2.4 * max(n - 1, 1) + 1), squeeze=False)
+    fig, axes = plt.subplots(
+        max(n - 1, 1), max(n - 1, 1), figsize=(2.4 * max(n - 1, 1) + 1, 2.4 * max(n - 1, 1) + 1), squeeze=False
+    )
     for i in range(1, n):
         for j in range(n - 1):
             ax = axes[i - 1, j]
@@ -126,7 +136,14 @@ def fisher_ellipses(fishers: Sequence, labels: Sequence[str], path, *, n_sigmas=
                 sub = f.covariance[np.ix_([j, i], [j, i])]
                 for s, style in zip(n_sigmas, ("-", "--", ":")):
                     pts = _ellipse(f.theta[[j, i]], sub, s)
-                    ax.plot(pts[:, 0], pts[:, 1], color=colour, ls=style, lw=1.0, label=lab if (s == n_sigmas[0] and i == 1 and j == 0) else None)
+                    ax.plot(
+                        pts[:, 0],
+                        pts[:, 1],
+                        color=colour,
+                        ls=style,
+                        lw=1.0,
+                        label=lab if (s == n_sigmas[0] and i == 1 and j == 0) else None,
+                    )
                 ax.plot(*f.theta[[j, i]], "+", color=colour)
             if i == n - 1:
                 ax.set_xlabel(names[j])
@@ -157,7 +174,9 @@ def recovery_figure(report: dict, path) -> Path:
     names = report["free"]
     fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets) + 1, 3.2), squeeze=False, sharey=True)
     for ax, entry in zip(axes[0], sets):
-        bias = np.array([[np.nan if v is None else v for v in row] for row in entry["normalised_bias"]], dtype=float).reshape(-1, len(names))
+        bias = np.array(
+            [[np.nan if v is None else v for v in row] for row in entry["normalised_bias"]], dtype=float
+        ).reshape(-1, len(names))
         data = [b[np.isfinite(b)] for b in bias.T]
         if any(len(d) for d in data):
             ax.boxplot(data, tick_labels=names, showfliers=True)
@@ -177,7 +196,9 @@ def error_scaling_figure(report: dict, path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for k, name in enumerate(names):
         colour = f"C{k % 10}"
-        fisher = np.array([np.nan if row["fisher_sigma"] is None else row["fisher_sigma"][k] for row in report["scales"]], dtype=float)
+        fisher = np.array(
+            [np.nan if row["fisher_sigma"] is None else row["fisher_sigma"][k] for row in report["scales"]], dtype=float
+        )
         ax.plot(scales, fisher, "-", color=colour, label=name)
         hmc = [row.get("hmc_std") for row in report["scales"]]
         if all(h is not None for h in hmc):
@@ -191,8 +212,18 @@ def error_scaling_figure(report: dict, path) -> Path:
     return _save(fig, path)
 
 
-def modes_corner(samples, weights, labels, names: Sequence[str], path, *, mode_weights=None, truths=None, bins: int = 30,
-                 title: str = "") -> Path:
+def modes_corner(
+    samples,
+    weights,
+    labels,
+    names: Sequence[str],
+    path,
+    *,
+    mode_weights=None,
+    truths=None,
+    bins: int = 30,
+    title: str = "",
+) -> Path:
     """Corner figure of a posterior with several modes: each mode in its own colour (1-D
     histograms scaled by the mode's weight; 39/86% contours, i.e. 1 and 2 sigma in 2-D), common
     axis ranges, at most 3 ticks an axis so that 8 parameters stay readable.
@@ -210,7 +241,9 @@ def modes_corner(samples, weights, labels, names: Sequence[str], path, *, mode_w
     weights = np.ones(n_draws) if weights is None else np.asarray(weights, dtype=np.float64)
     labels = np.asarray(labels)
     if weights.shape != (n_draws,) or labels.shape != (n_draws,) or len(names) != n:
-        raise ValueError(f"samples (N, n), weights (N,), labels (N,) and n names needed; got {samples.shape}, {weights.shape}, {labels.shape}, {len(names)} names")
+        raise ValueError(
+            f"samples (N, n), weights (N,), labels (N,) and n names needed; got {samples.shape}, {weights.shape}, {labels.shape}, {len(names)} names"
+        )
     weights = weights / weights.sum()
     modes = sorted(set(labels.tolist()))
     if mode_weights is None:
@@ -227,11 +260,25 @@ def modes_corner(samples, weights, labels, names: Sequence[str], path, *, mode_w
             continue
         colour = COLOURS[k % len(COLOURS)]
         corner.corner(
-            samples[sel], weights=weights[sel], bins=bins, range=ranges, color=colour, fig=fig, labels=list(names),
-            levels=(1 - np.exp(-0.5), 1 - np.exp(-2.0)), smooth=1.0, plot_datapoints=False, plot_density=False,
-            fill_contours=False, max_n_ticks=3, labelpad=0.08, label_kwargs={"fontsize": 11},
-            hist_kwargs={"linewidth": 1.3}, contour_kwargs={"linewidths": 1.1},
-            truths=truths if k == 0 else None, truth_color="k",
+            samples[sel],
+            weights=weights[sel],
+            bins=bins,
+            range=ranges,
+            color=colour,
+            fig=fig,
+            labels=list(names),
+            levels=(1 - np.exp(-0.5), 1 - np.exp(-2.0)),
+            smooth=1.0,
+            plot_datapoints=False,
+            plot_density=False,
+            fill_contours=False,
+            max_n_ticks=3,
+            labelpad=0.08,
+            label_kwargs={"fontsize": 11},
+            hist_kwargs={"linewidth": 1.3},
+            contour_kwargs={"linewidths": 1.1},
+            truths=truths if k == 0 else None,
+            truth_color="k",
         )
     axes = np.array(fig.get_axes()).reshape(n, n)
     for i in range(n):  # each corner call rescales the diagonal to its own histogram: show all
@@ -241,8 +288,14 @@ def modes_corner(samples, weights, labels, names: Sequence[str], path, *, mode_w
     for ax in axes.ravel():
         ax.tick_params(labelsize=8)
     handles = [plt.Line2D([], [], color=COLOURS[k % len(COLOURS)], lw=2) for k in range(len(modes))]
-    fig.legend(handles, [f"mode {m}: weight {w:.3f}" for m, w in zip(modes, mode_weights)], loc="upper right",
-               fontsize=12, frameon=False, bbox_to_anchor=(0.98, 0.98))
+    fig.legend(
+        handles,
+        [f"mode {m}: weight {w:.3f}" for m, w in zip(modes, mode_weights)],
+        loc="upper right",
+        fontsize=12,
+        frameon=False,
+        bbox_to_anchor=(0.98, 0.98),
+    )
     if title:
         fig.suptitle(title, fontsize=13)
     return _save(fig, path)

@@ -80,9 +80,13 @@ def parse_vector(args, text: str | None, option: str, prior=None) -> np.ndarray 
     try:
         values = np.array([float(v) for v in split_list(text)], dtype=np.float64)
     except ValueError:
-        raise option_error(args, f"{option} must be {len(names)} comma-separated numbers ({', '.join(names)}); got {text!r}") from None
+        raise option_error(
+            args, f"{option} must be {len(names)} comma-separated numbers ({', '.join(names)}); got {text!r}"
+        ) from None
     if values.shape != (len(names),):
-        raise option_error(args, f"{option} needs {len(names)} values ({', '.join(names)}); got {values.size} in {text!r}")
+        raise option_error(
+            args, f"{option} needs {len(names)} values ({', '.join(names)}); got {values.size} in {text!r}"
+        )
     if prior is not None:
         try:
             prior.validate(values)
@@ -104,13 +108,17 @@ def parse_sigma_scale(args, text: str):
             name, _, value = item.partition("=")
             name = name.strip()
             if name not in RELATIONS:
-                raise option_error(args, f"--sigma-scale: unknown relation {name!r}; choose from {', '.join(RELATIONS)}")
+                raise option_error(
+                    args, f"--sigma-scale: unknown relation {name!r}; choose from {', '.join(RELATIONS)}"
+                )
             scale[name] = float(value)
             if not (np.isfinite(scale[name]) and scale[name] > 0):
                 raise ValueError
         return scale
     except ValueError:
-        raise option_error(args, f"--sigma-scale must be a positive number or relation=number pairs (smhm=0.5,mzr=1); got {text!r}") from None
+        raise option_error(
+            args, f"--sigma-scale must be a positive number or relation=number pairs (smhm=0.5,mzr=1); got {text!r}"
+        ) from None
 
 
 def parse_relation_sets(args, text: str) -> list[tuple[str, ...]] | None:
@@ -132,7 +140,9 @@ def available_relation_sets(args, sets, available: tuple[str, ...]) -> list[tupl
     for s in sets:
         missing = [r for r in s if r not in available]
         if missing:
-            raise option_error(args, f"--relation-sets: relation {missing[0]!r} is not in the observations ({', '.join(available)})")
+            raise option_error(
+                args, f"--relation-sets: relation {missing[0]!r} is not in the observations ({', '.join(available)})"
+            )
     return sets
 
 
@@ -170,7 +180,9 @@ def load_observations(args):
     try:
         return sapphire.Observations.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise option_error(args, f"--observations {str(path)!r}: not an Observations JSON ({type(err).__name__}: {err})") from None
+        raise option_error(
+            args, f"--observations {str(path)!r}: not an Observations JSON ({type(err).__name__}: {err})"
+        ) from None
 
 
 def exact_model_from_options(args, why: str, mock_text: str | None = None):
@@ -196,18 +208,40 @@ def exact_model_from_options(args, why: str, mock_text: str | None = None):
             halos = ts.halos()
         except (ValueError, KeyError, OSError) as err:
             raise option_error(args, f"--store {store!r}: {err}") from None
-        return model, halos, {"source": "store", "store": str(store), "store_fingerprint": ts.fingerprint,
-                              "n_halos": int(halos.n_halos), "solver": model.settings.to_dict()}, truth
+        return (
+            model,
+            halos,
+            {
+                "source": "store",
+                "store": str(store),
+                "store_fingerprint": ts.fingerprint,
+                "n_halos": int(halos.n_halos),
+                "solver": model.settings.to_dict(),
+            },
+            truth,
+        )
     if n_halos < 2:
         raise option_error(args, f"--halos must be >= 2, got {n_halos}")
     model = model_from_options(args)
     truth = parse_vector(args, mock_text, "--mock-theta", model.prior)
     try:
-        halos = sapphire.HaloPopulation.from_diffmah(n_halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
+        halos = sapphire.HaloPopulation.from_diffmah(
+            n_halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed
+        )
     except ValueError as err:
         raise option_error(args, f"--halos: {err}") from None
-    return model, halos, {"source": "diffmah", "n_halos": int(n_halos), "halo_seed": args.halo_seed,
-                          "logm": [args.logm_min, args.logm_max], "solver": model.settings.to_dict()}, truth
+    return (
+        model,
+        halos,
+        {
+            "source": "diffmah",
+            "n_halos": int(n_halos),
+            "halo_seed": args.halo_seed,
+            "logm": [args.logm_min, args.logm_max],
+            "solver": model.settings.to_dict(),
+        },
+        truth,
+    )
 
 
 def emulator_from_options(args):
@@ -239,13 +273,20 @@ def build_problem(args, *, need_exact: bool, need_emulator: bool, allow_mock: bo
         if missing:
             raise option_error(args, f"--relations: {missing[0]!r} is not in the observations ({', '.join(obs.names)})")
     problem = Problem(obs=obs, free=free, fixed=fixed, relations=relations, sigma_scale=sigma_scale)
-    problem.info["observations"] = {"source": args.observations or "Observations.default()", "fingerprint": obs.fingerprint()}
+    problem.info["observations"] = {
+        "source": args.observations or "Observations.default()",
+        "fingerprint": obs.fingerprint(),
+    }
     if need_emulator:  # before the exact model: its errors are cheaper to find
         problem.emu = emulator_from_options(args)
         problem.info["emulator"] = {"path": str(args.emulator), "repr": repr(problem.emu)}
     truth = None
     if need_exact or mock_text is not None:
-        why = "--mock-theta" if not need_exact else ("--forward exact" if args.command == "forecast" else f"sapphire {args.command}")
+        why = (
+            "--mock-theta"
+            if not need_exact
+            else ("--forward exact" if args.command == "forecast" else f"sapphire {args.command}")
+        )
         problem.model, problem.halos, problem.info["exact"], truth = exact_model_from_options(args, why, mock_text)
     store_fp = problem.info.get("exact", {}).get("store_fingerprint")
     emu_fp = getattr(problem.emu, "store_fingerprint", None)

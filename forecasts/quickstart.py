@@ -62,18 +62,56 @@ class Scale:
 SCALES: dict[str, Scale] = {
     # 2-core laptop CPU, no GPU: the README gives the measured times.  The exact check has 2
     # free parameters; each exact NUTS step is a sensitivity solve of the 32 halos.
-    "small": Scale(n_halos=32, n_train=384, n_test=64, chunk=16, ensemble=4, epochs=600, patience=100,
-                   hidden=(64, 64, 64), map_starts=8, emulator_hmc=(4, 500, 1000),
-                   exact_free=("A_etaM", "A_tdep"), exact_hmc=(2, 150, 250), exact_budget_s=360.0, max_exact_draws=3000),
+    "small": Scale(
+        n_halos=32,
+        n_train=384,
+        n_test=64,
+        chunk=16,
+        ensemble=4,
+        epochs=600,
+        patience=100,
+        hidden=(64, 64, 64),
+        map_starts=8,
+        emulator_hmc=(4, 500, 1000),
+        exact_free=("A_etaM", "A_tdep"),
+        exact_hmc=(2, 150, 250),
+        exact_budget_s=360.0,
+        max_exact_draws=3000,
+    ),
     # Tests and CI notebooks: every stage, minutes on 2 cores, numbers meaningless.
-    "tiny": Scale(n_halos=8, n_train=48, n_test=16, chunk=8, ensemble=2, epochs=40, patience=20,
-                  hidden=(16, 16), map_starts=2, emulator_hmc=(2, 30, 40),
-                  exact_free=("A_etaM", "A_tdep"), exact_hmc=(2, 10, 20), exact_budget_s=120.0, max_exact_draws=40),
+    "tiny": Scale(
+        n_halos=8,
+        n_train=48,
+        n_test=16,
+        chunk=8,
+        ensemble=2,
+        epochs=40,
+        patience=20,
+        hidden=(16, 16),
+        map_starts=2,
+        emulator_hmc=(2, 30, 40),
+        exact_free=("A_etaM", "A_tdep"),
+        exact_hmc=(2, 10, 20),
+        exact_budget_s=120.0,
+        max_exact_draws=40,
+    ),
     # The original analysis's sizes, for GPU nodes.
-    "paper": Scale(n_halos=1000, n_train=5000, n_test=500, chunk=16, ensemble=8, epochs=3000, patience=300,
-                   hidden=(128, 128, 128, 128), map_starts=32, emulator_hmc=(4, 1000, 2000),
-                   exact_free=("A_etaM", "B_etaM", "A_tdep", "B_tdep"), exact_hmc=(4, 500, 1000), exact_budget_s=7200.0,
-                   max_exact_draws=20000),
+    "paper": Scale(
+        n_halos=1000,
+        n_train=5000,
+        n_test=500,
+        chunk=16,
+        ensemble=8,
+        epochs=3000,
+        patience=300,
+        hidden=(128, 128, 128, 128),
+        map_starts=32,
+        emulator_hmc=(4, 1000, 2000),
+        exact_free=("A_etaM", "B_etaM", "A_tdep", "B_tdep"),
+        exact_hmc=(4, 500, 1000),
+        exact_budget_s=7200.0,
+        max_exact_draws=20000,
+    ),
 }
 
 # The mock's truth, in the unit cube of the prior box: an interior, unremarkable point.
@@ -102,18 +140,30 @@ class _Stages:
             except (OSError, json.JSONDecodeError) as exc:
                 log(f"[quickstart] {self.path} is unreadable ({exc}): running every stage again")
 
-    def run(self, name: str, compute: Callable[[], str], load: Callable[[], None], extra: Any = None,
-            after: tuple[str, ...] = ()) -> None:
-        key = hashlib.sha256(json.dumps([self.base, name, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def run(
+        self,
+        name: str,
+        compute: Callable[[], str],
+        load: Callable[[], None],
+        extra: Any = None,
+        after: tuple[str, ...] = (),
+    ) -> None:
+        key = hashlib.sha256(json.dumps([self.base, name, extra], sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
         record = self.records.get(name)
         if record is not None and record.get("key") == key and not self.recomputed.intersection(after):
             try:
                 load()
             except (OSError, ValueError, KeyError) as exc:
-                self.log(f"[quickstart] {name}: the results of an earlier run could not be reused "
-                         f"({type(exc).__name__}: {exc}); running it again")
+                self.log(
+                    f"[quickstart] {name}: the results of an earlier run could not be reused "
+                    f"({type(exc).__name__}: {exc}); running it again"
+                )
             else:
-                self.rows.append({"stage": name, "seconds": record["seconds"], "outcome": record["outcome"], "skipped": True})
+                self.rows.append(
+                    {"stage": name, "seconds": record["seconds"], "outcome": record["outcome"], "skipped": True}
+                )
                 self.log(f"[quickstart] {name}: done in an earlier run, skipped ({record['outcome']})")
                 return
         self.recomputed.add(name)
@@ -157,26 +207,49 @@ def cgm_regime(model: sapphire.Model, halos: sapphire.HaloPopulation, theta) -> 
 
     solved = ratios(a_etam)
     # the same at A_etaM steps below and above the truth (one compiled solve): where the switch lies
-    scan = [{"A_etaM": a, "fraction_cooling": float(np.mean(r < 1.0)) if r.size else None, "n_solved": int(r.size)}
-            for a in a_etam + np.array(A_ETAM_SCAN) if low <= a <= high for r in [ratios(a)]]
+    scan = [
+        {"A_etaM": a, "fraction_cooling": float(np.mean(r < 1.0)) if r.size else None, "n_solved": int(r.size)}
+        for a in a_etam + np.array(A_ETAM_SCAN)
+        if low <= a <= high
+        for r in [ratios(a)]
+    ]
     unit = (a_etam - low) / (high - low)
     cooling = float(np.mean(solved < 1.0)) if solved.size else float("nan")
     q = np.quantile(solved, [0.1, 0.5, 0.9]).tolist() if solved.size else [None] * 3
     half = "lower" if unit < 0.5 else "upper"
-    line = (f"at the mock truth {100 * cooling:.0f}% of the {solved.size} solved halos have a cooling CGM (t_cool/t_ff < 1 at r_0) "
-            f"and {100 * (1 - cooling):.0f}% a hot one (median t_cool/t_ff {q[1]:.3g}, 10-90% {q[0]:.3g}-{q[2]:.3g}); "
-            f"A_etaM = {a_etam:.3f} lies at {unit:.2f} of its range [{low:g}, {high:g}], in the {half} half "
-            f"({'inside' if half == 'lower' else 'above'} the low-mass-loading half where the CGM switches regime "
-            "and the emulator's errors are largest, docs/design.md s.9)")
-    return {"n_halos": int(halos.n_halos), "n_solved": int(solved.size), "fraction_cooling": cooling,
-            "fraction_hot": 1.0 - cooling if solved.size else None, "t_cool_over_t_ff_r0_quantiles": q,
-            "A_etaM": a_etam, "A_etaM_unit": unit, "A_etaM_half": half, "scan": scan,
-            "line": line + "; fraction cooling versus A_etaM: " + ", ".join(
-                f"{row['A_etaM']:.2f}: {row['fraction_cooling']:.2f}" for row in scan if row["fraction_cooling"] is not None)}
+    line = (
+        f"at the mock truth {100 * cooling:.0f}% of the {solved.size} solved halos have a cooling CGM (t_cool/t_ff < 1 at r_0) "
+        f"and {100 * (1 - cooling):.0f}% a hot one (median t_cool/t_ff {q[1]:.3g}, 10-90% {q[0]:.3g}-{q[2]:.3g}); "
+        f"A_etaM = {a_etam:.3f} lies at {unit:.2f} of its range [{low:g}, {high:g}], in the {half} half "
+        f"({'inside' if half == 'lower' else 'above'} the low-mass-loading half where the CGM switches regime "
+        "and the emulator's errors are largest, docs/design.md s.9)"
+    )
+    return {
+        "n_halos": int(halos.n_halos),
+        "n_solved": int(solved.size),
+        "fraction_cooling": cooling,
+        "fraction_hot": 1.0 - cooling if solved.size else None,
+        "t_cool_over_t_ff_r0_quantiles": q,
+        "A_etaM": a_etam,
+        "A_etaM_unit": unit,
+        "A_etaM_half": half,
+        "scan": scan,
+        "line": line
+        + "; fraction cooling versus A_etaM: "
+        + ", ".join(
+            f"{row['A_etaM']:.2f}: {row['fraction_cooling']:.2f}" for row in scan if row["fraction_cooling"] is not None
+        ),
+    }
 
 
-def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", seed: int = 0, progress: bool = True,
-                   log: Callable[[str], None] = print, exact_budget_s: float | None = None) -> dict[str, Any]:
+def run_quickstart(
+    out_dir: str | Path = "quickstart",
+    scale: str = "small",
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    exact_budget_s: float | None = None,
+) -> dict[str, Any]:
     """Run (or finish) the whole pipeline into ``out_dir``; returns the summary written to
     ``out_dir/summary.json``.  ``scale``: a key of :data:`SCALES`; ``exact_budget_s``: the
     decisive check's wall-clock budget in seconds (default the scale's; a rerun with a larger one
@@ -213,9 +286,19 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
     def training_sets_stage() -> str:
         reports = []
         for name, n_points, design_seed in stores:
-            r = training_sets.generate(out / f"{name}.zarr", n_points=n_points, n_halos=sizes.n_halos, seed=design_seed,
-                                       halo_seed=seed, chunk=sizes.chunk, resume=True, progress=progress)
-            reports.append(f"{name}: {r.n_points} points ({r.computed} computed now, {r.failed_points} with failed halos)")
+            r = training_sets.generate(
+                out / f"{name}.zarr",
+                n_points=n_points,
+                n_halos=sizes.n_halos,
+                seed=design_seed,
+                halo_seed=seed,
+                chunk=sizes.chunk,
+                resume=True,
+                progress=progress,
+            )
+            reports.append(
+                f"{name}: {r.n_points} points ({r.computed} computed now, {r.failed_points} with failed halos)"
+            )
         return "; ".join(reports)
 
     def training_sets_load() -> None:
@@ -245,8 +328,15 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
                 return f"kept {emu_path} (trained on this store)"
             except ValueError as exc:
                 log(f"[quickstart] not reusing {emu_path} ({exc}): training a new emulator in its place")
-        emu = train_emulator(train, ensemble=sizes.ensemble, epochs=sizes.epochs, patience=sizes.patience,
-                             hidden=sizes.hidden, seed=seed, progress=progress)
+        emu = train_emulator(
+            train,
+            ensemble=sizes.ensemble,
+            epochs=sizes.epochs,
+            patience=sizes.patience,
+            hidden=sizes.hidden,
+            seed=seed,
+            progress=progress,
+        )
         emu.save(emu_path)
         state["emu"] = emu
         return f"trained {sizes.ensemble} members, saved {emu_path}"
@@ -270,8 +360,10 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         (out / "mock_observations.json").write_text(mock.to_json())
         state["mock"], state["regime"] = mock, cgm_regime(model, halos, truth)
         write_json(out / "regime.json", state["regime"])
-        return (f"exact summaries at theta_true = {np.round(truth, 3).tolist()} ({halos.n_halos} halos); "
-                f"{100 * state['regime']['fraction_cooling']:.0f}% of halos with a cooling CGM")
+        return (
+            f"exact summaries at theta_true = {np.round(truth, 3).tolist()} ({halos.n_halos} halos); "
+            f"{100 * state['regime']['fraction_cooling']:.0f}% of halos with a cooling CGM"
+        )
 
     def mock_load() -> None:
         state["mock"] = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
@@ -288,22 +380,48 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         fit = find_map(fm, n_starts=sizes.map_starts, seed=seed)
         fisher = laplace(fm, fit.best)
         chains, warmup, draws = sizes.emulator_hmc
-        post = _run_hmc_resuming(fm, out / "emulator_hmc.ckpt.npz", log, num_chains=chains, num_warmup=warmup,
-                                 num_samples=draws, seed=seed, init=fit.best,
-                                 progress=_hmc_bar("emulator HMC", warmup + draws, progress))
-        state["emulator_forecast"] = {"map": fit.to_dict(), "map_line": fit.summary_line(), "laplace": fisher.to_dict(),
-                                      "hmc": post.summary(), "truth": truth}
+        post = _run_hmc_resuming(
+            fm,
+            out / "emulator_hmc.ckpt.npz",
+            log,
+            num_chains=chains,
+            num_warmup=warmup,
+            num_samples=draws,
+            seed=seed,
+            init=fit.best,
+            progress=_hmc_bar("emulator HMC", warmup + draws, progress),
+        )
+        state["emulator_forecast"] = {
+            "map": fit.to_dict(),
+            "map_line": fit.summary_line(),
+            "laplace": fisher.to_dict(),
+            "hmc": post.summary(),
+            "truth": truth,
+        }
         write_json(out / "emulator_forecast.json", state["emulator_forecast"])
-        corner_overlay([post.flat], ["emulator HMC"], post.names, out / "emulator_posterior.png", truths=truth,
-                       title="emulator posterior, all 8 parameters")
+        corner_overlay(
+            [post.flat],
+            ["emulator HMC"],
+            post.names,
+            out / "emulator_posterior.png",
+            truths=truth,
+            title="emulator posterior, all 8 parameters",
+        )
         bias = (post.mean - truth) / post.std
-        return (f"MAP: {fit.summary_line()}; HMC {chains}x({warmup}+{draws}) from the MAP, {_hmc_line(post)}; "
-                f"|mean - truth|/sigma max {np.max(np.abs(bias)):.2f}")
+        return (
+            f"MAP: {fit.summary_line()}; HMC {chains}x({warmup}+{draws}) from the MAP, {_hmc_line(post)}; "
+            f"|mean - truth|/sigma max {np.max(np.abs(bias)):.2f}"
+        )
 
     def emulator_forecast_load() -> None:
         state["emulator_forecast"] = json.loads((out / "emulator_forecast.json").read_text())
 
-    stages.run("emulator forecast (8 free)", emulator_forecast_stage, emulator_forecast_load, after=("emulator", "mock and CGM regime"))
+    stages.run(
+        "emulator forecast (8 free)",
+        emulator_forecast_stage,
+        emulator_forecast_load,
+        after=("emulator", "mock and CGM regime"),
+    )
 
     # 5. The decisive check: exact-model HMC on a reduced problem against the emulator's on the
     #    same problem, extended until the cross-validation decides or the budget is spent.
@@ -323,69 +441,149 @@ def run_quickstart(out_dir: str | Path = "quickstart", scale: str = "small", see
         (ec, ew, ed), (cc, cw, cd) = sizes.exact_hmc, sizes.emulator_hmc
 
         def run_exact(n: int, limit: float | None):
-            return _run_hmc_resuming(exact, out / "exact_hmc.ckpt.npz", log, num_chains=ec, num_warmup=ew, num_samples=n,
-                                     seed=seed, init=start, time_limit_s=limit, progress=_hmc_bar("exact HMC", ew + n, progress))
+            return _run_hmc_resuming(
+                exact,
+                out / "exact_hmc.ckpt.npz",
+                log,
+                num_chains=ec,
+                num_warmup=ew,
+                num_samples=n,
+                seed=seed,
+                init=start,
+                time_limit_s=limit,
+                progress=_hmc_bar("exact HMC", ew + n, progress),
+            )
 
         def run_emulator(n: int, limit: float | None):
-            return _run_hmc_resuming(emu_fm, out / "emulator_hmc_reduced.ckpt.npz", log, num_chains=cc, num_warmup=cw,
-                                     num_samples=n, seed=seed, init=fit.best, time_limit_s=limit,
-                                     progress=_hmc_bar("emulator HMC (reduced)", cw + n, progress))
+            return _run_hmc_resuming(
+                emu_fm,
+                out / "emulator_hmc_reduced.ckpt.npz",
+                log,
+                num_chains=cc,
+                num_warmup=cw,
+                num_samples=n,
+                seed=seed,
+                init=fit.best,
+                time_limit_s=limit,
+                progress=_hmc_bar("emulator HMC (reduced)", cw + n, progress),
+            )
 
         def compare(reference, candidate):
-            return cross_validate(reference, candidate, fisher_reference=fisher_exact, fisher_candidate=fisher_emu, seed=seed)
+            return cross_validate(
+                reference, candidate, fisher_reference=fisher_exact, fisher_candidate=fisher_emu, seed=seed
+            )
 
-        key = hashlib.sha256(json.dumps([exact.fingerprint(), emu_fm.fingerprint(), sizes.exact_hmc, sizes.emulator_hmc,
-                                         sizes.max_exact_draws, seed]).encode()).hexdigest()[:16]
-        result = extend_until_decided(run_exact, run_emulator, compare, reference_draws=ed, candidate_draws=cd, budget_s=budget,
-                                      max_reference_draws=sizes.max_exact_draws, max_candidate_draws=8 * cd,
-                                      state_path=out / "decisive_state.json", key=key, log=log)
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    exact.fingerprint(),
+                    emu_fm.fingerprint(),
+                    sizes.exact_hmc,
+                    sizes.emulator_hmc,
+                    sizes.max_exact_draws,
+                    seed,
+                ]
+            ).encode()
+        ).hexdigest()[:16]
+        result = extend_until_decided(
+            run_exact,
+            run_emulator,
+            compare,
+            reference_draws=ed,
+            candidate_draws=cd,
+            budget_s=budget,
+            max_reference_draws=sizes.max_exact_draws,
+            max_candidate_draws=8 * cd,
+            state_path=out / "decisive_state.json",
+            key=key,
+            log=log,
+        )
         result.reference.save(out / "exact_hmc.npz")
         result.candidate.save(out / "emulator_hmc_reduced.npz")
-        write_json(out / "decisive.json", {
-            "free": free, "truth": start, "check": result.to_dict(), "map": fit.to_dict(), "map_line": fit.summary_line(),
-            "fisher_exact": fisher_exact.to_dict(), "fisher_emulator": fisher_emu.to_dict(),
-            "exact_hmc": result.reference.summary(), "emulator_hmc": result.candidate.summary(),
-        })
+        write_json(
+            out / "decisive.json",
+            {
+                "free": free,
+                "truth": start,
+                "check": result.to_dict(),
+                "map": fit.to_dict(),
+                "map_line": fit.summary_line(),
+                "fisher_exact": fisher_exact.to_dict(),
+                "fisher_emulator": fisher_emu.to_dict(),
+                "exact_hmc": result.reference.summary(),
+                "emulator_hmc": result.candidate.summary(),
+            },
+        )
         _keep_crossval(state, out, result.report, start)
         state["decisive"] = json.loads((out / "decisive.json").read_text())
         report = result.report
-        return (f"{report.verdict} after {len(result.rounds)} round(s), {result.spent_s:.0f} s of {budget:.0f} ({result.stopped}): "
-                f"exact {ec}x{result.reference.samples.shape[1]} draws (ESS {_ess_text(report.reference_ess)}), emulator "
-                f"{cc}x{result.candidate.samples.shape[1]} (ESS {_ess_text(report.candidate_ess)}); shifts "
-                + ", ".join(f"{n} {s:+.3f} +- {e:.3f}" for n, s, e in zip(report.names, report.shift, report.shift_se))
-                + f" sigma; AUC {report.auc:.3f} +- {report.auc_se:.3f}; emulator MAP: {fit.summary_line()}")
+        return (
+            f"{report.verdict} after {len(result.rounds)} round(s), {result.spent_s:.0f} s of {budget:.0f} ({result.stopped}): "
+            f"exact {ec}x{result.reference.samples.shape[1]} draws (ESS {_ess_text(report.reference_ess)}), emulator "
+            f"{cc}x{result.candidate.samples.shape[1]} (ESS {_ess_text(report.candidate_ess)}); shifts "
+            + ", ".join(f"{n} {s:+.3f} +- {e:.3f}" for n, s, e in zip(report.names, report.shift, report.shift_se))
+            + f" sigma; AUC {report.auc:.3f} +- {report.auc_se:.3f}; emulator MAP: {fit.summary_line()}"
+        )
 
     def decisive_load() -> None:
         saved = json.loads((out / "decisive.json").read_text())
         reference, candidate = HmcResult.load(out / "exact_hmc.npz"), HmcResult.load(out / "emulator_hmc_reduced.npz")
-        report = cross_validate(reference, candidate, fisher_reference=fisher_from_dict(saved["fisher_exact"]),
-                                fisher_candidate=fisher_from_dict(saved["fisher_emulator"]), seed=seed)
+        report = cross_validate(
+            reference,
+            candidate,
+            fisher_reference=fisher_from_dict(saved["fisher_exact"]),
+            fisher_candidate=fisher_from_dict(saved["fisher_emulator"]),
+            seed=seed,
+        )
         _keep_crossval(state, out, report, np.asarray(saved["truth"]))
         state["decisive"] = saved
 
-    stages.run(title, decisive_stage, decisive_load, extra={"exact_budget_s": budget}, after=("emulator", "mock and CGM regime"))
+    stages.run(
+        title,
+        decisive_stage,
+        decisive_load,
+        extra={"exact_budget_s": budget},
+        after=("emulator", "mock and CGM regime"),
+    )
 
     report = state["crossval"]
     decisive = state["decisive"]
     summary = {
-        "scale": scale, "sizes": dataclasses.asdict(sizes) | {"exact_budget_s": budget}, "seed": seed, "truth": truth,
-        "sapphire_version": sapphire.__version__, "stages": stages.rows,
-        "verdict": report.verdict, "exit_status": EXIT_STATUS[report.verdict], "advice": report.advice,
-        "decisive_check": decisive["check"], "crossval": report.to_dict(),
+        "scale": scale,
+        "sizes": dataclasses.asdict(sizes) | {"exact_budget_s": budget},
+        "seed": seed,
+        "truth": truth,
+        "sapphire_version": sapphire.__version__,
+        "stages": stages.rows,
+        "verdict": report.verdict,
+        "exit_status": EXIT_STATUS[report.verdict],
+        "advice": report.advice,
+        "decisive_check": decisive["check"],
+        "crossval": report.to_dict(),
         "chains": _chain_rows(state["emulator_forecast"]["hmc"], decisive["exact_hmc"], decisive["emulator_hmc"]),
         "cgm_regime": state["regime"],
-        "emulator_map": {"line": state["emulator_forecast"]["map_line"],
-                         "converged_fraction": state["emulator_forecast"]["map"].get("converged_fraction")},
-        "reduced_emulator_map": {"line": decisive["map_line"], "converged_fraction": decisive["map"].get("converged_fraction")},
-        "emulator_report": {"acceptance": state["emulator_report"].get("acceptance"),
-                            "line": _emulator_report_line(state["emulator_report"])},
+        "emulator_map": {
+            "line": state["emulator_forecast"]["map_line"],
+            "converged_fraction": state["emulator_forecast"]["map"].get("converged_fraction"),
+        },
+        "reduced_emulator_map": {
+            "line": decisive["map_line"],
+            "converged_fraction": decisive["map"].get("converged_fraction"),
+        },
+        "emulator_report": {
+            "acceptance": state["emulator_report"].get("acceptance"),
+            "line": _emulator_report_line(state["emulator_report"]),
+        },
         "emulator_forecast": state["emulator_forecast"]["hmc"],
     }
     write_json(out / "summary.json", summary)
     _write_report(out, summary, state)
     log(_summary_table(stages.rows))
-    log(f"[quickstart] verdict: emulator posterior vs exact: {summary['verdict']}"
-        + (f" ({report.advice})" if report.advice else "") + f"; report {out / 'report.md'}")
+    log(
+        f"[quickstart] verdict: emulator posterior vs exact: {summary['verdict']}"
+        + (f" ({report.advice})" if report.advice else "")
+        + f"; report {out / 'report.md'}"
+    )
     return summary
 
 
@@ -404,15 +602,28 @@ def _chain_rows(*summaries: dict) -> list[dict]:
     """One row per HMC run of the report: chains x draws, ESS and R-hat per parameter,
     divergences (sampling and warmup)."""
     labels = ("emulator, 8 free", "exact, reduced", "emulator, reduced")
-    return [{"run": label, "chains": s["chains"], "draws": s["draws"], "names": s["names"], "ess": s["ess"],
-             "r_hat": s["r_hat"], "n_divergent": s["n_divergent"], "warmup_divergent": s["warmup_divergent"],
-             "draws_with_failed_halos": s.get("draws_with_failed_halos")} for label, s in zip(labels, summaries)]
+    return [
+        {
+            "run": label,
+            "chains": s["chains"],
+            "draws": s["draws"],
+            "names": s["names"],
+            "ess": s["ess"],
+            "r_hat": s["r_hat"],
+            "n_divergent": s["n_divergent"],
+            "warmup_divergent": s["warmup_divergent"],
+            "draws_with_failed_halos": s.get("draws_with_failed_halos"),
+        }
+        for label, s in zip(labels, summaries)
+    ]
 
 
 def _hmc_line(post) -> str:
     seconds = post.times.get("warmup", 0.0) + post.times.get("sampling", 0.0)
-    return (f"sampling {seconds:.0f} s (+{post.times.get('compile', 0.0):.0f} s compile), max R-hat "
-            f"{np.nanmax(post.r_hat):.3f}, min ESS {np.nanmin(post.ess):.0f}, {post.n_divergent} divergences")
+    return (
+        f"sampling {seconds:.0f} s (+{post.times.get('compile', 0.0):.0f} s compile), max R-hat "
+        f"{np.nanmax(post.r_hat):.3f}, min ESS {np.nanmin(post.ess):.0f}, {post.n_divergent} divergences"
+    )
 
 
 def _hmc_bar(description: str, total: int, enabled: bool):
@@ -426,10 +637,12 @@ def _emulator_report_line(report: dict) -> str:
     """Worst per-summary median and 95th-percentile |emulator - exact| / sigma_obs, median
     Jacobian relative error and the +-2 error coverage, from an emulator report."""
     values = report["value_error_sigma_obs"]["per_summary"].values()
-    return (f"{report['n_test']} test points: |emu - exact|/sigma_obs worst-summary median "
-            f"{max(v['median'] for v in values):.3f} (target 0.1), worst 95th pct {max(v['p95'] for v in values):.2f} "
-            f"(target 0.3); Jacobian rel. error median {report['jacobian_rel_error']['median']:.3f} (target 0.05); "
-            f"{100 * report['calibration']['fraction_inside_2_error']:.1f}% of errors inside +-2 spread")
+    return (
+        f"{report['n_test']} test points: |emu - exact|/sigma_obs worst-summary median "
+        f"{max(v['median'] for v in values):.3f} (target 0.1), worst 95th pct {max(v['p95'] for v in values):.2f} "
+        f"(target 0.3); Jacobian rel. error median {report['jacobian_rel_error']['median']:.3f} (target 0.05); "
+        f"{100 * report['calibration']['fraction_inside_2_error']:.1f}% of errors inside +-2 spread"
+    )
 
 
 def _summary_table(rows: list[dict]) -> str:
@@ -443,8 +656,11 @@ def _summary_table(rows: list[dict]) -> str:
 def _write_report(out: Path, summary: dict, state: dict) -> None:
     report = state["crossval"]
     check = summary["decisive_check"]
-    meaning = {"PASS": "agrees with the exact one", "FAIL": "does NOT agree with the exact one",
-               "INCONCLUSIVE": "could not be told apart from the exact one, nor shown to differ, within the budget"}
+    meaning = {
+        "PASS": "agrees with the exact one",
+        "FAIL": "does NOT agree with the exact one",
+        "INCONCLUSIVE": "could not be told apart from the exact one, nor shown to differ, within the budget",
+    }
     lines = [
         "# sapphire quickstart report",
         "",
@@ -453,8 +669,11 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
         f"**Verdict: the emulator posterior {meaning[report.verdict]} ({report.verdict}; exit status {summary['exit_status']}).**",
     ]
     if report.advice:
-        lines += ["", f"What would decide it: {report.advice} Rerun with a larger `--exact-budget` (seconds, "
-                      f"now {check['budget_s']:.0f}) to extend the chains where they stopped."]
+        lines += [
+            "",
+            f"What would decide it: {report.advice} Rerun with a larger `--exact-budget` (seconds, "
+            f"now {check['budget_s']:.0f}) to extend the chains where they stopped.",
+        ]
     lines += [
         "",
         "## Where the mock truth lies",
@@ -466,36 +685,69 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
         "| stage | seconds | outcome |",
         "| --- | ---: | --- |",
     ]
-    lines += [f"| {r['stage']} | {r['seconds']:.1f}{' (earlier run)' if r.get('skipped') else ''} | {r['outcome']} |"
-              for r in summary["stages"]]
-    lines += ["", "## Chains", "",
-              "| run | chains x draws | ESS per parameter | max R-hat | divergences (sampling / warmup) | draws with failed halos |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {r['stage']} | {r['seconds']:.1f}{' (earlier run)' if r.get('skipped') else ''} | {r['outcome']} |"
+        for r in summary["stages"]
+    ]
+    lines += [
+        "",
+        "## Chains",
+        "",
+        "| run | chains x draws | ESS per parameter | max R-hat | divergences (sampling / warmup) | draws with failed halos |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in summary["chains"]:
         ess = ", ".join(f"{n} {e:.0f}" if e is not None else f"{n} n/a" for n, e in zip(row["names"], row["ess"]))
         r_hat = max((v for v in row["r_hat"] if v is not None), default=None)
-        lines.append(f"| {row['run']} | {row['chains']} x {row['draws']} | {ess} | {'n/a' if r_hat is None else f'{r_hat:.3f}'} | "
-                     f"{row['n_divergent']} / {row['warmup_divergent']} | {row['draws_with_failed_halos']} |")
-    lines += ["", f"## The decisive check ({check['stopped']} after {len(check['rounds'])} round(s), "
-                  f"{check['spent_s']:.0f} s of a {check['budget_s']:.0f} s budget)", "",
-              "Each round runs (or extends) both chains, then cross-validates with Monte-Carlo errors; an INCONCLUSIVE "
-              "round extends the chains it names to the ESS that would decide it.", "",
-              "| round | exact draws / chain | emulator draws / chain | shift +- MC error (sigma) | AUC | verdict | seconds so far |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {row['run']} | {row['chains']} x {row['draws']} | {ess} | {'n/a' if r_hat is None else f'{r_hat:.3f}'} | "
+            f"{row['n_divergent']} / {row['warmup_divergent']} | {row['draws_with_failed_halos']} |"
+        )
+    lines += [
+        "",
+        f"## The decisive check ({check['stopped']} after {len(check['rounds'])} round(s), "
+        f"{check['spent_s']:.0f} s of a {check['budget_s']:.0f} s budget)",
+        "",
+        "Each round runs (or extends) both chains, then cross-validates with Monte-Carlo errors; an INCONCLUSIVE "
+        "round extends the chains it names to the ESS that would decide it.",
+        "",
+        "| round | exact draws / chain | emulator draws / chain | shift +- MC error (sigma) | AUC | verdict | seconds so far |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in check["rounds"]:
         shifts = ", ".join(f"{s:+.3f} +- {e:.3f}" for s, e in zip(r["shift"], r["shift_se"]))
-        lines.append(f"| {r['round']} | {r['exact_draws']} | {r['emulator_draws']} | {shifts} | {r['auc']:.3f} +- {r['auc_se']:.3f} | "
-                     f"{r['verdict']} | {r['spent_s']:.0f} |")
-    lines += ["", f"Emulator MAP of the reduced problem: {summary['reduced_emulator_map']['line']}.", "",
-              "## Emulator posterior versus exact HMC", "", report.to_markdown(), ""]
+        lines.append(
+            f"| {r['round']} | {r['exact_draws']} | {r['emulator_draws']} | {shifts} | {r['auc']:.3f} +- {r['auc_se']:.3f} | "
+            f"{r['verdict']} | {r['spent_s']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Emulator MAP of the reduced problem: {summary['reduced_emulator_map']['line']}.",
+        "",
+        "## Emulator posterior versus exact HMC",
+        "",
+        report.to_markdown(),
+        "",
+    ]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in state["crossval_figures"]]
-    lines += ["", "## Emulator forecast, all parameters free", "",
-              f"MAP: {summary['emulator_map']['line']}.", "", "![emulator posterior](emulator_posterior.png)", "",
-              "## Emulator validation on the test set", "",
-              summary["emulator_report"]["line"] + ".", "",
-              "Figures and numbers in `emulator_report/` (value errors in units of the observational sigma per "
-              "summary, Jacobian errors, Fisher comparison, calibration of the ensemble spread).", "",
-              "![value errors](emulator_report/value_error.png)", ""]
+    lines += [
+        "",
+        "## Emulator forecast, all parameters free",
+        "",
+        f"MAP: {summary['emulator_map']['line']}.",
+        "",
+        "![emulator posterior](emulator_posterior.png)",
+        "",
+        "## Emulator validation on the test set",
+        "",
+        summary["emulator_report"]["line"] + ".",
+        "",
+        "Figures and numbers in `emulator_report/` (value errors in units of the observational sigma per "
+        "summary, Jacobian errors, Fisher comparison, calibration of the ensemble spread).",
+        "",
+        "![value errors](emulator_report/value_error.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -514,26 +766,45 @@ def _run_hmc_resuming(fm, checkpoint: Path, log: Callable[[str], None], **option
 
 def cmd_quickstart(args) -> int:
     """``sapphire quickstart``: exit status 0 PASS, 1 FAIL, 3 INCONCLUSIVE (:data:`EXIT_STATUS`)."""
-    summary = run_quickstart(args.out, scale=args.scale, seed=args.seed, progress=not args.quiet,
-                             exact_budget_s=args.exact_budget)  # a ValueError: one line, exit 2 (run_command)
+    summary = run_quickstart(
+        args.out, scale=args.scale, seed=args.seed, progress=not args.quiet, exact_budget_s=args.exact_budget
+    )  # a ValueError: one line, exit 2 (run_command)
     return EXIT_STATUS[summary["verdict"]]
 
 
 def register(sub) -> None:
     """Add the ``quickstart`` subcommand to the ``sapphire`` parser."""
-    p = sub.add_parser("quickstart", help="the whole pipeline on embedded defaults: training set, emulator, mock, "
-                                          "emulator MAP/Fisher/HMC, exact-vs-emulator check run until decided, report",
-                       description="Exit status: 0 the emulator posterior agrees with the exact one (PASS); 1 it does not "
-                                   "(FAIL); 3 undecided within the budget (INCONCLUSIVE: rerun with a larger --exact-budget "
-                                   "to extend the chains); 2 a bad option.")
-    p.add_argument("--out", type=output_dir, default="runs/quickstart",
-                   help="output directory (default runs/quickstart); rerun to resume")
-    p.add_argument("--scale", default="small", choices=sorted(SCALES), help="small (laptop, default), tiny (CI), paper (GPU nodes)")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of every random draw of the run: halos, training design (the test design: seed + 1000), "
-                        "emulator training, MAP starts, HMC (default 0)")
-    p.add_argument("--exact-budget", type=nonnegative_float, default=None, metavar="SECONDS",
-                   help="wall-clock budget of the decisive exact-vs-emulator check, first round included (default: the "
-                        "scale's, small 360); a rerun with a larger one extends the chains where the last run stopped")
+    p = sub.add_parser(
+        "quickstart",
+        help="the whole pipeline on embedded defaults: training set, emulator, mock, "
+        "emulator MAP/Fisher/HMC, exact-vs-emulator check run until decided, report",
+        description="Exit status: 0 the emulator posterior agrees with the exact one (PASS); 1 it does not "
+        "(FAIL); 3 undecided within the budget (INCONCLUSIVE: rerun with a larger --exact-budget "
+        "to extend the chains); 2 a bad option.",
+    )
+    p.add_argument(
+        "--out",
+        type=output_dir,
+        default="runs/quickstart",
+        help="output directory (default runs/quickstart); rerun to resume",
+    )
+    p.add_argument(
+        "--scale", default="small", choices=sorted(SCALES), help="small (laptop, default), tiny (CI), paper (GPU nodes)"
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of every random draw of the run: halos, training design (the test design: seed + 1000), "
+        "emulator training, MAP starts, HMC (default 0)",
+    )
+    p.add_argument(
+        "--exact-budget",
+        type=nonnegative_float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock budget of the decisive exact-vs-emulator check, first round included (default: the "
+        "scale's, small 360); a rerun with a larger one extends the chains where the last run stopped",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)

@@ -46,8 +46,13 @@ def fisher_from_dict(d: dict):
 def laplace_step(args, fm, problem: Problem, cache: Path | None = None):
     """(point, map dict or None, FisherResult); with ``cache``, reused when the forward model's
     fingerprint and the settings match (validate reruns)."""
-    settings = {"fingerprint": fm.fingerprint(), "fisher_at": args.fisher_at, "starts": args.starts, "seed": args.seed,
-                "hessian": args.hessian}
+    settings = {
+        "fingerprint": fm.fingerprint(),
+        "fisher_at": args.fisher_at,
+        "starts": args.starts,
+        "seed": args.seed,
+        "hessian": args.hessian,
+    }
     if cache is not None and cache.exists():
         try:
             saved = json.loads(cache.read_text())
@@ -69,7 +74,9 @@ def hmc_progress_bar(args, description: str, total: int):
     return None if args.quiet else progress_bar(description, total)
 
 
-def hmc_step(args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path | None, init_point=None, label: str = "HMC"):
+def hmc_step(
+    args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path | None, init_point=None, label: str = "HMC"
+):
     """``run_hmc`` with the command's seed, checkpoint and time limit; ``--hmc-init map`` starts at ``init_point``."""
     from .hmc import CheckpointMismatch, run_hmc
 
@@ -80,9 +87,17 @@ def hmc_step(args, fm, *, chains: int, warmup: int, draws: int, checkpoint: Path
         low, width = np.asarray(fm.prior.low), np.asarray(fm.prior.width)
         init = np.clip(np.asarray(init_point, dtype=np.float64), low + 1e-6 * width, low + (1 - 1e-6) * width)
     try:
-        return run_hmc(fm, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=args.seed, init=init,
-                       checkpoint=checkpoint, time_limit_s=args.time_limit,
-                       progress=hmc_progress_bar(args, label, warmup + draws))
+        return run_hmc(
+            fm,
+            num_chains=chains,
+            num_warmup=warmup,
+            num_samples=draws,
+            seed=args.seed,
+            init=init,
+            checkpoint=checkpoint,
+            time_limit_s=args.time_limit,
+            progress=hmc_progress_bar(args, label, warmup + draws),
+        )
     except CheckpointMismatch as err:
         raise option_error(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
 
@@ -102,8 +117,17 @@ def use_modes(args) -> bool:
     return bool(args.hmc) and args.forward == "emulator"
 
 
-def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, draws: int, checkpoint: Path | None = None,
-               label: str = "") -> dict:
+def modes_step(
+    args,
+    fm,
+    *,
+    refine: bool,
+    chains_per_mode: int,
+    warmup: int,
+    draws: int,
+    checkpoint: Path | None = None,
+    label: str = "",
+) -> dict:
     """Weigh the modes of ``fm``'s posterior (tempered SMC, ``--particles`` x ``--smc-runs``),
     find each mode's MAP and, if ``refine``, run NUTS in each mode (``refine_modes``).
 
@@ -120,8 +144,14 @@ def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, dra
     from .modes import group_chains, merge_mixing_modes, mode_maps, refine_modes, weigh_modes
 
     try:
-        result = weigh_modes(fm, num_particles=args.particles, num_runs=args.smc_runs, max_modes=args.max_modes, seed=args.seed,
-                             progress=not args.quiet)
+        result = weigh_modes(
+            fm,
+            num_particles=args.particles,
+            num_runs=args.smc_runs,
+            max_modes=args.max_modes,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
     except (ValueError, RuntimeError) as err:
         raise option_error(args, f"{label}tempered SMC: {err}") from None
     n_smc = result.n_modes
@@ -130,18 +160,36 @@ def modes_step(args, fm, *, refine: bool, chains_per_mode: int, warmup: int, dra
     refined = groups = None
     if refine:
         try:
-            refined = refine_modes(fm, result, chains_per_mode=chains_per_mode, num_warmup=warmup, num_samples=draws, seed=args.seed,
-                                   progress=not args.quiet, checkpoint=checkpoint, time_limit_s=args.time_limit)
+            refined = refine_modes(
+                fm,
+                result,
+                chains_per_mode=chains_per_mode,
+                num_warmup=warmup,
+                num_samples=draws,
+                seed=args.seed,
+                progress=not args.quiet,
+                checkpoint=checkpoint,
+                time_limit_s=args.time_limit,
+            )
         except CheckpointMismatch as err:
             raise option_error(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
         if refined[0].hmc.samples.shape[1] >= 4:
             groups = group_chains(refined[0].hmc)
             result, refined, maps, merged = merge_mixing_modes(result, refined, groups, maps)
             if result.n_modes < n_smc:
-                note(args, f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
-                           f"{n_smc} SMC modes are {result.n_modes} mode(s)")
-    return {"result": result, "maps": maps, "refined": refined, "groups": groups, "coverage": coverage,
-            "smc_modes": n_smc}
+                note(
+                    args,
+                    f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
+                    f"{n_smc} SMC modes are {result.n_modes} mode(s)",
+                )
+    return {
+        "result": result,
+        "maps": maps,
+        "refined": refined,
+        "groups": groups,
+        "coverage": coverage,
+        "smc_modes": n_smc,
+    }
 
 
 def mode_draws(modes: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -42,7 +42,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     prior = sapphire.DEFAULT_PRIOR
     theta = parse_theta(args.theta, prior)
     model = model_from_options(args)
-    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed)
+    halos = sapphire.HaloPopulation.from_diffmah(
+        args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=args.halo_seed
+    )
     batch = min(args.batch, halos.n_halos)
     pieces, jacobians = [], []
     started = time.perf_counter()
@@ -59,6 +61,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         pieces.append(out)
     elapsed = time.perf_counter() - started
     n = [sl.stop - sl.start for sl in slices]
+
     def gather(get) -> np.ndarray:
         """One array over all batches, dropping the padding of the last."""
         return np.concatenate([np.asarray(get(p))[:k] for p, k in zip(pieces, n)])
@@ -71,10 +74,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     diagnostics = {key: gather(lambda p, key=key: p.diagnostics[key]) for key in pieces[0].diagnostics}
 
     print(f"theta = {dict(zip(prior.names, np.round(theta, 4).tolist()))}")
-    print(f"{halos.n_halos} halos in {elapsed:.2f} s (incl. compilation); failed solves: {int((~success).sum())}; "
-          f"implicit: {int(implicit.sum())}; steps mean {num_steps.mean():.0f}, max {num_steps.max()}")
+    print(
+        f"{halos.n_halos} halos in {elapsed:.2f} s (incl. compilation); failed solves: {int((~success).sum())}; "
+        f"implicit: {int(implicit.sum())}; steps mean {num_steps.mean():.0f}, max {num_steps.max()}"
+    )
     bins = np.linspace(log_mhalo.min(), log_mhalo.max() + 1e-9, min(6, halos.n_halos) + 1)
-    header = f"{'log Mh':>8} {'n':>4} {'log M*/Mh':>10} {'log MISM/M*':>12} {'12+log O/H':>11} {'f_bar':>7} {'log SFR':>8}"
+    header = (
+        f"{'log Mh':>8} {'n':>4} {'log M*/Mh':>10} {'log MISM/M*':>12} {'12+log O/H':>11} {'f_bar':>7} {'log SFR':>8}"
+    )
     print(header)
     print("-" * len(header))
     for lo, hi in zip(bins[:-1], bins[1:]):
@@ -82,17 +89,30 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         if not sel.any():
             continue
         med = lambda key: np.median(diagnostics[key][sel])
-        print(f"{0.5 * (lo + hi):8.2f} {sel.sum():4d} {med('log_smhm'):10.3f} {med('log_gas_ratio'):12.3f} "
-              f"{med('oxygen_abundance'):11.3f} {med('baryon_fraction'):7.3f} {np.log10(med('sfr') / 1e9):8.3f}")
+        print(
+            f"{0.5 * (lo + hi):8.2f} {sel.sum():4d} {med('log_smhm'):10.3f} {med('log_gas_ratio'):12.3f} "
+            f"{med('oxygen_abundance'):11.3f} {med('baryon_fraction'):7.3f} {np.log10(med('sfr') / 1e9):8.3f}"
+        )
     if args.out:
         arrays = dict(
-            theta=theta, parameter_names=np.array(prior.names), state_names=np.array(sapphire.STATE_NAMES),
-            log_state=log_state, log_mhalo=log_mhalo, success=success, num_steps=num_steps, implicit=implicit,
+            theta=theta,
+            parameter_names=np.array(prior.names),
+            state_names=np.array(sapphire.STATE_NAMES),
+            log_state=log_state,
+            log_mhalo=log_mhalo,
+            success=success,
+            num_steps=num_steps,
+            implicit=implicit,
             **{f"diag_{k}": v for k, v in diagnostics.items()},
-            metadata=json.dumps({
-                "sapphire_version": sapphire.__version__, "config": model.config.to_dict(),
-                "solver": model.settings.to_dict(), "halos": dict(halos.provenance), "halo_fingerprint": halos.fingerprint(),
-            }),
+            metadata=json.dumps(
+                {
+                    "sapphire_version": sapphire.__version__,
+                    "config": model.config.to_dict(),
+                    "solver": model.settings.to_dict(),
+                    "halos": dict(halos.provenance),
+                    "halo_fingerprint": halos.fingerprint(),
+                }
+            ),
         )
         if args.jacobian:
             arrays["jacobian"] = np.concatenate(jacobians)
@@ -148,8 +168,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     model = model_from_options(args)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sample = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max,
-                                                  seed=_halo_seed(args))
+    sample = sapphire.HaloPopulation.from_diffmah(
+        args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=_halo_seed(args)
+    )
     mw = sapphire.HaloPopulation.from_diffmah(1, logm_min=11.99, logm_max=12.01, seed=_halo_seed(args))
     halos = _append_halos(sample, mw)  # one compiled shape: the MW halo rides along as the last halo
     thetas = np.vstack([prior.centre[None, :], latin_hypercube(prior, args.draws, args.seed)])
@@ -200,8 +221,12 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         "bin_edges": bins,
         "bin_centres": 0.5 * (bins[:-1] + bins[1:]),
         "quantities": quantities,
-        "mw_halo": {"log_mhalo": float(log_mhalo[-1]), "theta": prior.centre, "state_names": list(sapphire.STATE_NAMES),
-                    "jacobian": mw_jac},
+        "mw_halo": {
+            "log_mhalo": float(log_mhalo[-1]),
+            "theta": prior.centre,
+            "state_names": list(sapphire.STATE_NAMES),
+            "jacobian": mw_jac,
+        },
         "thetas": thetas,
         "failed_per_draw": failed_per_draw,
         "n_halos": args.halos,
@@ -214,13 +239,17 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     }
     write_json(out_dir / "sensitivity.json", payload)
 
-    print(f"{len(thetas)} solves (prior centre + {args.draws} draws) x {halos.n_halos} halos in {elapsed:.1f} s; "
-          f"failed halos per draw: {failed_per_draw.tolist()}")
+    print(
+        f"{len(thetas)} solves (prior centre + {args.draws} draws) x {halos.n_halos} halos in {elapsed:.1f} s; "
+        f"failed halos per draw: {failed_per_draw.tolist()}"
+    )
     header = f"{'log Mh bin':>13} {'n':>5} " + " ".join(f"{q:>17}" for q in quantities)
     print("dominant parameter (largest median |d q/d theta|; per prior width in brackets)")
     print(header)
     for b in range(args.bins):
-        cells = " ".join(f"{str(v['dominant'][b]):>8} [{str(v['dominant_per_prior_width'][b]):>7}]" for v in quantities.values())
+        cells = " ".join(
+            f"{str(v['dominant'][b]):>8} [{str(v['dominant_per_prior_width'][b]):>7}]" for v in quantities.values()
+        )
         print(f"{bins[b]:6.2f}-{bins[b + 1]:5.2f} {int(quantities['log_mstar']['counts'][b]):5d} {cells}")
     print(f"wrote {out_dir / 'jacobian_mw.png'}, {out_dir / 'sensitivity_vs_mass.png'}, {out_dir / 'sensitivity.json'}")
     return 0
@@ -242,8 +271,9 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     obs = sapphire.Observations.default()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    halos = sapphire.HaloPopulation.from_diffmah(args.halos, logm_min=args.logm_min, logm_max=args.logm_max,
-                                                 seed=_halo_seed(args))
+    halos = sapphire.HaloPopulation.from_diffmah(
+        args.halos, logm_min=args.logm_min, logm_max=args.logm_max, seed=_halo_seed(args)
+    )
     thetas = latin_hypercube(prior, args.draws, args.seed)
     kinds = ["lhs"] * len(thetas)
     if args.corners:
@@ -265,8 +295,11 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     coverage = predictive_coverage(obs, means)
     n_draw = len(thetas)
     plots.prior_predictive_bands(
-        obs, means, path=out_dir / "ppc.png",
-        title=f"Prior predictive: {args.draws} Latin-hypercube draws" + (" + 256 corners" if args.corners else "")
+        obs,
+        means,
+        path=out_dir / "ppc.png",
+        title=f"Prior predictive: {args.draws} Latin-hypercube draws"
+        + (" + 256 corners" if args.corners else "")
         + f", {args.halos} halos",
     )
     payload = {
@@ -286,11 +319,20 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         "sapphire_version": sapphire.__version__,
     }
     write_json(out_dir / "ppc.json", payload)
-    np.savez_compressed(out_dir / "ppc_draws.npz", thetas=thetas, kind=np.array(kinds), mean=means, stderr=stderrs,
-                        n_failed=failed, names=np.array(sapphire.population_summaries.summary_names(obs)))
+    np.savez_compressed(
+        out_dir / "ppc_draws.npz",
+        thetas=thetas,
+        kind=np.array(kinds),
+        mean=means,
+        stderr=stderrs,
+        n_failed=failed,
+        names=np.array(sapphire.population_summaries.summary_names(obs)),
+    )
 
-    print(f"{n_draw} draws x {args.halos} halos in {elapsed:.1f} s; draws with failed halos: "
-          f"{payload['draws_with_failures']} (failed halo solves in total: {payload['failed_halos_total']})")
+    print(
+        f"{n_draw} draws x {args.halos} halos in {elapsed:.1f} s; draws with failed halos: "
+        f"{payload['draws_with_failures']} (failed halo solves in total: {payload['failed_halos_total']})"
+    )
     print(f"{'relation':>10} {'points':>6} {'in envelope':>12} {'in 2.5-97.5':>12}")
     for name, frac in coverage["fractions"].items():
         print(f"{name:>10} {frac['n_points']:6d} {frac['inside_envelope']:12.2f} {frac['inside_band']:12.2f}")
@@ -329,8 +371,13 @@ def add_halo_seed_option(p: argparse.ArgumentParser, *, default: int | None = 0,
     random draws: ``evolve``)."""
     names = ["--halo-seed", "--seed"] if seed_alias else ["--halo-seed"]
     fallback = "--seed" if default is None else str(default)
-    p.add_argument(*names, dest="halo_seed", type=nonnegative_int, default=default,
-                   help=f"seed of the diffmah halo population (default {fallback})")
+    p.add_argument(
+        *names,
+        dest="halo_seed",
+        type=nonnegative_int,
+        default=default,
+        help=f"seed of the diffmah halo population (default {fallback})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,34 +386,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evolve", help="evolve a diffmah halo population at one theta")
     p.add_argument("--halos", type=positive_int, default=64, help="number of diffmah halos (default 64)")
-    p.add_argument("--theta", help="8 comma-separated parameters in sapphire.PARAMETER_NAMES order (default: prior centre)")
+    p.add_argument(
+        "--theta", help="8 comma-separated parameters in sapphire.PARAMETER_NAMES order (default: prior centre)"
+    )
     add_halo_seed_option(p, seed_alias=True)
     p.add_argument("--batch", type=positive_int, default=256, help="halos per compiled batch (default 256)")
     p.add_argument("--jacobian", action="store_true", help="also compute exact d log X / d theta")
-    p.add_argument("--out", type=output_file, help="write states (and Jacobians) to this file, exactly this path "
-                                                   "(an .npz archive; its directory must exist)")
+    p.add_argument(
+        "--out",
+        type=output_file,
+        help="write states (and Jacobians) to this file, exactly this path (an .npz archive; its directory must exist)",
+    )
     add_solver_options(p)
     p.set_defaults(func=cmd_evolve)
 
-    p = sub.add_parser("sensitivity", help="Jacobian heat map (MW-mass halo) and sensitivity versus halo mass over prior draws")
+    p = sub.add_parser(
+        "sensitivity", help="Jacobian heat map (MW-mass halo) and sensitivity versus halo mass over prior draws"
+    )
     p.add_argument("--halos", type=positive_int, default=64, help="diffmah halos (default 64; a MW-mass halo is added)")
-    p.add_argument("--prior-draws", "--draws", dest="draws", type=nonnegative_int, default=32,
-                   help="Latin-hypercube prior draws (default 32)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the Latin hypercube (and of the halos unless --halo-seed)")
+    p.add_argument(
+        "--prior-draws",
+        "--draws",
+        dest="draws",
+        type=nonnegative_int,
+        default=32,
+        help="Latin-hypercube prior draws (default 32)",
+    )
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the Latin hypercube (and of the halos unless --halo-seed)",
+    )
     add_halo_seed_option(p, default=None)
     p.add_argument("--bins", type=positive_int, default=5, help="halo-mass bins (default 5)")
-    p.add_argument("--out", type=output_dir, default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)")
+    p.add_argument(
+        "--out", type=output_dir, default="runs/sensitivity", help="output directory (PNGs and sensitivity.json)"
+    )
     add_solver_options(p)
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("ppc", help="prior predictive bands of the three relations with the data")
-    p.add_argument("--prior-draws", "--draws", dest="draws", type=nonnegative_int, default=200,
-                   help="Latin-hypercube prior draws (default 200)")
+    p.add_argument(
+        "--prior-draws",
+        "--draws",
+        dest="draws",
+        type=nonnegative_int,
+        default=200,
+        help="Latin-hypercube prior draws (default 200)",
+    )
     p.add_argument("--halos", type=positive_int, default=64, help="diffmah halos (default 64)")
     p.add_argument("--corners", action="store_true", help="add the 256 corners of the prior box")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the Latin hypercube (and of the halos unless --halo-seed)")
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the Latin hypercube (and of the halos unless --halo-seed)",
+    )
     add_halo_seed_option(p, default=None)
-    p.add_argument("--out", type=output_dir, default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)")
+    p.add_argument(
+        "--out", type=output_dir, default="runs/ppc", help="output directory (ppc.png, ppc.json, ppc_draws.npz)"
+    )
     add_solver_options(p)
     p.set_defaults(func=cmd_ppc)
 

@@ -31,10 +31,26 @@ from .model import Model
 from .prior import Prior
 
 __all__ = [
-    "SOLVER_CHOICES", "ArgumentParser", "OptionError", "add_solver_options", "check_option_ranges",
-    "device_count", "existing_file", "existing_path", "fraction", "int_list", "join_negative_values",
-    "model_from_options", "nonnegative_float", "nonnegative_int", "output_dir", "output_file", "parse_theta",
-    "positive_float", "positive_int", "run_command",
+    "SOLVER_CHOICES",
+    "ArgumentParser",
+    "OptionError",
+    "add_solver_options",
+    "check_option_ranges",
+    "device_count",
+    "existing_file",
+    "existing_path",
+    "fraction",
+    "int_list",
+    "join_negative_values",
+    "model_from_options",
+    "nonnegative_float",
+    "nonnegative_int",
+    "output_dir",
+    "output_file",
+    "parse_theta",
+    "positive_float",
+    "positive_int",
+    "run_command",
 ]
 
 SOLVER_CHOICES = ("auto", "tsit5", "kvaerno3", "kvaerno5")
@@ -76,8 +92,13 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
     out, i = [], 0
     while i < len(argv):
         token = argv[i]
-        if (token.startswith("--") and "=" not in token and token != "--" and i + 1 < len(argv)
-                and _NEGATIVE_VALUE.match(argv[i + 1])):
+        if (
+            token.startswith("--")
+            and "=" not in token
+            and token != "--"
+            and i + 1 < len(argv)
+            and _NEGATIVE_VALUE.match(argv[i + 1])
+        ):
             out.append(f"{token}={argv[i + 1]}")
             i += 2
         else:
@@ -101,8 +122,14 @@ def run_command(args: argparse.Namespace) -> int:
             raise
         else:
             message = str(err.code)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+    ) as err:
         if os.environ.get("SAPPHIRE_DEBUG"):
             raise
         message = str(err) or type(err).__name__
@@ -169,7 +196,9 @@ def int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(t) for t in items)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1 (e.g. 128,128,128), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers >= 1 (e.g. 128,128,128), got {text!r}"
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1 (e.g. 128,128,128), got {text!r}")
     return values
@@ -246,14 +275,28 @@ def output_dir(text: str) -> str:
 # ------------------------------------------------------------------------------------------------
 def add_solver_options(p: argparse.ArgumentParser) -> None:
     """Add ``--solver --rtol --atol --max-steps --logm-min --logm-max --quiet`` to ``p``."""
-    p.add_argument("--solver", default="auto", choices=list(SOLVER_CHOICES),
-                   help="ODE solver: auto (explicit, implicit where stiff; default) or one for every halo")
-    p.add_argument("--rtol", type=positive_float, default=1e-5, help="relative tolerance of the solve, in dex (default 1e-5)")
+    p.add_argument(
+        "--solver",
+        default="auto",
+        choices=list(SOLVER_CHOICES),
+        help="ODE solver: auto (explicit, implicit where stiff; default) or one for every halo",
+    )
+    p.add_argument(
+        "--rtol", type=positive_float, default=1e-5, help="relative tolerance of the solve, in dex (default 1e-5)"
+    )
     p.add_argument("--atol", type=positive_float, default=1e-6, help="absolute tolerance of the solve (default 1e-6)")
-    p.add_argument("--max-steps", type=positive_int, default=16384,
-                   help="solver steps per halo before it counts as failed (default 16384)")
-    p.add_argument("--logm-min", type=float, default=10.0, help="lowest log10 Mh(z=0) of the diffmah halos (default 10)")
-    p.add_argument("--logm-max", type=float, default=12.5, help="highest log10 Mh(z=0) of the diffmah halos (default 12.5)")
+    p.add_argument(
+        "--max-steps",
+        type=positive_int,
+        default=16384,
+        help="solver steps per halo before it counts as failed (default 16384)",
+    )
+    p.add_argument(
+        "--logm-min", type=float, default=10.0, help="lowest log10 Mh(z=0) of the diffmah halos (default 10)"
+    )
+    p.add_argument(
+        "--logm-max", type=float, default=12.5, help="highest log10 Mh(z=0) of the diffmah halos (default 12.5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -285,7 +328,9 @@ def parse_theta(text: str | None, prior: Prior, option: str = "--theta") -> np.n
     try:
         values = np.array([float(v) for v in text.split(",")])
     except ValueError:
-        raise OptionError(f"{option} must be {prior.ndim} comma-separated numbers ({', '.join(prior.names)}); got {text!r}") from None
+        raise OptionError(
+            f"{option} must be {prior.ndim} comma-separated numbers ({', '.join(prior.names)}); got {text!r}"
+        ) from None
     try:
         return prior.validate(values)
     except ValueError as err:

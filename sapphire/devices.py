@@ -37,4 +37,3 @@ def shard_halos(tree, n_halo: int):
         return tree
     mesh = Mesh(np.array(devices), ("halo",))
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("halo")))
-

@@ -43,8 +43,13 @@ from . import cosmology as cosmo_mod
 from .config import ModelConfig
 
 __all__ = [
-    "HDF5_SUFFIXES", "HaloFileError", "MainBranches", "MissingHaloFileError", "file_sha256",
-    "read_main_branches", "write_halo_file",
+    "HDF5_SUFFIXES",
+    "HaloFileError",
+    "MainBranches",
+    "MissingHaloFileError",
+    "file_sha256",
+    "read_main_branches",
+    "write_halo_file",
 ]
 
 Provenance = tuple[tuple[str, str], ...]
@@ -94,7 +99,9 @@ def _unknown_suffix(path: Path) -> HaloFileError:
     return HaloFileError(f"unknown halo-file suffix {path.suffix!r} for {path}; use .csv or one of {HDF5_SUFFIXES}")
 
 
-def write_halo_file(path: str | os.PathLike, times: np.ndarray, mass: np.ndarray, provenance: Provenance, fingerprint: str) -> Path:
+def write_halo_file(
+    path: str | os.PathLike, times: np.ndarray, mass: np.ndarray, provenance: Provenance, fingerprint: str
+) -> Path:
     """Write histories ``mass`` (n_halo, n_t) [Msun] at ``times`` (n_t,) [Gyr] in the format
     that :func:`read_main_branches` reads; CSV or HDF5 chosen by suffix.  Returns the path."""
     path = Path(path)
@@ -184,7 +191,9 @@ def read_main_branches(
         try:
             if time_column == "redshift" and np.any(x < 0):
                 i = int(np.argmax(x < 0))
-                raise ValueError(f"halo {label}: negative redshift {float(x[i])!r} (entry {i}): samples after z = 0 are not allowed")
+                raise ValueError(
+                    f"halo {label}: negative redshift {float(x[i])!r} (entry {i}): samples after z = 0 are not allowed"
+                )
             t = np.asarray(cosmo_mod.age_at_redshift(x, cosmo), dtype=np.float64) if time_column == "redshift" else x
             t, m = _validate_branch(label, t, m, time_column, x, t0, config.halo_start_mass)
         except ValueError as err:
@@ -320,14 +329,10 @@ def _validate_branch(
         )
     if np.any(m < 0):
         i = int(np.argmax(m < 0))
-        raise ValueError(
-            f"halo {label}: negative mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}"
-        )
+        raise ValueError(f"halo {label}: negative mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}")
     if np.any(np.isinf(m)):
         i = int(np.argmax(np.isinf(m)))
-        raise ValueError(
-            f"halo {label}: non-finite mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}"
-        )
+        raise ValueError(f"halo {label}: non-finite mass mhalo_msun={float(m[i])!r} at {time_column}={float(raw[i])!r}")
     present = np.isfinite(m) & (m > 0)
     if not present.any():
         raise ValueError(f"halo {label}: no positive, finite mhalo_msun")
@@ -354,7 +359,5 @@ def _validate_branch(
             f"before t0={t0:.3f} Gyr (main branches must reach z=0)"
         )
     if m.max() < start_mass:
-        raise ValueError(
-            f"halo {label} never reaches M_h >= {start_mass:g} Msun (max mhalo_msun={m.max():.4g})"
-        )
+        raise ValueError(f"halo {label} never reaches M_h >= {start_mass:g} Msun (max mhalo_msun={m.max():.4g})")
     return t, m

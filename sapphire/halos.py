@@ -250,9 +250,7 @@ class HaloPopulation(eqx.Module):
         idx = idx.astype(np.int64).reshape(-1)
         if idx.size and (idx.min() < -self.n_halos or idx.max() >= self.n_halos):
             raise IndexError(f"halo index out of range for {self.n_halos} halos: {idx}")
-        prov = set_provenance(
-            self.provenance, n_halos=idx.size, subset_of=self.fingerprint()
-        )
+        prov = set_provenance(self.provenance, n_halos=idx.size, subset_of=self.fingerprint())
         return HaloPopulation(
             times=self.times,
             log_mhalo=self.log_mhalo[idx],
@@ -303,8 +301,7 @@ class HaloPopulation(eqx.Module):
         n_halo, n_t = log_mhalo.shape
         if times.ndim != 1 or times.size != n_t or mhalo_rate.shape != log_mhalo.shape:
             raise ValueError(
-                f"shape mismatch: times {times.shape}, log_mhalo {log_mhalo.shape}, "
-                f"mhalo_rate {mhalo_rate.shape}"
+                f"shape mismatch: times {times.shape}, log_mhalo {log_mhalo.shape}, mhalo_rate {mhalo_rate.shape}"
             )
         if np.any(np.diff(times) <= 0):
             raise ValueError("times must be strictly increasing")
@@ -313,13 +310,9 @@ class HaloPopulation(eqx.Module):
         if np.any(mhalo_rate < 0):
             raise ValueError("mhalo_rate must be >= 0")
         labels = list(labels) if labels is not None else [str(i) for i in range(n_halo)]
-        exists = (
-            np.full(n_halo, -np.inf) if exists_from is None else np.asarray(exists_from, float)
-        )
+        exists = np.full(n_halo, -np.inf) if exists_from is None else np.asarray(exists_from, float)
         coeffs = _spline_coefficients(times, log_mhalo, mhalo_rate)
-        t_start = _start_times(
-            times, log_mhalo, coeffs, math.log10(config.halo_start_mass), exists, labels
-        )
+        t_start = _start_times(times, log_mhalo, coeffs, math.log10(config.halo_start_mass), exists, labels)
         provenance = set_provenance(
             provenance,
             n_halos=n_halo,

@@ -162,10 +162,18 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     model = _check_model(model)
     obs = check_observations(obs)
     halos = model.check_halos(halos)
-    geometry = Observations(tuple(
-        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size), detection_limit=rel.detection_limit)
-        for rel in obs.relations
-    ))
+    geometry = Observations(
+        tuple(
+            type(rel)(
+                name=rel.name,
+                x=rel.x,
+                y=np.zeros(rel.size),
+                sigma=np.ones(rel.size),
+                detection_limit=rel.detection_limit,
+            )
+            for rel in obs.relations
+        )
+    )
     return jax.tree_util.Partial(SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
 
 
@@ -261,7 +269,9 @@ def log_likelihood(
     """
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
     if isinstance(c.theta, jax.core.Tracer):  # traced (jax.grad etc.): the differentiable kernel
-        mean, stderr, success = differentiable_summaries(c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos))
+        mean, stderr, success = differentiable_summaries(
+            c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos)
+        )
     else:
         mean, stderr, success = placed_summaries(c.model, c.theta, c.halos, c.obs)
     value = _summary_log_likelihood(

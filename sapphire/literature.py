@@ -35,7 +35,6 @@ MZR_LOG_MSTAR = np.linspace(8.0, 10.5, 11)
 MZR_SIGMA_DEX = 0.2
 
 
-
 #: xGASS (Catinella et al. 2018): HI detected down to M_HI/M_* = 2% for M_* > 10^9.7 Msun and
 #: to M_HI = 10^8 Msun below (the two limits meet at 10^9.7); in the model's units (total ISM
 #: including helium) x 1.33.  H2 is ignored in the limit.  Smoothed over 0.1 dex.

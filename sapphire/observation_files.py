@@ -40,9 +40,7 @@ def read_relation_csv(name: str, path: PathLike) -> Relation:
             header_line = lineno
             columns = tuple(c.strip().lower() for c in line.split(","))
             if columns != _CSV_COLUMNS:
-                raise ValueError(
-                    f"{path}: line {lineno}: header must be 'x,y,sigma', got {line!r}"
-                )
+                raise ValueError(f"{path}: line {lineno}: header must be 'x,y,sigma', got {line!r}")
             continue
         rows.append((lineno, [c.strip() for c in line.split(",")]))
     if header_line is None:
@@ -83,5 +81,3 @@ def read_relation_csv(name: str, path: PathLike) -> Relation:
         source=source,
         note="",
     )
-
-

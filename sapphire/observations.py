@@ -69,9 +69,7 @@ class Observations:
         seen: set[str] = set()
         for rel in rels:
             if not isinstance(rel, Relation):
-                raise ValueError(
-                    f"Observations: expected Relation objects, got {type(rel).__name__}"
-                )
+                raise ValueError(f"Observations: expected Relation objects, got {type(rel).__name__}")
             if rel.name in seen:
                 raise ValueError(f"Observations: relation {rel.name!r} given more than once")
             seen.add(rel.name)
@@ -134,14 +132,9 @@ class Observations:
             raise ValueError("Observations.select: no names given")
         for name in wanted:
             if name not in RELATION_NAMES:
-                raise ValueError(
-                    f"Observations.select: unknown relation {name!r}; expected one of "
-                    f"{RELATION_NAMES}"
-                )
+                raise ValueError(f"Observations.select: unknown relation {name!r}; expected one of {RELATION_NAMES}")
             if name not in self.names:
-                raise ValueError(
-                    f"Observations.select: relation {name!r} is not present; present: {self.names}"
-                )
+                raise ValueError(f"Observations.select: relation {name!r} is not present; present: {self.names}")
         return Observations(tuple(rel for rel in self.relations if rel.name in wanted))
 
     def scaled(self, sigma_scale: float | Mapping[str, float]) -> Observations:
@@ -153,15 +146,9 @@ class Observations:
         if isinstance(sigma_scale, Mapping):
             for name in sigma_scale:
                 if name not in self.names:
-                    raise ValueError(
-                        f"Observations.scaled: relation {name!r} is not present; present: "
-                        f"{self.names}"
-                    )
+                    raise ValueError(f"Observations.scaled: relation {name!r} is not present; present: {self.names}")
             return Observations(
-                tuple(
-                    rel.scaled(sigma_scale[rel.name]) if rel.name in sigma_scale else rel
-                    for rel in self.relations
-                )
+                tuple(rel.scaled(sigma_scale[rel.name]) if rel.name in sigma_scale else rel for rel in self.relations)
             )
         return Observations(tuple(rel.scaled(sigma_scale) for rel in self.relations))
 
@@ -255,4 +242,3 @@ class Observations:
                 if path is not None
             )
         )
-

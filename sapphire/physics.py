@@ -33,7 +33,13 @@ from .config import (
 from .cooling import log_cooling_function
 
 STATE_NAMES: tuple[str, ...] = (
-    "M_star", "M_Z_star", "M_ISM", "M_Z_ISM", "M_CGM", "M_Z_CGM", "E_th",
+    "M_star",
+    "M_Z_star",
+    "M_ISM",
+    "M_Z_ISM",
+    "M_CGM",
+    "M_Z_CGM",
+    "E_th",
 )
 N_STATE = len(STATE_NAMES)
 LN10 = float(np.log(10.0))
@@ -222,13 +228,30 @@ def compute_rates(
     inflow_energy_rate = e_vir_specific * inflow_rate
 
     return Rates(
-        mhalo=mhalo, mhalo_rate=mhalo_rate, redshift=redshift, virial_velocity=vvir,
-        virial_radius=rvir, sfr=sfr, eta_m=load.eta_m, eta_e=load.eta_e, eta_z=load.eta_z,
-        t_dep=load.t_dep, temperature=temperature, t_cool=t_cool, t_ff=t_ff,
-        cooling_rate=cooling_rate, radiative_loss=radiative_loss, inflow_rate=inflow_rate,
-        inflow_energy_rate=inflow_energy_rate, outflow_rate=outflow_rate,
-        outflow_energy_rate=outflow_energy_rate, f_uv=f_uv, f_prev=f_prev,
-        wind_energy_rate=load.eta_e * config.sn_energy_per_mass * sfr, z_ism=z_ism, z_cgm=z_cgm,
+        mhalo=mhalo,
+        mhalo_rate=mhalo_rate,
+        redshift=redshift,
+        virial_velocity=vvir,
+        virial_radius=rvir,
+        sfr=sfr,
+        eta_m=load.eta_m,
+        eta_e=load.eta_e,
+        eta_z=load.eta_z,
+        t_dep=load.t_dep,
+        temperature=temperature,
+        t_cool=t_cool,
+        t_ff=t_ff,
+        cooling_rate=cooling_rate,
+        radiative_loss=radiative_loss,
+        inflow_rate=inflow_rate,
+        inflow_energy_rate=inflow_energy_rate,
+        outflow_rate=outflow_rate,
+        outflow_energy_rate=outflow_energy_rate,
+        f_uv=f_uv,
+        f_prev=f_prev,
+        wind_energy_rate=load.eta_e * config.sn_energy_per_mass * sfr,
+        z_ism=z_ism,
+        z_cgm=z_cgm,
     )
 
 
@@ -245,13 +268,21 @@ def state_derivatives(r: Rates, config: ModelConfig) -> tuple[jax.Array, ...]:
         r.cooling_rate - one_minus_r * r.sfr - wind,
         r.z_cgm * r.cooling_rate + (1.0 - r.eta_z) * y_z * r.sfr - one_minus_r * r.z_ism * r.sfr - r.z_ism * wind,
         r.inflow_rate - r.cooling_rate + wind - r.outflow_rate,
-        z_in * r.inflow_rate - r.z_cgm * r.cooling_rate + r.z_ism * wind + r.eta_z * y_z * r.sfr - r.z_cgm * r.outflow_rate,
+        z_in * r.inflow_rate
+        - r.z_cgm * r.cooling_rate
+        + r.z_ism * wind
+        + r.eta_z * y_z * r.sfr
+        - r.z_cgm * r.outflow_rate,
         r.inflow_energy_rate + r.wind_energy_rate - r.radiative_loss - r.outflow_energy_rate,
     )
 
 
 def log_state_derivative(
-    t: jax.Array, log_state: jax.Array, theta: jax.Array, mhalo: jax.Array, mhalo_rate: jax.Array,
+    t: jax.Array,
+    log_state: jax.Array,
+    theta: jax.Array,
+    mhalo: jax.Array,
+    mhalo_rate: jax.Array,
     config: ModelConfig,
 ) -> jax.Array:
     """d log10 X / dt (7,) [dex/Gyr]: the vector field the solver integrates.

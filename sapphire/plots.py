@@ -222,8 +222,15 @@ def prior_predictive_bands(
     for ax, rel in zip(axes, obs.relations):
         sl = obs.slices[rel.name]
         ax.fill_between(rel.x, lo[sl], hi[sl], color="C0", alpha=0.2, lw=0, label="min-max envelope")
-        ax.fill_between(rel.x, p_lo[sl], p_hi[sl], color="C0", alpha=0.45, lw=0,
-                        label=f"{percentiles[0]:g}-{percentiles[1]:g} percentile band")
+        ax.fill_between(
+            rel.x,
+            p_lo[sl],
+            p_hi[sl],
+            color="C0",
+            alpha=0.45,
+            lw=0,
+            label=f"{percentiles[0]:g}-{percentiles[1]:g} percentile band",
+        )
         ax.plot(rel.x, median[sl], "--", color="C0", lw=1, label="median")
         ax.errorbar(rel.x, rel.y, yerr=rel.sigma, fmt="o", color="k", ms=4, capsize=2, label="data")
         ax.set_xlabel(rel.x_label or "x")
@@ -233,9 +240,16 @@ def prior_predictive_bands(
         if note:
             # in the bottom corner away from the data (rising relation: bottom right)
             rising = rel.y[-1] > rel.y[0]
-            ax.text(0.98 if rising else 0.02, 0.02, "\n".join(textwrap.wrap(note, 46)), transform=ax.transAxes,
-                    fontsize=7, va="bottom", ha="right" if rising else "left",
-                    bbox=dict(facecolor="white", alpha=0.85, lw=0))
+            ax.text(
+                0.98 if rising else 0.02,
+                0.02,
+                "\n".join(textwrap.wrap(note, 46)),
+                transform=ax.transAxes,
+                fontsize=7,
+                va="bottom",
+                ha="right" if rising else "left",
+                bbox=dict(facecolor="white", alpha=0.85, lw=0),
+            )
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="upper left")
     fig.suptitle(title or f"Prior predictive over {means.shape[0]} draws")

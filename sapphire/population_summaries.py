@@ -78,7 +78,6 @@ def check_observations(obs) -> Observations:
     return obs
 
 
-
 @functools.partial(jax.jit, static_argnames=("observations", "config"))
 def summaries_from_states(log_mhalo, log_state, success, observations: Observations, config: ModelConfig):
     return summary_statistics(log_mhalo, log_state, success, observations, config)
@@ -148,7 +147,9 @@ def differentiable_summaries(settings, config, observations, theta, forcings):
 def _differentiable_summaries_jvp(settings, config, observations, primals, tangents):
     theta, forcings = primals
     theta_dot = tangents[0]  # the halo forcing is not differentiated
-    mean, stderr, success, jac_mean, jac_stderr = summaries_and_jacobian(theta, forcings, settings, config, observations)
+    mean, stderr, success, jac_mean, jac_stderr = summaries_and_jacobian(
+        theta, forcings, settings, config, observations
+    )
     # A summary that is not finite (< 2 valid halos) has no derivative: zero rows, so that a
     # reverse-mode cotangent of 0 there gives 0 rather than 0 * NaN.
     jac_mean = jnp.where(jnp.isfinite(mean)[:, None], jac_mean, 0.0)
@@ -167,7 +168,9 @@ class SummaryKernel:
     observations: Observations
 
     def __call__(self, forcings, theta):
-        return differentiable_summaries(self.settings, self.config, self.observations, jnp.asarray(theta, jnp.float64), forcings)
+        return differentiable_summaries(
+            self.settings, self.config, self.observations, jnp.asarray(theta, jnp.float64), forcings
+        )
 
 
 def model_summaries(model, theta, halos, obs) -> Summaries:

@@ -41,15 +41,29 @@ def predictive_coverage(obs: Observations, draws, percentiles: tuple[float, floa
     fin = lambda v: float(v) if np.isfinite(v) else None
     points = [
         {
-            "relation": names[i], "x": float(obs.x[i]), "y": float(y[i]), "sigma": float(obs.sigma[i]),
-            "envelope": [fin(lo[i]), fin(hi[i])], "band": [fin(p_lo[i]), fin(p_hi[i])],
-            "inside_envelope": bool(in_env[i]), "inside_band": bool(in_band[i]), "n_finite": int(n_finite[i]),
+            "relation": names[i],
+            "x": float(obs.x[i]),
+            "y": float(y[i]),
+            "sigma": float(obs.sigma[i]),
+            "envelope": [fin(lo[i]), fin(hi[i])],
+            "band": [fin(p_lo[i]), fin(p_hi[i])],
+            "inside_envelope": bool(in_env[i]),
+            "inside_band": bool(in_band[i]),
+            "n_finite": int(n_finite[i]),
         }
         for i in range(obs.n_summary)
     ]
     fractions = {
-        name: {"inside_envelope": float(np.mean(in_env[sl])), "inside_band": float(np.mean(in_band[sl])), "n_points": sl.stop - sl.start}
+        name: {
+            "inside_envelope": float(np.mean(in_env[sl])),
+            "inside_band": float(np.mean(in_band[sl])),
+            "n_points": sl.stop - sl.start,
+        }
         for name, sl in obs.slices.items()
     }
-    fractions["all"] = {"inside_envelope": float(np.mean(in_env)), "inside_band": float(np.mean(in_band)), "n_points": obs.n_summary}
+    fractions["all"] = {
+        "inside_envelope": float(np.mean(in_env)),
+        "inside_band": float(np.mean(in_band)),
+        "n_points": obs.n_summary,
+    }
     return {"percentiles": list(percentiles), "n_draws": int(means.shape[0]), "points": points, "fractions": fractions}

@@ -8,7 +8,14 @@ from typing import Any
 import numpy as np
 
 PARAMETER_NAMES: tuple[str, ...] = (
-    "A_etaM", "B_etaM", "A_etaE", "B_etaE", "A_etaZ", "B_etaZ", "A_tdep", "B_tdep",
+    "A_etaM",
+    "B_etaM",
+    "A_etaE",
+    "B_etaE",
+    "A_etaZ",
+    "B_etaZ",
+    "A_tdep",
+    "B_tdep",
 )
 
 
@@ -72,8 +79,7 @@ class Prior:
         if outside.any():
             i, j = np.argwhere(outside)[0]
             raise ValueError(
-                f"theta[{i}]: {self.names[j]} = {rows[i, j]} lies outside the prior box "
-                f"[{low[j]}, {high[j]}]"
+                f"theta[{i}]: {self.names[j]} = {rows[i, j]} lies outside the prior box [{low[j]}, {high[j]}]"
             )
         return arr
 

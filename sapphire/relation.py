@@ -30,6 +30,7 @@ DEFAULT_LABELS: dict[str, tuple[str, str]] = {
     "mzr": ("log10 M_* [Msun]", "12 + log10(O/H) (ISM)"),
 }
 
+
 # ----------------------------------------------------------------------------------------------
 # Detection limits (the observation model of a ratio relation)
 # ----------------------------------------------------------------------------------------------
@@ -77,7 +78,6 @@ class DetectionLimit:
 
     def to_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,9 +133,7 @@ class Relation:
                 f"got {self.detection_limit!r}"
             )
         if self.name not in RELATION_NAMES:
-            raise ValueError(
-                f"Relation: unknown name {self.name!r}; expected one of {RELATION_NAMES}"
-            )
+            raise ValueError(f"Relation: unknown name {self.name!r}; expected one of {RELATION_NAMES}")
         arrays = {f: _frozen_array(getattr(self, f), self.name, f) for f in ("x", "y", "sigma")}
         lengths = {f: a.size for f, a in arrays.items()}
         if len(set(lengths.values())) != 1:
@@ -150,9 +148,7 @@ class Relation:
         bad = np.flatnonzero(arrays["sigma"] <= 0.0)
         if bad.size:
             i = int(bad[0])
-            raise ValueError(
-                f"Relation {self.name!r}: sigma[{i}] = {arrays['sigma'][i]} is not > 0"
-            )
+            raise ValueError(f"Relation {self.name!r}: sigma[{i}] = {arrays['sigma'][i]} is not > 0")
         bad = np.flatnonzero(np.diff(arrays["x"]) <= 0.0)
         if bad.size:
             i = int(bad[0]) + 1
@@ -204,9 +200,7 @@ class Relation:
             return NotImplemented
         return (
             self.name == other.name
-            and all(
-                np.array_equal(getattr(self, f), getattr(other, f)) for f in ("x", "y", "sigma")
-            )
+            and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in ("x", "y", "sigma"))
             and (self.x_label, self.y_label, self.source, self.note, self.detection_limit)
             == (other.x_label, other.y_label, other.source, other.note, other.detection_limit)
         )
@@ -226,9 +220,7 @@ def check_scale(sigma_scale: Any, name: str) -> float:
     try:
         scale = float(sigma_scale)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"sigma_scale for {name!r} must be a number, got {sigma_scale!r}"
-        ) from None
+        raise ValueError(f"sigma_scale for {name!r} must be a number, got {sigma_scale!r}") from None
     if not (math.isfinite(scale) and scale > 0.0):
         raise ValueError(f"sigma_scale for {name!r} must be finite and > 0, got {sigma_scale!r}")
     return scale

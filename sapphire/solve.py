@@ -288,7 +288,9 @@ def _solve_population(
         theta_group, forcing_group, is_stiff = args
         return jax.lax.cond(
             is_stiff,
-            lambda f: _solve_batch(theta_group, f, save_times, settings.implicit_solver, settings, config, with_sensitivity),
+            lambda f: _solve_batch(
+                theta_group, f, save_times, settings.implicit_solver, settings, config, with_sensitivity
+            ),
             lambda f: _solve_batch(theta_group, f, save_times, "tsit5", settings, config, with_sensitivity),
             forcing_group,
         )

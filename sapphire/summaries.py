@@ -31,7 +31,13 @@ __all__ = [
 
 # Columns of the (n_halo, 7) log-state (MODEL.md section 3).
 STATE_COLUMNS: tuple[str, ...] = (
-    "M_star", "M_Z_star", "M_ISM", "M_Z_ISM", "M_CGM", "M_Z_CGM", "E_th",
+    "M_star",
+    "M_Z_star",
+    "M_ISM",
+    "M_Z_ISM",
+    "M_CGM",
+    "M_Z_CGM",
+    "E_th",
 )
 _I_STAR, _I_ISM, _I_Z_ISM = 0, 2, 3
 

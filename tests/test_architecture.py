@@ -88,7 +88,12 @@ def test_no_private_names_across_modules():
     private = []
     for module in MODULES:
         for target, name, line in imports_of(module):
-            if name.startswith("_") and not name.startswith("__") and target.split(".")[0] in LAYERS and target != module:
+            if (
+                name.startswith("_")
+                and not name.startswith("__")
+                and target.split(".")[0] in LAYERS
+                and target != module
+            ):
                 private.append(f"{MODULES[module].relative_to(ROOT)}:{line} imports {target}.{name}")
     assert not private, "private names imported across modules:\n" + "\n".join(private)
 
@@ -103,7 +108,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()

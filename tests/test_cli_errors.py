@@ -83,8 +83,9 @@ def stores(tmp_path_factory):
     outside.write_text(",".join(PRIOR.names) + "\n" + ",".join(["99"] + [f"{v:g}" for v in PRIOR.centre[1:]]) + "\n")
     a_file = root / "a_file.txt"
     a_file.write_text("x")
-    return types.SimpleNamespace(root=root, small=small, train=train, other=other, emu=emu_path, table=table,
-                                 outside=outside, a_file=a_file)
+    return types.SimpleNamespace(
+        root=root, small=small, train=train, other=other, emu=emu_path, table=table, outside=outside, a_file=a_file
+    )
 
 
 # ----------------------------------------------------------------------- case 4 (and 5, 6, 7, 9)
@@ -101,7 +102,10 @@ CASES = [
     (["evolve", "--logm-min", "12", "--logm-max", "10"], ["--logm-min must be below --logm-max", "12.0", "10.0"]),
     (["evolve", "--halos", "abc"], ["--halos", "'abc'"]),
     (["evolve", "--theta", "-0.5,-1.5"], ["--theta", "(8,)"]),  # case 6: parsed, then refused for its length
-    (["evolve", "--theta", "9" + NEGATIVE[NEGATIVE.index(","):]], ["--theta", "A_etaM = 9.0", "outside the prior box"]),
+    (
+        ["evolve", "--theta", "9" + NEGATIVE[NEGATIVE.index(",") :]],
+        ["--theta", "A_etaM = 9.0", "outside the prior box"],
+    ),
     (["evolve", "--out", "{root}/no_such_dir/x.npz"], ["--out", "no_such_dir", "does not exist"]),  # case 5
     (["evolve", "--out", "{root}"], ["--out", "must name a file"]),
     (["evolve", "--out", "{a_file}/x.npz"], ["--out", "not a directory"]),
@@ -125,7 +129,10 @@ CASES = [
     (["generate", "{train}", "--points", "4"], ["train.zarr already exists", "--resume"]),
     # inspect
     (["inspect", "{root}/nostore.zarr"], ["store", "nostore.zarr", "no such file"]),
-    (["inspect", "{train}", "--figure", "{root}/no_such_dir/design.png"], ["--figure", "no_such_dir", "does not exist"]),
+    (
+        ["inspect", "{train}", "--figure", "{root}/no_such_dir/design.png"],
+        ["--figure", "no_such_dir", "does not exist"],
+    ),
     # train (case 7)
     (["train", "{train}", "{root}/x.emu", "--hidden", "8,a"], ["--hidden", "'8,a'", "integers"]),
     (["train", "{train}", "{root}/x.emu", "--ensemble", "0"], ["--ensemble", "'0'"]),
@@ -204,7 +211,16 @@ def test_negative_vectors_are_accepted_as_written(option):
 
 def test_join_negative_values_leaves_everything_else_alone():
     argv = ["evolve", "--halos", "4", "--theta=-1,2", "--quiet", "--logm-min", "-1.5", "--", "-x"]
-    assert join_negative_values(argv) == ["evolve", "--halos", "4", "--theta=-1,2", "--quiet", "--logm-min=-1.5", "--", "-x"]
+    assert join_negative_values(argv) == [
+        "evolve",
+        "--halos",
+        "4",
+        "--theta=-1,2",
+        "--quiet",
+        "--logm-min=-1.5",
+        "--",
+        "-x",
+    ]
     assert join_negative_values(["forecast", "--sigma-scale", "-1e-3"]) == ["forecast", "--sigma-scale=-1e-3"]
 
 
@@ -220,9 +236,13 @@ def test_evolve_writes_exactly_the_out_path(tmp_path, monkeypatch, capsys):
         def evolve(self, theta, halos):
             keys = ("log_smhm", "log_gas_ratio", "oxygen_abundance", "baryon_fraction", "sfr")
             return types.SimpleNamespace(
-                log_state=np.zeros((halos.n_halos, 7)), log_mhalo=np.linspace(10, 12, halos.n_halos),
-                success=np.ones(halos.n_halos, bool), num_steps=np.ones(halos.n_halos, int),
-                implicit=np.zeros(halos.n_halos, bool), diagnostics={k: np.ones(halos.n_halos) for k in keys})
+                log_state=np.zeros((halos.n_halos, 7)),
+                log_mhalo=np.linspace(10, 12, halos.n_halos),
+                success=np.ones(halos.n_halos, bool),
+                num_steps=np.ones(halos.n_halos, int),
+                implicit=np.zeros(halos.n_halos, bool),
+                diagnostics={k: np.ones(halos.n_halos) for k in keys},
+            )
 
     monkeypatch.setattr(sapphire.cli, "model_from_options", lambda args: FakeModel())
     out = tmp_path / "noext"
@@ -265,8 +285,20 @@ def test_emulator_report_on_other_halos_only_when_allowed(stores, tmp_path, caps
     assert store_differences(emu, open_training_set(stores.train)) == {"refuse": [], "note": []}
     diff = store_differences(emu, open_training_set(stores.other))
     assert len(diff["refuse"]) == 1 and diff["refuse"][0].startswith("halos:")
-    assert main(["emulator-report", str(stores.emu), str(stores.other), "--allow-other-store", "--quiet",
-                 "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "emulator-report",
+                str(stores.emu),
+                str(stores.other),
+                "--allow-other-store",
+                "--quiet",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("warning: test store differs from the training store: halos:")
     assert "every valid point of a store the emulator was not trained on" in out
@@ -284,8 +316,12 @@ def _options(p):
 
 
 def test_every_option_has_help_text():
-    missing = [(name, a.dest) for name, p in _subcommands().items() for a in p._actions
-               if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())]
+    missing = [
+        (name, a.dest)
+        for name, p in _subcommands().items()
+        for a in p._actions
+        if not isinstance(a, argparse._HelpAction) and not (a.help and a.help.strip())
+    ]
     assert missing == []
 
 
@@ -293,9 +329,13 @@ def test_one_vocabulary():
     """The same option means the same thing in every subcommand that has it."""
     commands = _subcommands()
     draws = {name: _options(p)["--draws"].option_strings for name, p in commands.items() if "--draws" in _options(p)}
-    assert draws == {"sensitivity": ["--prior-draws", "--draws"], "ppc": ["--prior-draws", "--draws"],
-                     "forecast": ["--hmc-draws", "--draws"], "validate": ["--hmc-draws", "--draws"],
-                     "recover": ["--hmc-draws", "--draws"]}
+    assert draws == {
+        "sensitivity": ["--prior-draws", "--draws"],
+        "ppc": ["--prior-draws", "--draws"],
+        "forecast": ["--hmc-draws", "--draws"],
+        "validate": ["--hmc-draws", "--draws"],
+        "recover": ["--hmc-draws", "--draws"],
+    }
     chains = {_options(p)["--chains"].default for p in commands.values() if "--chains" in _options(p)}
     assert chains == {4}
     for name, p in commands.items():

@@ -24,10 +24,25 @@ def fake_runner(seed: int, shift: float, calls: list):
         calls.append((n, time_limit_s))
         x = draws[:, :n]
         zeros = np.zeros((CHAINS, n))
-        return HmcResult(names=("a", "b"), samples=x, diverging=zeros.astype(bool), accept_prob=zeros + 0.8, num_steps=zeros + 3,
-                         r_hat=np.ones(D), ess=np.full(D, CHAINS * n), n_divergent=0, warmup_divergent=0,
-                         step_size=np.ones(CHAINS), inverse_mass_matrix=np.tile(np.eye(D), (CHAINS, 1, 1)), complete=True,
-                         num_warmup=0, num_samples=n, times={"sampling": 1e-3 * n}, settings={}, fingerprint="fake")
+        return HmcResult(
+            names=("a", "b"),
+            samples=x,
+            diverging=zeros.astype(bool),
+            accept_prob=zeros + 0.8,
+            num_steps=zeros + 3,
+            r_hat=np.ones(D),
+            ess=np.full(D, CHAINS * n),
+            n_divergent=0,
+            warmup_divergent=0,
+            step_size=np.ones(CHAINS),
+            inverse_mass_matrix=np.tile(np.eye(D), (CHAINS, 1, 1)),
+            complete=True,
+            num_warmup=0,
+            num_samples=n,
+            times={"sampling": 1e-3 * n},
+            settings={},
+            fingerprint="fake",
+        )
 
     return run
 
@@ -38,10 +53,20 @@ def compare(reference, candidate):
 
 def check(shift: float, budget: float, tmp_path=None, **kwargs):
     ref_calls, cand_calls = [], []
-    result = extend_until_decided(fake_runner(1, 0.0, ref_calls), fake_runner(2, shift, cand_calls), compare,
-                                  reference_draws=kwargs.pop("reference_draws", 25), candidate_draws=kwargs.pop("candidate_draws", 25),
-                                  budget_s=budget, max_reference_draws=LONGEST, max_candidate_draws=LONGEST,
-                                  state_path=None if tmp_path is None else tmp_path / "state.json", key="k", log=lambda line: None, **kwargs)
+    result = extend_until_decided(
+        fake_runner(1, 0.0, ref_calls),
+        fake_runner(2, shift, cand_calls),
+        compare,
+        reference_draws=kwargs.pop("reference_draws", 25),
+        candidate_draws=kwargs.pop("candidate_draws", 25),
+        budget_s=budget,
+        max_reference_draws=LONGEST,
+        max_candidate_draws=LONGEST,
+        state_path=None if tmp_path is None else tmp_path / "state.json",
+        key="k",
+        log=lambda line: None,
+        **kwargs,
+    )
     return result, ref_calls, cand_calls
 
 

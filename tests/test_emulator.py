@@ -68,8 +68,17 @@ def test_sobolev_lowers_gradient_error():
     test = synthetic_set(200, seed=3)
     errors = {}
     for lam in (1.0, 0.0):
-        model = train_emulator(ts, gradient_weight=lam, ensemble=1, seed=0, split=(0.85, 0.15, 0.0),
-                               huber_delta=None, value_huber_delta=None, summary_weighting="standardised", **TINY)
+        model = train_emulator(
+            ts,
+            gradient_weight=lam,
+            ensemble=1,
+            seed=0,
+            split=(0.85, 0.15, 0.0),
+            huber_delta=None,
+            value_huber_delta=None,
+            summary_weighting="standardised",
+            **TINY,
+        )
         mean, _ = model.predict(test.theta)
         m = evaluate_predictions(mean, model.jacobian(test.theta), test.load(), OBS, PRIOR)
         errors[lam] = (np.median(m["jacobian_rel_error"]), np.median(m["value_error"]))
@@ -99,8 +108,17 @@ def test_jacobian_matches_finite_differences(emu):
     jac = np.asarray(emu.jacobian(theta))
     assert jac.shape == (S, 8)
     h = 1e-6 * PRIOR.width
-    fd = np.stack([(np.asarray(emu.predict(theta + h[j] * np.eye(8)[j])[0]) - np.asarray(emu.predict(theta - h[j] * np.eye(8)[j])[0])) / (2 * h[j])
-                   for j in range(8)], axis=-1)
+    fd = np.stack(
+        [
+            (
+                np.asarray(emu.predict(theta + h[j] * np.eye(8)[j])[0])
+                - np.asarray(emu.predict(theta - h[j] * np.eye(8)[j])[0])
+            )
+            / (2 * h[j])
+            for j in range(8)
+        ],
+        axis=-1,
+    )
     np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-7 * np.abs(jac).max())
 
 
@@ -254,8 +272,15 @@ def test_trains_from_a_zarr_store(tmp_path):
     from training_sets.store import create_store
 
     theta = PRIOR.from_unit(np.random.default_rng(11).uniform(size=(40, 8)))
-    path = create_store(tmp_path / "ts.zarr", theta, sapphire.Model(), sapphire.HaloPopulation.from_diffmah(4, seed=0),
-                        OBS, design={"kind": "test"}, chunk=8)
+    path = create_store(
+        tmp_path / "ts.zarr",
+        theta,
+        sapphire.Model(),
+        sapphire.HaloPopulation.from_diffmah(4, seed=0),
+        OBS,
+        design={"kind": "test"},
+        chunk=8,
+    )
     import zarr
 
     root = zarr.open_group(str(path), mode="r+")
@@ -285,7 +310,9 @@ def test_error_by_parameter_half_locates_the_bad_half():
     u = np.random.default_rng(4).uniform(size=(2000, 8))
     jac_error = 0.04 + 0.21 * (1.0 - u[:, 0])
     value_error = 2.0 * jac_error[:, None] * np.ones((1, S))
-    halves = error_by_parameter_half(PRIOR.from_unit(u), {"value_error": value_error, "jacobian_rel_error": jac_error}, PRIOR)
+    halves = error_by_parameter_half(
+        PRIOR.from_unit(u), {"value_error": value_error, "jacobian_rel_error": jac_error}, PRIOR
+    )
     first = halves[PRIOR.names[0]]
     assert first["jacobian_lower"] == pytest.approx(0.1975, abs=0.01)
     assert first["jacobian_upper"] == pytest.approx(0.0925, abs=0.01)

@@ -59,8 +59,9 @@ def default_model() -> Model:
 def tight_model() -> Model:
     # A slightly wider prior box only so that central differences at the stiff corner (on the
     # box's faces) pass the input check; the solver settings are what matter.
-    wide = Prior(DEFAULT_PRIOR.names, tuple(np.asarray(DEFAULT_PRIOR.low) - 0.01),
-                 tuple(np.asarray(DEFAULT_PRIOR.high) + 0.01))
+    wide = Prior(
+        DEFAULT_PRIOR.names, tuple(np.asarray(DEFAULT_PRIOR.low) - 0.01), tuple(np.asarray(DEFAULT_PRIOR.high) + 0.01)
+    )
     return Model(prior=wide, **TIGHT)
 
 
@@ -88,8 +89,18 @@ def _random_inputs(n: int, seed: int):
     log_m = rng.uniform(2.0, 13.0, size=(n, 3))  # M_*, M_ISM, M_CGM
     log_z = rng.uniform(-6.0, np.log10(0.2), size=(n, 3))
     log_e = rng.uniform(0.0, 8.0, size=n)
-    y = np.stack([log_m[:, 0], log_m[:, 0] + log_z[:, 0], log_m[:, 1], log_m[:, 1] + log_z[:, 1],
-                  log_m[:, 2], log_m[:, 2] + log_z[:, 2], log_m[:, 2] + log_e], axis=1)
+    y = np.stack(
+        [
+            log_m[:, 0],
+            log_m[:, 0] + log_z[:, 0],
+            log_m[:, 1],
+            log_m[:, 1] + log_z[:, 1],
+            log_m[:, 2],
+            log_m[:, 2] + log_z[:, 2],
+            log_m[:, 2] + log_e,
+        ],
+        axis=1,
+    )
     t = rng.uniform(0.3, t0, size=n)
     mh = 10.0 ** rng.uniform(9.0, 14.0, size=n)
     mdot = mh * 10.0 ** rng.uniform(-3.0, 0.5, size=n)  # Msun/Gyr
@@ -110,12 +121,21 @@ def _budget_terms(t, y, theta, mh, mdot):
     net_z = zin * r.inflow_rate + yz * r.sfr - r.z_cgm * r.outflow_rate
     # Scale of the terms that cancel (for a relative error).
     scale_b = r.cooling_rate + r.sfr * (1.0 + r.eta_m) + r.inflow_rate + r.outflow_rate
-    scale_z = (r.z_cgm * (r.cooling_rate + r.outflow_rate) + yz * r.sfr
-               + r.z_ism * r.sfr * (one_minus_r + r.eta_m) + zin * r.inflow_rate)
+    scale_z = (
+        r.z_cgm * (r.cooling_rate + r.outflow_rate)
+        + yz * r.sfr
+        + r.z_ism * r.sfr * (one_minus_r + r.eta_m)
+        + zin * r.inflow_rate
+    )
     return dict(
-        sum_b=d[0] + d[2] + d[4], sum_z=d[1] + d[3] + d[5],
-        log_b=from_log[0] + from_log[2] + from_log[4], log_z=from_log[1] + from_log[3] + from_log[5],
-        net_b=net_b, net_z=net_z, scale_b=scale_b, scale_z=scale_z,
+        sum_b=d[0] + d[2] + d[4],
+        sum_z=d[1] + d[3] + d[5],
+        log_b=from_log[0] + from_log[2] + from_log[4],
+        log_z=from_log[1] + from_log[3] + from_log[5],
+        net_b=net_b,
+        net_z=net_z,
+        scale_b=scale_b,
+        scale_z=scale_z,
     )
 
 
@@ -144,8 +164,18 @@ def _budget_solve(theta, forcing, n_save):
         y = u[:N_STATE]
         mh, mdot = forcing(t)
         r = compute_rates(t, y, theta, mh, mdot, CFG)
-        flows = jnp.stack([r.inflow_rate, r.outflow_rate, CFG.inflow_metallicity * r.inflow_rate,
-                           CFG.metal_yield * r.sfr, r.z_cgm * r.outflow_rate]) / scale
+        flows = (
+            jnp.stack(
+                [
+                    r.inflow_rate,
+                    r.outflow_rate,
+                    CFG.inflow_metallicity * r.inflow_rate,
+                    CFG.metal_yield * r.sfr,
+                    r.z_cgm * r.outflow_rate,
+                ]
+            )
+            / scale
+        )
         return jnp.concatenate([log_state_derivative(t, y, theta, mh, mdot, CFG), flows])
 
     t0 = forcing.t_start
@@ -153,9 +183,16 @@ def _budget_solve(theta, forcing, n_save):
     y0 = initial_log_state(mh0, cosmology.redshift_at_age(t0, CFG.cosmology), CFG)
     ts = t0 + (t_end - t0) * jnp.linspace(0.0, 1.0, n_save)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), t0=t0, t1=t_end, dt0=None,
-        y0=jnp.concatenate([y0, jnp.zeros(5)]), saveat=diffrax.SaveAt(ts=ts),
-        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10), max_steps=100_000, throw=False,
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        t0=t0,
+        t1=t_end,
+        dt0=None,
+        y0=jnp.concatenate([y0, jnp.zeros(5)]),
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-10),
+        max_steps=100_000,
+        throw=False,
     )
     return sol.ys, sol.result == diffrax.RESULTS.successful, scale
 
@@ -265,8 +302,9 @@ def test_vector_field_is_total_for_absurd_states():
 
 # ----------------------------------------------------------------------------- (vi) stiff corner
 def test_stiff_corner_solves_every_halo(halos, stiff_default, stiff_default_jacobian, default_model):
-    stiffness = np.asarray(jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(
-        jnp.asarray(STIFF_CORNER), halos.forcing(), CFG))
+    stiffness = np.asarray(
+        jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(jnp.asarray(STIFF_CORNER), halos.forcing(), CFG)
+    )
     threshold = default_model.settings.stiffness_threshold
     assert (stiffness > threshold).any()  # the corner is stiff for this population
     for evolution in (stiff_default, stiff_default_jacobian[0]):

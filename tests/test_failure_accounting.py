@@ -46,13 +46,17 @@ def toy():
 
 
 def test_map_and_laplace_record_failed_halos(toy):
-    with pytest.warns(RuntimeWarning, match=r"find_map: the likelihood excluded failed halos in 3 of 3 starts \(up to 2"):
+    with pytest.warns(
+        RuntimeWarning, match=r"find_map: the likelihood excluded failed halos in 3 of 3 starts \(up to 2"
+    ):
         fit = find_map(AlwaysFailing(A, np.zeros(3), np.zeros(3), np.full(3, 0.1)), n_starts=3, max_steps=50)
     assert fit.max_failed.tolist() == [2, 2, 2] and fit.n_failed.tolist() == [2, 2, 2]
     # mode at theta_0 = -1, where nothing fails; the first start begins where 2 halos fail
     shifted = FailingToy(A, np.zeros(3), A @ np.array([-1.0, 0.0]), np.full(3, 0.1))
     starts = np.array([[0.5, 0.1], [-1.5, 0.1], [-1.2, -0.2]])
-    with pytest.warns(RuntimeWarning, match=r"find_map: the likelihood excluded failed halos in [123] of 3 starts \(up to 2"):
+    with pytest.warns(
+        RuntimeWarning, match=r"find_map: the likelihood excluded failed halos in [123] of 3 starts \(up to 2"
+    ):
         fit = find_map(shifted, starts=starts, max_steps=50)
     assert fit.max_failed[0] == 2 and fit.n_failed.tolist() == [0, 0, 0] and fit.n_converged == 3
     assert fit.to_dict()["max_failed"][0] == 2
@@ -65,12 +69,17 @@ def test_map_and_laplace_record_failed_halos(toy):
 
 
 def test_hmc_records_failed_halos_per_draw(toy):
-    with pytest.warns(RuntimeWarning, match=r"run_hmc: the likelihood excluded failed halos in \d+ of 200 draws \(up to 2"):
+    with pytest.warns(
+        RuntimeWarning, match=r"run_hmc: the likelihood excluded failed halos in \d+ of 200 draws \(up to 2"
+    ):
         post = run_hmc(toy, num_chains=2, num_warmup=50, num_samples=100, seed=0)
     assert post.n_failed.shape == (2, 100)
     np.testing.assert_array_equal(post.n_failed, np.where(post.samples[..., 0] > 0.0, 2, 0))  # exactly where it failed
     summary = post.summary()
-    assert summary["draws_with_failed_halos"] == int(np.sum(post.samples[..., 0] > 0)) > 20 and summary["max_failed_halos"] == 2
+    assert (
+        summary["draws_with_failed_halos"] == int(np.sum(post.samples[..., 0] > 0)) > 20
+        and summary["max_failed_halos"] == 2
+    )
 
 
 OBS = sapphire.Observations.default().select("mzr")
@@ -87,8 +96,9 @@ def tiny_emulator():
     values = 8.5 + 0.1 * u[:, :1] * np.ones((1, S))
     jac = np.zeros((64, S, 8))
     jac[:, :, 0] = 0.1 / PRIOR.width[0]
-    ts = InMemoryTrainingSet(theta=theta, summaries=values, summary_stderr=np.full_like(values, 0.02), summary_jacobian=jac,
-                             observations=OBS)
+    ts = InMemoryTrainingSet(
+        theta=theta, summaries=values, summary_stderr=np.full_like(values, 0.02), summary_jacobian=jac, observations=OBS
+    )
     with pytest.warns(RuntimeWarning, match=r"calibrate_spread: an ensemble of 1 has no spread; .*factor 1\.0"):
         emu = train_emulator(ts, ensemble=1, hidden=(8,), epochs=3, patience=3, batch_size=16, seed=0, progress=False)
     return emu, theta
@@ -108,9 +118,16 @@ def test_artifact_records_its_training_design(tiny_emulator, tmp_path):
     corner = PRIOR.from_unit(np.full(8, 0.02))
     assert loaded.coverage_distance(corner) > COVERAGE_GAP
     # an artifact without a design (older format): the distance is unknown, the box still known
-    bare = SobolevEmulator(architecture=emu.architecture, params=emu.params, scalings=emu.scalings, prior=emu.prior,
-                           observations=emu.observations, summary_names=emu.summary_names,
-                           store_fingerprint=emu.store_fingerprint, theta_range=emu.theta_range)
+    bare = SobolevEmulator(
+        architecture=emu.architecture,
+        params=emu.params,
+        scalings=emu.scalings,
+        prior=emu.prior,
+        observations=emu.observations,
+        summary_names=emu.summary_names,
+        store_fingerprint=emu.store_fingerprint,
+        theta_range=emu.theta_range,
+    )
     assert np.isnan(bare.coverage_distance(corner)) and not bare.in_training_range(corner)
 
 
@@ -122,7 +139,9 @@ def test_forecasts_warn_when_they_leave_the_training_coverage(tiny_emulator):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_training_coverage(fm, inside, "test")["n_outside"] == 0
-    with pytest.warns(RuntimeWarning, match=r"test: 1 of 2 points lie outside the emulator's training coverage \(1 outside the box"):
+    with pytest.warns(
+        RuntimeWarning, match=r"test: 1 of 2 points lie outside the emulator's training coverage \(1 outside the box"
+    ):
         report = check_training_coverage(fm, np.concatenate([inside, outside]), "test")
     assert report["n_outside"] == 1 and report["max_distance"] > 1.0  # beyond the box: farther than the median spacing
     with pytest.warns(RuntimeWarning, match="laplace: 1 of 1 expansion points lie outside"):

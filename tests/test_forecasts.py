@@ -134,25 +134,34 @@ def test_emulator_forward_protocol_and_mismatch_errors():
     emu_mean, emu_err = emu.predict(theta)
     np.testing.assert_allclose(mean, emu_mean, rtol=1e-14)
     np.testing.assert_allclose(var, np.asarray(emu_err) ** 2, rtol=1e-14)
-    np.testing.assert_allclose(fm.summary_jacobian(t), np.asarray(emu.jacobian(theta))[:, list(fm.free_index)], rtol=1e-13)
-    assert float(fm.log_likelihood(t)) == pytest.approx(numpy_log_likelihood(emu_mean, np.asarray(emu_err) ** 2, obs.y, obs.sigma), rel=1e-12)
+    np.testing.assert_allclose(
+        fm.summary_jacobian(t), np.asarray(emu.jacobian(theta))[:, list(fm.free_index)], rtol=1e-13
+    )
+    assert float(fm.log_likelihood(t)) == pytest.approx(
+        numpy_log_likelihood(emu_mean, np.asarray(emu_err) ** 2, obs.y, obs.sigma), rel=1e-12
+    )
     # without emulator error, a subset of relations, scaled errors, and another y (a mock)
     mock = sapphire.Observations(tuple(sapphire.Relation(r.name, r.x, r.y + 0.05, r.sigma) for r in obs.relations))
-    sub = EmulatorForward(emu, mock, include_emulator_error=False, relations=["mzr", "smhm"], sigma_scale=0.5, fixed=theta)
+    sub = EmulatorForward(
+        emu, mock, include_emulator_error=False, relations=["mzr", "smhm"], sigma_scale=0.5, fixed=theta
+    )
     sl = np.concatenate([np.arange(obs.n_summary)[obs.slices[n]] for n in ("smhm", "mzr")])
     np.testing.assert_allclose(sub.y, obs.y[sl] + 0.05)
     np.testing.assert_allclose(sub.sigma, 0.5 * obs.sigma[sl])
     want = numpy_log_likelihood(np.asarray(emu_mean)[sl], 0.0, obs.y[sl] + 0.05, 0.5 * obs.sigma[sl])
     assert float(sub.log_likelihood(theta)) == pytest.approx(want, rel=1e-12)
     # mismatches are named
-    moved = sapphire.Observations(tuple(
-        sapphire.Relation(r.name, r.x + (0.1 if r.name == "mzr" else 0.0), r.y, r.sigma) for r in obs.relations
-    ))
+    moved = sapphire.Observations(
+        tuple(sapphire.Relation(r.name, r.x + (0.1 if r.name == "mzr" else 0.0), r.y, r.sigma) for r in obs.relations)
+    )
     with pytest.raises(ValueError, match=r"'mzr' x\[0\] = 8.1 differs from the emulator's x\[0\] = 8"):
         EmulatorForward(emu, moved)
-    shorter = sapphire.Observations(tuple(
-        sapphire.Relation(r.name, r.x[:-1], r.y[:-1], r.sigma[:-1]) if r.name == "smhm" else r for r in obs.relations
-    ))
+    shorter = sapphire.Observations(
+        tuple(
+            sapphire.Relation(r.name, r.x[:-1], r.y[:-1], r.sigma[:-1]) if r.name == "smhm" else r
+            for r in obs.relations
+        )
+    )
     with pytest.raises(ValueError, match="'smhm' has 10 points, the emulator's has 11"):
         EmulatorForward(emu, shorter)
     smhm_only = FakeEmulator(obs.select("smhm"))
@@ -186,12 +195,16 @@ def test_map_respects_the_bounds():
     mode, cov = base.analytic_posterior()
     lo, hi = np.array(base.prior.low), np.array(base.prior.high)
     lo[0] = mode[0] + 2 * np.sqrt(cov[0, 0])
-    boxed = LinearGaussianForward(base.A, base.b, base.y, base.sigma, sapphire.Prior(base.prior.names, tuple(lo), tuple(hi)))
+    boxed = LinearGaussianForward(
+        base.A, base.b, base.y, base.sigma, sapphire.Prior(base.prior.names, tuple(lo), tuple(hi))
+    )
     result = find_map(boxed, n_starts=4, seed=0)
     assert np.all(result.points >= lo) and np.all(result.points <= hi)
     assert result.converged.all()
     np.testing.assert_allclose(result.best[0], lo[0], atol=1e-12)
-    held = LinearGaussianForward(base.A, base.b, base.y, base.sigma, base.prior, free=["t1", "t2"], fixed=np.r_[lo[0], 0.0, 0.0])
+    held = LinearGaussianForward(
+        base.A, base.b, base.y, base.sigma, base.prior, free=["t1", "t2"], fixed=np.r_[lo[0], 0.0, 0.0]
+    )
     conditional_mode, conditional_cov = held.analytic_posterior()
     assert np.max(np.abs(result.best[1:] - conditional_mode) / np.sqrt(np.diag(conditional_cov))) < 1e-3
 
@@ -212,7 +225,9 @@ def test_fisher_of_the_toy_is_analytic(toy):
 def test_autodiff_hessians_match_finite_differences(toy):
     theta = np.asarray(toy.prior.centre) * 0.9
     auto = laplace(toy, theta).matrix
-    fd = finite_difference_hessian(lambda t: -toy.log_likelihood(t), theta, 1e-3 * np.sqrt(np.diag(toy.analytic_posterior()[1])))
+    fd = finite_difference_hessian(
+        lambda t: -toy.log_likelihood(t), theta, 1e-3 * np.sqrt(np.diag(toy.analytic_posterior()[1]))
+    )
     np.testing.assert_allclose(auto, fd, rtol=1e-6, atol=1e-6 * np.abs(auto).max())
     # a non-linear mean with a theta-dependent model variance (fake emulator, 4 free parameters)
     emu = FakeEmulator(curvature=0.5)
@@ -296,8 +311,14 @@ def test_hmc_checkpoint_resumes_bitwise(tmp_path):
         "fm = toy_problem(n_params=2, n_summary=6, seed=7); "
         "print(fm.fingerprint(), _prior_tag(dist.Uniform(jnp.asarray(fm.prior.low), jnp.asarray(fm.prior.high)).to_event(1)))"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1], env=dict(os.environ, PYTHONHASHSEED="12345")).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env=dict(os.environ, PYTHONHASHSEED="12345"),
+    ).stdout.split()
     assert out == [toy.fingerprint(), resumed.settings["prior"]]
     # the result file round-trips
     loaded = forecasts.HmcResult.load(resumed.save(tmp_path / "post.npz"))
@@ -343,7 +364,9 @@ def exact_setup():
     truth = PRIOR.centre.copy()
     truth[[0, 6]] = [0.8, 0.3]
     mock = forecasts.mock_observations(model, halos, None, truth)
-    fm = ExactForward(model, halos, mock, free=["A_tdep", "A_etaM"], fixed=truth, relations=["smhm", "mzr"], sigma_scale=0.5)
+    fm = ExactForward(
+        model, halos, mock, free=["A_tdep", "A_etaM"], fixed=truth, relations=["smhm", "mzr"], sigma_scale=0.5
+    )
     return model, halos, truth, mock, fm
 
 
@@ -359,7 +382,10 @@ def test_exact_forward_matches_sapphire_and_finite_differences(exact_setup):
     value, grad = fm.log_likelihood_and_grad(theta)
     assert value == pytest.approx(want, rel=1e-8)
     step = 1e-4
-    fd = [(float(fm.log_likelihood(theta + e)) - float(fm.log_likelihood(theta - e))) / (2 * step) for e in np.eye(2) * step]
+    fd = [
+        (float(fm.log_likelihood(theta + e)) - float(fm.log_likelihood(theta - e))) / (2 * step)
+        for e in np.eye(2) * step
+    ]
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
     assert fm.diagnostics(theta) == {"log_likelihood": pytest.approx(want, rel=1e-12), "n_failed": 0, "finite": True}
     # Laplace (central differences of exact gradients: the compiled gradient, no new
@@ -389,8 +415,16 @@ def test_mock_recovery_runs_every_path(tmp_path):
     free = ["A_etaM", "A_tdep"]
     factory = forecasts.emulator_factory(emu, free=free)
     report = forecasts.mock_recovery(
-        model, halos, n_truths=2, seed=0, forward_factory=factory, relation_sets=[("smhm",), ("gas_ratio", "mzr")],
-        free=free, n_starts=2, noise=True, failure_sigma=1e9,
+        model,
+        halos,
+        n_truths=2,
+        seed=0,
+        forward_factory=factory,
+        relation_sets=[("smhm",), ("gas_ratio", "mzr")],
+        free=free,
+        n_starts=2,
+        noise=True,
+        failure_sigma=1e9,
     )
     assert report.truths.shape == (2, 2) and len(report.relation_sets) == 2
     lo, hi = np.array(PRIOR.low)[[0, 6]], np.array(PRIOR.high)[[0, 6]]
@@ -426,8 +460,13 @@ def test_error_scaling_forecast_on_the_toy(tmp_path, toy):
         assert "hmc_std" not in row
     assert json.loads(report.to_json())["scales"][2]["sigma_scale"] == 0.1
     # with HMC (one scale, short chains: the path, and widths within 35%), at the MAP (theta None)
-    report = forecasts.error_scaling_forecast(factory, None, scales=(0.5,), with_hmc=True,
-                                              hmc_options=dict(num_chains=2, num_warmup=100, num_samples=100, seed=0))
+    report = forecasts.error_scaling_forecast(
+        factory,
+        None,
+        scales=(0.5,),
+        with_hmc=True,
+        hmc_options=dict(num_chains=2, num_warmup=100, num_samples=100, seed=0),
+    )
     row = report.rows[0]
     np.testing.assert_allclose(row["theta"], mode, atol=1e-4 * sigma.min())
     assert np.all(np.abs(np.array(row["hmc_std"]) / (0.5 * sigma) - 1) < 0.35) and row["hmc_r_hat_max"] < 1.1

@@ -69,15 +69,22 @@ def test_bad_options_are_named(tmp_path, fake, monkeypatch, capsys):
         (["forecast", "--forward", "exact"], "--forward exact needs the exact model: give --halos N"),
         (["forecast", "--forward", "exact", "--halos", "4", "--store", "x.zarr"], "give --halos or --store, not both"),
         (["forecast", "--emulator", fake, "--mock-theta", CENTRE], "--mock-theta needs the exact model"),
-        (["forecast", "--emulator", fake, "--halos", "4", "--mock-theta", "9" + CENTRE[CENTRE.index(","):]],
-         "--mock-theta: theta[0]: A_etaM = 9.0 lies outside the prior box"),
+        (
+            ["forecast", "--emulator", fake, "--halos", "4", "--mock-theta", "9" + CENTRE[CENTRE.index(",") :]],
+            "--mock-theta: theta[0]: A_etaM = 9.0 lies outside the prior box",
+        ),
         (["forecast", "--emulator", fake, "--fisher-at", "truth"], "--fisher-at truth needs --mock-theta"),
         (["forecast", "--emulator", fake, "--observations", str(tmp_path / "none.json")], "--observations: no file"),
-        (["forecast", "--emulator", fake, "--fixed", "9" + CENTRE[CENTRE.index(","):], "--free", "A_tdep"],
-         "A_etaM = 9.0 lies outside the prior box"),
+        (
+            ["forecast", "--emulator", fake, "--fixed", "9" + CENTRE[CENTRE.index(",") :], "--free", "A_tdep"],
+            "A_etaM = 9.0 lies outside the prior box",
+        ),
         (["validate", "--emulator", fake], "sapphire validate needs the exact model"),
         (["recover", "--emulator", fake, "--halos", "4", "--truths", "0"], "--truths must be >= 1"),
-        (["recover", "--emulator", fake, "--halos", "4", "--truths", "1", "--relation-sets", "smhm;gas"], "--relation-sets: unknown name 'gas'"),
+        (
+            ["recover", "--emulator", fake, "--halos", "4", "--truths", "1", "--relation-sets", "smhm;gas"],
+            "--relation-sets: unknown name 'gas'",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as info:
@@ -86,9 +93,13 @@ def test_bad_options_are_named(tmp_path, fake, monkeypatch, capsys):
         assert str(info.value).startswith(f"sapphire {argv[0]}: ")
     # an emulator trained on other kernel centres than the observations
     other = sapphire.Observations.default()
-    shifted = sapphire.Observations(tuple(dataclasses.replace(r, x=r.x + (0.05 if r.name == "mzr" else 0.0)) for r in other.relations))
+    shifted = sapphire.Observations(
+        tuple(dataclasses.replace(r, x=r.x + (0.05 if r.name == "mzr" else 0.0)) for r in other.relations)
+    )
     monkeypatch.setattr(forecasts.problem, "load_emulator", lambda p, observations=None: FakeEmulator(shifted))
-    with pytest.raises(SystemExit, match="emulator forward model: obs: relation 'mzr' x\\[0\\] = .* differs from the emulator's"):
+    with pytest.raises(
+        SystemExit, match="emulator forward model: obs: relation 'mzr' x\\[0\\] = .* differs from the emulator's"
+    ):
         run("forecast", "--emulator", fake)
 
 
@@ -97,8 +108,29 @@ def test_forecast_with_the_exact_model(tmp_path, capsys):
     """The exact path end to end on 4 halos (one free parameter, a noise-free mock at the prior
     centre, Fisher at the truth by central differences of exact gradients: two compilations)."""
     out = tmp_path / "exact"
-    assert run("forecast", "--forward", "exact", "--halos", 4, "--solver", "tsit5", "--free", "A_etaM", "--mock-theta", CENTRE,
-               "--fisher-at", "truth", "--hessian", "fd_grad", "--quiet", "--out", out) == 0
+    assert (
+        run(
+            "forecast",
+            "--forward",
+            "exact",
+            "--halos",
+            4,
+            "--solver",
+            "tsit5",
+            "--free",
+            "A_etaM",
+            "--mock-theta",
+            CENTRE,
+            "--fisher-at",
+            "truth",
+            "--hessian",
+            "fd_grad",
+            "--quiet",
+            "--out",
+            out,
+        )
+        == 0
+    )
     data = json.loads((out / "forecast.json").read_text())
     assert data["forward"]["kind"] == "ExactForward" and data["forward"]["n_halos"] == 4
     assert data["problem"]["exact"]["source"] == "diffmah" and data["map"] is None
@@ -114,9 +146,34 @@ def test_forecast_with_the_exact_model(tmp_path, capsys):
 def test_forecast_with_the_emulator_map_fisher_hmc(tmp_path, fake, capsys):
     out = tmp_path / "fc"
     truth = PRIOR.centre + 0.1 * PRIOR.width
-    assert run("forecast", "--emulator", fake, "--halos", 4, "--mock-theta", ",".join(map(str, truth)), "--free", "A_tdep,A_etaM",
-               "--starts", 2, "--hmc", "--no-modes", "--chains", 2, "--warmup", 60, "--draws", 60, "--checkpoint", "--quiet",
-               "--out", out) == 0  # --no-modes: the chains of one run (modes: tests/test_forecasts_modes_cli.py)
+    assert (
+        run(
+            "forecast",
+            "--emulator",
+            fake,
+            "--halos",
+            4,
+            "--mock-theta",
+            ",".join(map(str, truth)),
+            "--free",
+            "A_tdep,A_etaM",
+            "--starts",
+            2,
+            "--hmc",
+            "--no-modes",
+            "--chains",
+            2,
+            "--warmup",
+            60,
+            "--draws",
+            60,
+            "--checkpoint",
+            "--quiet",
+            "--out",
+            out,
+        )
+        == 0
+    )  # --no-modes: the chains of one run (modes: tests/test_forecasts_modes_cli.py)
     printed = capsys.readouterr().out
     assert "HMC mean +- std" in printed and "A_etaM" in printed and "A_tdep" in printed
     data = json.loads((out / "forecast.json").read_text())
@@ -136,8 +193,29 @@ def test_forecast_without_hmc_draws_fisher_ellipses(tmp_path, fake, capsys):
     obs_path = tmp_path / "obs.json"
     obs_path.write_text(sapphire.Observations.default().to_json())
     out = tmp_path / "fc"
-    assert run("forecast", "--emulator", fake, "--observations", obs_path, "--relations", "smhm,mzr", "--sigma-scale", "smhm=0.5",
-               "--free", "A_etaM,B_etaM,A_tdep", "--starts", 2, "--hessian", "gauss-newton", "--no-emulator-error", "--out", out) == 0
+    assert (
+        run(
+            "forecast",
+            "--emulator",
+            fake,
+            "--observations",
+            obs_path,
+            "--relations",
+            "smhm,mzr",
+            "--sigma-scale",
+            "smhm=0.5",
+            "--free",
+            "A_etaM,B_etaM,A_tdep",
+            "--starts",
+            2,
+            "--hessian",
+            "gauss-newton",
+            "--no-emulator-error",
+            "--out",
+            out,
+        )
+        == 0
+    )
     data = json.loads((out / "forecast.json").read_text())
     assert data["forward"]["relations"] == ["smhm", "mzr"] and data["forward"]["sigma_scale"] == {"smhm": 0.5}
     assert data["forward"]["include_emulator_error"] is False and data["hmc"] is None
@@ -151,18 +229,50 @@ def test_validate_resumes_and_reports_the_verdict(tmp_path, fake, monkeypatch, c
     # long enough for the Monte-Carlo errors (ESS ~270 each): at 40 draws it is INCONCLUSIVE; without
     # --strict a FAIL exits 0 too); its checkpoints,
     # Laplace cache and outputs are the real ones
-    monkeypatch.setattr(forecasts.problem, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw))
+    monkeypatch.setattr(
+        forecasts.problem, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw)
+    )
     out = tmp_path / "val"
-    argv = ["validate", "--emulator", fake, "--halos", 4, "--free", "A_etaM,A_tdep", "--starts", 2, "--chains", 2,
-            "--warmup", 60, "--draws", 250, "--exact-draws", 250, "--quiet", "--out", out]
+    argv = [
+        "validate",
+        "--emulator",
+        fake,
+        "--halos",
+        4,
+        "--free",
+        "A_etaM,A_tdep",
+        "--starts",
+        2,
+        "--chains",
+        2,
+        "--warmup",
+        60,
+        "--draws",
+        250,
+        "--exact-draws",
+        250,
+        "--quiet",
+        "--out",
+        out,
+    ]
     assert run(*argv, "--strict") == 0
     printed = capsys.readouterr().out
     assert "verdict: PASS" in printed
     data = json.loads((out / "crossval.json").read_text())
-    assert data["verdict"] == "PASS" and data["runs"]["exact"]["hmc"]["draws"] == 250 and data["runs"]["emulator"]["hmc"]["draws"] == 250
+    assert (
+        data["verdict"] == "PASS"
+        and data["runs"]["exact"]["hmc"]["draws"] == 250
+        and data["runs"]["emulator"]["hmc"]["draws"] == 250
+    )
     assert data["fisher"]["sigma_ratio"] == pytest.approx([1.0, 1.0])
     assert "**PASS**" in (out / "crossval.md").read_text()
-    for name in ("crossval_corner.png", "crossval_fisher.png", "hmc_exact.pkl", "hmc_emulator.pkl", "laplace_exact.json"):
+    for name in (
+        "crossval_corner.png",
+        "crossval_fisher.png",
+        "hmc_exact.pkl",
+        "hmc_emulator.pkl",
+        "laplace_exact.json",
+    ):
         assert (out / name).stat().st_size > 1000, name
     # rerun: HMC resumes from the finished checkpoints (not rewritten), the verdict thresholds change
     stamps = {n: (out / n).stat().st_mtime_ns for n in ("hmc_exact.pkl", "hmc_emulator.pkl", "laplace_exact.json")}
@@ -176,8 +286,30 @@ def test_validate_resumes_and_reports_the_verdict(tmp_path, fake, monkeypatch, c
 
 def test_recover_and_error_scaling_with_the_emulator(tmp_path, fake, capsys):
     out = tmp_path / "rec"
-    assert run("recover", "--emulator", fake, "--halos", 4, "--free", "A_etaM,A_tdep", "--truths", 2, "--starts", 2,
-               "--relation-sets", "smhm,gas_ratio,mzr;smhm", "--error-scaling", "--scales", "1,0.5", "--quiet", "--out", out) == 0
+    assert (
+        run(
+            "recover",
+            "--emulator",
+            fake,
+            "--halos",
+            4,
+            "--free",
+            "A_etaM,A_tdep",
+            "--truths",
+            2,
+            "--starts",
+            2,
+            "--relation-sets",
+            "smhm,gas_ratio,mzr;smhm",
+            "--error-scaling",
+            "--scales",
+            "1,0.5",
+            "--quiet",
+            "--out",
+            out,
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "smhm+gas_ratio+mzr" in printed and "error scaling" in printed
     data = json.loads((out / "recovery.json").read_text())

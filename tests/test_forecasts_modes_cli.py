@@ -21,7 +21,19 @@ import forecasts.problem
 from sapphire.cli import main
 
 EMU = TwoModeEmulator()
-SMALL = ["--free", "A_etaM,A_tdep", "--particles", 300, "--smc-runs", 4, "--starts", 2, "--chains-per-mode", 2, "--quiet"]
+SMALL = [
+    "--free",
+    "A_etaM,A_tdep",
+    "--particles",
+    300,
+    "--smc-runs",
+    4,
+    "--starts",
+    2,
+    "--chains-per-mode",
+    2,
+    "--quiet",
+]
 
 
 @pytest.fixture
@@ -42,7 +54,11 @@ def test_forecast_hmc_weighs_the_modes_by_default(tmp_path, two_modes, capsys):
     # --hmc with the emulator: modes on by default, NUTS per mode
     assert run("forecast", "--emulator", two_modes, "--hmc", "--warmup", 100, "--draws", 150, *SMALL, "--out", out) == 0
     printed = capsys.readouterr().out
-    assert "2 mode(s)" in printed and "chi^2/dof" in printed and "2 modes (chains [0, 1] | [2, 3]), each converged" in printed
+    assert (
+        "2 mode(s)" in printed
+        and "chi^2/dof" in printed
+        and "2 modes (chains [0, 1] | [2, 3]), each converged" in printed
+    )
     data = json.loads((out / "forecast.json").read_text())
     modes = data["modes"]
     assert len(modes) == 2
@@ -54,7 +70,9 @@ def test_forecast_hmc_weighs_the_modes_by_default(tmp_path, two_modes, capsys):
     for m in modes:
         assert len(m["r_hat"]) == 2 and max(m["r_hat"]) <= 1.01
         assert m["std"][1] / width[1] == pytest.approx(EMU.eps, rel=0.25)
-        assert m["chi2"] == pytest.approx(0.0, abs=0.5) and m["dof"] == data["forward"]["n_summary"] - 2  # the MAP fits exactly
+        assert (
+            m["chi2"] == pytest.approx(0.0, abs=0.5) and m["dof"] == data["forward"]["n_summary"] - 2
+        )  # the MAP fits exactly
     assert math.isfinite(data["log_evidence"]) and data["log_evidence_error"] > 0
     assert data["chain_groups"]["n_modes"] == 2 and data["converged_in_modes"] is True
     assert (out / "corner.png").stat().st_size > 10_000 and "| weight |" in (out / "modes.md").read_text()
@@ -68,18 +86,58 @@ def test_forecast_modes_without_hmc_and_not_for_the_plain_run(tmp_path, two_mode
     assert (out / "corner.png").stat().st_size > 10_000
     # --hmc --no-modes: today's NUTS; group_chains sorts its chains (both started at the MAP: one mode)
     out = tmp_path / "plain"
-    assert run("forecast", "--emulator", two_modes, "--hmc", "--no-modes", "--chains", 2, "--warmup", 100, "--draws", 100,
-               "--hmc-init", "map", *SMALL, "--out", out) == 0
+    assert (
+        run(
+            "forecast",
+            "--emulator",
+            two_modes,
+            "--hmc",
+            "--no-modes",
+            "--chains",
+            2,
+            "--warmup",
+            100,
+            "--draws",
+            100,
+            "--hmc-init",
+            "map",
+            *SMALL,
+            "--out",
+            out,
+        )
+        == 0
+    )
     data = json.loads((out / "forecast.json").read_text())
     assert "modes" not in data and data["chain_groups"]["n_modes"] == 1 and data["chain_groups"]["groups"] == [[0, 1]]
     assert f"chains: {data['chain_groups']['verdict']}" in capsys.readouterr().out  # converged or not: 100 draws decide
 
 
 def test_validate_mode_by_mode(tmp_path, two_modes, monkeypatch, capsys):
-    monkeypatch.setattr(forecasts.problem, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw))
+    monkeypatch.setattr(
+        forecasts.problem, "exact_forward", lambda model, halos, obs, **kw: forecasts.EmulatorForward(EMU, obs, **kw)
+    )
     out = tmp_path / "val"
-    assert run("validate", "--modes", "--emulator", two_modes, "--halos", 4, "--warmup", 100, "--draws", 250,
-               "--weight-draws", 400, *SMALL, "--strict", "--out", out) == 0
+    assert (
+        run(
+            "validate",
+            "--modes",
+            "--emulator",
+            two_modes,
+            "--halos",
+            4,
+            "--warmup",
+            100,
+            "--draws",
+            250,
+            "--weight-draws",
+            400,
+            *SMALL,
+            "--strict",
+            "--out",
+            out,
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "verdict: PASS" in printed
     data = json.loads((out / "crossval.json").read_text())
@@ -91,7 +149,9 @@ def test_validate_mode_by_mode(tmp_path, two_modes, monkeypatch, capsys):
         assert abs(w["z"]) < 3 and 0 < w["reference_error"] < 0.05
     # the exact side's importance-sampling evidence agrees with the emulator's SMC evidence (same posterior)
     ln_z = np.logaddexp.reduce(data["exact_mode_weights"]["log_evidence"])
-    err = math.hypot(data["emulator_modes"]["log_evidence_error"], max(data["exact_mode_weights"]["log_evidence_error"]))
+    err = math.hypot(
+        data["emulator_modes"]["log_evidence_error"], max(data["exact_mode_weights"]["log_evidence_error"])
+    )
     assert abs(ln_z - data["emulator_modes"]["log_evidence"]) < 3 * err
     assert "Mode 1" in (out / "crossval.md").read_text()
     for name in ("crossval_mode0_corner.png", "crossval_mode1_corner.png", "crossval_modes_corner.png"):

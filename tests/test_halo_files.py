@@ -49,7 +49,9 @@ def test_a_branch_ending_at_t0_reads_its_final_mass_exactly(tmp_path):
 def test_samples_after_t0_are_refused_not_dropped(tmp_path):
     """Used to be cut silently: a branch reaching 1e12 Msun at 14.5 Gyr came out with
     log10 M_h(z=0) = 11.7 (its mass at t0 = 13.8 Gyr)."""
-    message = refused(write_csv(tmp_path / "late.csv", branch(t_end=14.5)), r"halo a: \d+ sample\(s\) after the present age t0=13\.")
+    message = refused(
+        write_csv(tmp_path / "late.csv", branch(t_end=14.5)), r"halo a: \d+ sample\(s\) after the present age t0=13\."
+    )
     assert "14.500 Gyr" in message and "would be dropped" in message
     # Round-off past t0 (< 0.01 Gyr, e.g. another cosmology's t0) is accepted, and the mass at t0
     # interpolated (log-linear branch, PCHIP exact on it): 9 + 3 (t0 - 1) / (t0 + 0.005 - 1).

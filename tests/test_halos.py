@@ -155,9 +155,7 @@ def test_subset_and_fingerprint(pop):
 
 
 # ----------------------------------------------------------------------------- files
-def _assert_round_trip(
-    back: HaloPopulation, pop: HaloPopulation, atol_logm: float, rate_tol: float
-) -> None:
+def _assert_round_trip(back: HaloPopulation, pop: HaloPopulation, atol_logm: float, rate_tol: float) -> None:
     """File populations agree with the diffmah original.
 
     Tolerances: log10 M_h at grid nodes after t_start within ``atol_logm`` dex; t_start within

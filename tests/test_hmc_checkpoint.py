@@ -75,7 +75,9 @@ def test_foreign_layout_edited_arrays_and_pickles_are_refused(toy, runs, tmp_pat
     layout[1] = [".z['theta_new']", layout[1][1], layout[1][2]]
     foreign = tmp_path / "layout.ckpt"
     rewrite(path, foreign, meta={"numpyro_version": "0.0.1", "state_layout": layout})
-    with pytest.raises(CheckpointMismatch, match=r"written by numpyro 0\.0\.1, whose sampler state differs .*theta_new"):
+    with pytest.raises(
+        CheckpointMismatch, match=r"written by numpyro 0\.0\.1, whose sampler state differs .*theta_new"
+    ):
         run_hmc(toy, checkpoint=foreign, **SETTINGS)
     edited = tmp_path / "edited.ckpt"
     rewrite(path, edited, arrays={"samples": samples + 1e-12})

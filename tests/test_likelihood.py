@@ -143,7 +143,12 @@ def test_summary_jacobian_default_is_mean_jacobian(model, halos, obs, jacobians)
 
 # -------------------------------------------------------------------------------- likelihood
 def test_log_likelihood_matches_numpy(model, halos, obs, summaries):
-    for kwargs in ({}, {"sigma_scale": 0.5}, {"relations": ["smhm", "mzr"]}, {"relations": "gas_ratio", "sigma_scale": 2.0}):
+    for kwargs in (
+        {},
+        {"sigma_scale": 0.5},
+        {"relations": ["smhm", "mzr"]},
+        {"relations": "gas_ratio", "sigma_scale": 2.0},
+    ):
         got = float(sapphire.log_likelihood(THETA, model, halos, obs, **kwargs))
         relations = kwargs.get("relations")
         relations = [relations] if isinstance(relations, str) else relations
@@ -186,9 +191,9 @@ def test_gradient_matches_finite_differences_and_jax_grad(model, halos, obs):
     assert np.all(np.abs(grad) > 1e-2)
     np.testing.assert_allclose(grad, fd, rtol=2e-3, atol=1e-3 * np.max(np.abs(fd)))
     # the custom_jvp makes plain jax.grad of log_likelihood work too (reverse mode)
-    auto = jax.grad(lambda t: sapphire.log_likelihood(t, model, halos, obs, sigma_scale=0.7, relations=["smhm", "mzr"]))(
-        jnp.asarray(THETA)
-    )
+    auto = jax.grad(
+        lambda t: sapphire.log_likelihood(t, model, halos, obs, sigma_scale=0.7, relations=["smhm", "mzr"])
+    )(jnp.asarray(THETA))
     np.testing.assert_allclose(auto, grad, rtol=1e-10, atol=1e-10)
 
 

@@ -71,7 +71,9 @@ def test_map_on_a_face_of_the_box_counts_as_converged():
     mode, cov = toy.analytic_posterior()
     low = np.array(toy.prior.low)
     low[0] = mode[0] + 3 * np.sqrt(cov[0, 0])  # the mode lies outside: the MAP sits on this face
-    boxed = LinearGaussianForward(toy.A, toy.b, toy.y, toy.sigma, sapphire.Prior(toy.prior.names, tuple(low), tuple(toy.prior.high)))
+    boxed = LinearGaussianForward(
+        toy.A, toy.b, toy.y, toy.sigma, sapphire.Prior(toy.prior.names, tuple(low), tuple(toy.prior.high))
+    )
     fit = find_map(boxed, n_starts=4, seed=0, max_steps=200)
     assert fit.n_converged == 4, fit.summary_line()
     np.testing.assert_allclose(fit.best[0], low[0], atol=1e-12)

@@ -138,14 +138,20 @@ def test_cli_evolve(tmp_path):
     out = tmp_path / "run.npz"
     result = subprocess.run(
         [sys.executable, "-m", "sapphire.cli", "evolve", "--halos", "4", "--jacobian", "--out", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert "failed solves: 0" in result.stdout
     data = np.load(out)
     assert data["log_state"].shape == (4, 7) and data["jacobian"].shape == (4, 7, 8)
-    bad = subprocess.run([sys.executable, "-m", "sapphire.cli", "evolve", "--theta", "9,0,0,0,0,0,0,0"],
-                         capture_output=True, text=True, timeout=600)
+    bad = subprocess.run(
+        [sys.executable, "-m", "sapphire.cli", "evolve", "--theta", "9,0,0,0,0,0,0,0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode != 0 and "outside the prior box" in bad.stderr
 
 

@@ -28,7 +28,9 @@ from forecasts.plots import modes_corner
 @pytest.fixture(scope="session")
 def two_modes():
     target = GaussianMixtureTarget.two_modes()
-    return target, weigh_modes(target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=0, progress=False)
+    return target, weigh_modes(
+        target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=0, progress=False
+    )
 
 
 def test_two_modes_weights_and_evidence(two_modes):
@@ -49,7 +51,9 @@ def test_two_modes_weights_and_evidence(two_modes):
 
 def test_one_mode_weight_one():
     target = GaussianMixtureTarget.one_mode()
-    result = weigh_modes(target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=1, progress=False)
+    result = weigh_modes(
+        target.log_likelihood, prior=target.prior, num_particles=500, num_runs=8, seed=1, progress=False
+    )
     assert result.n_modes == 1
     assert result.modes[0].weight == pytest.approx(1.0)
     assert abs(result.log_evidence - target.log_evidence) < 3 * result.log_evidence_error < 1.0
@@ -107,12 +111,36 @@ def _split_result(rng, centres, weights, num_runs=4, per_run=200):
     samples = np.asarray(centres, float)[labels] + rng.standard_normal((labels.size, 2))
     w = np.asarray(weights, float)[labels]
     w = w / w.sum()
-    modes = tuple(Mode(weight=float(w[labels == m].sum()), weight_error=0.01, mean=np.asarray(c, float), cov=np.eye(2), std=np.ones(2),
-                       best_theta=np.asarray(c, float), best_log_likelihood=-float(m), n_samples=int((labels == m).sum()))
-                  for m, c in enumerate(centres))
-    return ModesResult(names=("a", "b"), samples=samples, weights=w, log_likelihood=np.zeros(labels.size), labels=labels, modes=modes,
-                       log_evidence=0.0, log_evidence_error=0.1, log_evidence_runs=np.zeros(num_runs), n_failed=0,
-                       n_evaluations=1, n_steps=(1,) * num_runs, acceptance=np.ones(num_runs), times={}, settings={})
+    modes = tuple(
+        Mode(
+            weight=float(w[labels == m].sum()),
+            weight_error=0.01,
+            mean=np.asarray(c, float),
+            cov=np.eye(2),
+            std=np.ones(2),
+            best_theta=np.asarray(c, float),
+            best_log_likelihood=-float(m),
+            n_samples=int((labels == m).sum()),
+        )
+        for m, c in enumerate(centres)
+    )
+    return ModesResult(
+        names=("a", "b"),
+        samples=samples,
+        weights=w,
+        log_likelihood=np.zeros(labels.size),
+        labels=labels,
+        modes=modes,
+        log_evidence=0.0,
+        log_evidence_error=0.1,
+        log_evidence_runs=np.zeros(num_runs),
+        n_failed=0,
+        n_evaluations=1,
+        n_steps=(1,) * num_runs,
+        acceptance=np.ones(num_runs),
+        times={},
+        settings={},
+    )
 
 
 def test_modes_whose_chains_mix_are_merged():
@@ -123,10 +151,22 @@ def test_modes_whose_chains_mix_are_merged():
     result = _split_result(rng, [(0, 0), (10, 10), (1, 0)], [0.5, 0.3, 0.2])
 
     class Hmc:
-        samples = _iid_chains(rng, [np.zeros(2), np.zeros(2), np.full(2, 10.0), np.full(2, 10.0), np.zeros(2), np.zeros(2)], n=2)
+        samples = _iid_chains(
+            rng, [np.zeros(2), np.zeros(2), np.full(2, 10.0), np.full(2, 10.0), np.zeros(2), np.zeros(2)], n=2
+        )
 
-    refined = tuple(ModeChains(mode=m, chains=(2 * m, 2 * m + 1), samples=Hmc.samples[2 * m:2 * m + 2], r_hat=np.ones(2),
-                               ess=np.ones(2), start=np.zeros((2, 2)), hmc=Hmc) for m in range(3))
+    refined = tuple(
+        ModeChains(
+            mode=m,
+            chains=(2 * m, 2 * m + 1),
+            samples=Hmc.samples[2 * m : 2 * m + 2],
+            r_hat=np.ones(2),
+            ess=np.ones(2),
+            start=np.zeros((2, 2)),
+            hmc=Hmc,
+        )
+        for m in range(3)
+    )
     groups = group_chains(Hmc.samples)
     maps = (np.array([[0.0, 0.0], [10.0, 10.0], [1.0, 0.0]]), np.array([3.0, 1.0, 2.0]))
     merged, chains, new_maps, sets = merge_mixing_modes(result, refined, groups, maps)

@@ -44,7 +44,9 @@ def out_dir(tmp_path_factory):
 def run_notebook(name: str) -> dict:
     path = NOTEBOOKS / name
     text = path.read_text()
-    assert text.startswith("# ---\n# jupyter:") and "format_name: percent" in text, f"{name}: not a jupytext percent file"
+    assert text.startswith("# ---\n# jupyter:") and "format_name: percent" in text, (
+        f"{name}: not a jupytext percent file"
+    )
     assert text.count("# %% [markdown]") >= 3, f"{name}: explain what and why in markdown cells"
     started = time.perf_counter()
     namespace = runpy.run_path(str(path), run_name="__main__")

@@ -178,15 +178,11 @@ def test_fingerprint(default):
     assert isinstance(fp, str) and len(fp) == 16 and int(fp, 16) >= 0
     assert Observations.default().fingerprint() == fp
     # labels and notes do not change it; numbers do
-    relabelled = Observations(
-        tuple(dataclasses.replace(rel, note="other", x_label="X") for rel in default.relations)
-    )
+    relabelled = Observations(tuple(dataclasses.replace(rel, note="other", x_label="X") for rel in default.relations))
     assert relabelled.fingerprint() == fp
     nudged = default["mzr"].y.copy()
     nudged[3] += 1e-12
-    changed = Observations(
-        (default["smhm"], default["gas_ratio"], dataclasses.replace(default["mzr"], y=nudged))
-    )
+    changed = Observations((default["smhm"], default["gas_ratio"], dataclasses.replace(default["mzr"], y=nudged)))
     assert changed.fingerprint() != fp
     assert default.select(["smhm", "mzr"]).fingerprint() != fp
     assert hash(default) == hash(Observations.default())
@@ -291,7 +287,9 @@ def test_xgass_detection_limit_values_and_smoothness(default):
     assert limit == XGASS_DETECTION_LIMIT
     helium = math.log10(1.33)
     # Far from the corner at log M* = 9.7 the smooth max is either limit (to < 1e-3 dex).
-    np.testing.assert_allclose(limit.limit(np.array([8.5, 11.0])), [8.0 - 8.5 + helium, math.log10(0.02) + helium], atol=1e-3)
+    np.testing.assert_allclose(
+        limit.limit(np.array([8.5, 11.0])), [8.0 - 8.5 + helium, math.log10(0.02) + helium], atol=1e-3
+    )
     # A detected galaxy is untouched; an empty ISM enters at the limit; the map is monotone.
     np.testing.assert_allclose(limit.apply(10.5, 0.0), 0.0, atol=1e-6)
     np.testing.assert_allclose(limit.apply(10.5, -9.0), limit.limit(10.5), atol=1e-12)

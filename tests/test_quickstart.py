@@ -18,10 +18,21 @@ from sapphire.cli import main
 
 def test_tiny_quickstart_end_to_end(quickstart_tiny):
     out, summary = quickstart_tiny.out, quickstart_tiny.summary
-    assert summary["verdict"] in quickstart.EXIT_STATUS and summary["exit_status"] == quickstart.EXIT_STATUS[summary["verdict"]]
+    assert (
+        summary["verdict"] in quickstart.EXIT_STATUS
+        and summary["exit_status"] == quickstart.EXIT_STATUS[summary["verdict"]]
+    )
     assert json.loads((out / "summary.json").read_text())["verdict"] == summary["verdict"]
-    for name in ("report.md", "crossval.json", "crossval_corner.png", "emulator_posterior.png", "regime.json",
-                 "emulator_report/emulator_report.json", "exact_hmc.npz", "emulator_hmc_reduced.npz"):
+    for name in (
+        "report.md",
+        "crossval.json",
+        "crossval_corner.png",
+        "emulator_posterior.png",
+        "regime.json",
+        "emulator_report/emulator_report.json",
+        "exact_hmc.npz",
+        "emulator_hmc_reduced.npz",
+    ):
         assert (out / name).exists(), name
     assert not any(row["skipped"] for row in summary["stages"])
     # the exact check has >= 2 free parameters, and the report gives each chain's ESS and the shift +- MC error
@@ -43,7 +54,9 @@ def test_tiny_quickstart_end_to_end(quickstart_tiny):
     # where the truth lies: the regime fractions of the solved halos, A_etaM's place in its range
     regime = summary["cgm_regime"]
     assert 0 <= regime["fraction_cooling"] <= 1 and regime["n_solved"] <= sizes.n_halos
-    assert regime["A_etaM_unit"] == pytest.approx(quickstart.TRUTH_UNIT[0], abs=1e-12) and regime["A_etaM_half"] == "upper"
+    assert (
+        regime["A_etaM_unit"] == pytest.approx(quickstart.TRUTH_UNIT[0], abs=1e-12) and regime["A_etaM_half"] == "upper"
+    )
 
 
 def test_rerun_skips_every_stage_and_exits_by_verdict(quickstart_tiny, capsys):
@@ -54,7 +67,8 @@ def test_rerun_skips_every_stage_and_exits_by_verdict(quickstart_tiny, capsys):
     assert all(row["skipped"] for row in again["stages"])
     assert again["verdict"] == summary["verdict"]
     assert [p["shift_in_reference_sigma"] for p in again["crossval"]["parameters"]] == pytest.approx(
-        [p["shift_in_reference_sigma"] for p in summary["crossval"]["parameters"]], abs=1e-12)
+        [p["shift_in_reference_sigma"] for p in summary["crossval"]["parameters"]], abs=1e-12
+    )
     assert "done in an earlier run, skipped" in capsys.readouterr().out
 
 
@@ -82,9 +96,11 @@ def test_kill_inside_a_stage_resumes(quickstart_tiny, tmp_path, monkeypatch):
 
     def bar(description, total):
         if description == "emulator HMC":
+
             def kill(info):
                 blocks.append(info["iteration"])
                 raise Killed(f"killed at iteration {info['iteration']}")
+
             return kill
         return real_bar(description, total)
 
@@ -92,7 +108,11 @@ def test_kill_inside_a_stage_resumes(quickstart_tiny, tmp_path, monkeypatch):
     with pytest.raises(Killed):
         quickstart.run_quickstart(out, scale="tiny", seed=0, progress=True, log=lambda line: None)
     chains, warmup, draws = quickstart.SCALES["tiny"].emulator_hmc
-    assert blocks == [warmup] and (out / "emulator_hmc.ckpt.npz").exists() and not (out / "emulator_forecast.json").exists()
+    assert (
+        blocks == [warmup]
+        and (out / "emulator_hmc.ckpt.npz").exists()
+        and not (out / "emulator_forecast.json").exists()
+    )
     monkeypatch.setattr(forecasts.hmc, "progress_bar", real_bar)
     resumed = quickstart.run_quickstart(out, scale="tiny", seed=0, progress=False, log=lambda line: None)
     assert [row["stage"] for row in resumed["stages"] if not row["skipped"]] == [stage]
@@ -130,7 +150,9 @@ def test_real_emulator_through_the_forecast_path(quickstart_tiny):
     assert saved["map"]["converged_fraction"] > 0
     # the cross-validation of those two runs is what the quickstart reported
     report = cross_validate(exact, emu_post, seed=0)
-    np.testing.assert_allclose(report.shift, [p["shift_in_reference_sigma"] for p in quickstart_tiny.summary["crossval"]["parameters"]])
+    np.testing.assert_allclose(
+        report.shift, [p["shift_in_reference_sigma"] for p in quickstart_tiny.summary["crossval"]["parameters"]]
+    )
     # Laplace at the emulator MAP of the reduced problem
     point = np.asarray(saved["map"]["best"])
     fisher = laplace(emu_fm, point)
@@ -140,8 +162,10 @@ def test_real_emulator_through_the_forecast_path(quickstart_tiny):
     theta = np.asarray(truth)[list(fm64.free_index)]
     _, grad, _ = fm64.log_likelihood_grad_and_failures(theta)
     h = 1e-6 * (np.asarray(fm64.prior.high) - np.asarray(fm64.prior.low))
-    fd = [(float(fm64.log_likelihood(theta + h * e)) - float(fm64.log_likelihood(theta - h * e))) / (2 * h[i])
-          for i, e in enumerate(np.eye(2))]
+    fd = [
+        (float(fm64.log_likelihood(theta + h * e)) - float(fm64.log_likelihood(theta - h * e))) / (2 * h[i])
+        for i, e in enumerate(np.eye(2))
+    ]
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6 * np.max(np.abs(fd)))
 
 
@@ -151,15 +175,35 @@ def test_train_and_emulator_report_commands_on_the_real_tiny_store(quickstart_ti
 
     out = quickstart_tiny.out
     artifact = tmp_path / "cli.emu"
-    assert main(["train", str(out / "train.zarr"), str(artifact), "--ensemble", "2", "--epochs", "5", "--patience", "5",
-                 "--hidden", "8", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(out / "train.zarr"),
+                str(artifact),
+                "--ensemble",
+                "2",
+                "--epochs",
+                "5",
+                "--patience",
+                "5",
+                "--hidden",
+                "8",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     emu = SobolevEmulator.load(artifact)
     train = training_sets.open_training_set(out / "train.zarr")
     assert emu.store_fingerprint == train.fingerprint
     # the artifact's training design is rows of the store's
     stored = np.asarray(train.theta.compute())
     assert all(np.min(np.max(np.abs(stored - row), axis=1)) < 1e-12 for row in np.asarray(emu.training_theta))
-    assert main(["emulator-report", str(artifact), str(out / "test.zarr"), "--out", str(tmp_path / "report"), "--quiet"]) == 0
+    assert (
+        main(["emulator-report", str(artifact), str(out / "test.zarr"), "--out", str(tmp_path / "report"), "--quiet"])
+        == 0
+    )
     report = json.loads((tmp_path / "report" / "emulator_report.json").read_text())
     assert report["n_test"] == quickstart.SCALES["tiny"].n_test
     assert all(np.isfinite(v["median"]) for v in report["value_error_sigma_obs"]["per_summary"].values())

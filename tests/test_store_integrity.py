@@ -72,7 +72,9 @@ def test_every_array_of_a_store_carries_a_crc32c_checksum(clean_store):
 def test_an_older_schema_is_refused_saying_what_changed(copy_of):
     path = copy_of()
     zarr.open_group(str(path), mode="r+").attrs["schema_version"] = 1
-    with pytest.raises(T.StoreError, match=r"schema version 1 \(older.*version 2: every chunk carries a crc32c checksum"):
+    with pytest.raises(
+        T.StoreError, match=r"schema version 1 \(older.*version 2: every chunk carries a crc32c checksum"
+    ):
         T.open_training_set(path)
 
 
@@ -131,11 +133,11 @@ def test_verify_lists_damaged_and_missing_chunks_and_implausible_values(copy_of,
     from sapphire.cli import main
 
     path = copy_of()
-    xor_bytes(path / "summaries" / "c" / "1" / "0", 10, 30)      # flipped bits
-    truncate(path / "summary_stderr" / "c" / "2" / "0")              # truncated
-    (path / "n_failed" / "c" / "0").unlink()                         # missing
+    xor_bytes(path / "summaries" / "c" / "1" / "0", 10, 30)  # flipped bits
+    truncate(path / "summary_stderr" / "c" / "2" / "0")  # truncated
+    (path / "n_failed" / "c" / "0").unlink()  # missing
     xor_bytes(path / "halos" / "log_mhalo" / "c" / "0" / "0", 50, 60)
-    root = zarr.open_group(str(path), mode="r+")                     # valid checksum, unphysical values
+    root = zarr.open_group(str(path), mode="r+")  # valid checksum, unphysical values
     root["summaries"][0, 3] = -3e307
     root["summary_jacobian"][5, 0, 0] = np.nan
     result = verify_store(path)
@@ -155,7 +157,10 @@ def test_verify_lists_damaged_and_missing_chunks_and_implausible_values(copy_of,
     assert flagged["summaries", 4] == 1e300 and np.isnan(flagged["summary_jacobian", 5])
     assert main(["inspect", str(path), "--verify"]) == 1
     out = capsys.readouterr().out
-    assert "damaged array summaries chunk c/1/0 (rows 2-3)" in out and "damaged array n_failed chunk c/0 (rows 0-1): missing" in out
+    assert (
+        "damaged array summaries chunk c/1/0 (rows 2-3)" in out
+        and "damaged array n_failed chunk c/0 (rows 0-1): missing" in out
+    )
     assert "summaries row 4 holds 1e+300, outside the physical bounds (finite, in [-30, 30])" in out
 
 
@@ -173,7 +178,7 @@ def test_resume_recomputes_damaged_truncated_and_missing_chunks_bit_identically(
     xor_bytes(path / "summaries" / "c" / "1" / "0", 10, 30)
     truncate(path / "summary_jacobian" / "c" / "2" / "0" / "0")
     (path / "n_failed" / "c" / "0").unlink()
-    xor_bytes(path / "theta" / "c" / "2" / "0", 20, 40)             # redrawn from the recorded design
+    xor_bytes(path / "theta" / "c" / "2" / "0", 20, 40)  # redrawn from the recorded design
     xor_bytes(path / "halos" / "coeff_a" / "c" / "0" / "0" / "0", 30, 40)  # rewritten from the run's halos
     assert len(scan_chunks(open_group(path))) == 5
     report = T.generate(path, resume=True, **SETTINGS)
@@ -198,13 +203,27 @@ def test_a_damaged_table_design_cannot_be_redrawn_and_nothing_is_written(tmp_pat
     from training_sets.store import create_store
 
     theta = T.latin_hypercube_design(MODEL.prior, 4, seed=0)
-    path = create_store(tmp_path / "table.zarr", theta, MODEL, sapphire.HaloPopulation.from_diffmah(2, seed=0),
-                        sapphire.Observations.default(), design={"kind": "table", "seed": None}, chunk=2)
+    path = create_store(
+        tmp_path / "table.zarr",
+        theta,
+        MODEL,
+        sapphire.HaloPopulation.from_diffmah(2, seed=0),
+        sapphire.Observations.default(),
+        design={"kind": "table", "seed": None},
+        chunk=2,
+    )
     xor_bytes(path / "theta" / "c" / "1" / "0", 10, 20)
     before = (path / "theta" / "c" / "1" / "0").read_bytes()
     with pytest.raises(T.StoreError, match="theta chunk c/1/0 \\(rows 2-3\\).*came from a table"):
-        T.generate(path, resume=True, halos=sapphire.HaloPopulation.from_diffmah(2, seed=0), model=MODEL, chunk=2,
-                   devices=1, progress=False)
+        T.generate(
+            path,
+            resume=True,
+            halos=sapphire.HaloPopulation.from_diffmah(2, seed=0),
+            model=MODEL,
+            chunk=2,
+            devices=1,
+            progress=False,
+        )
     assert (path / "theta" / "c" / "1" / "0").read_bytes() == before
 
 
@@ -223,8 +242,18 @@ def test_extend_with_other_halos_is_refused_before_the_store_changes(clean_store
         assert info.value.code == 2 and "halos" in message and "\n" not in message
     assert T.store_digest(path) == before and T.open_training_set(path).n_points == N_POINTS
     with pytest.raises(T.StoreError, match="solver.rtol"):
-        T.extend_store(path, 2, seed=11, expected=store_identity(
-            sapphire.Model(solver=SOLVER, rtol=1e-6), T.open_training_set(path).halos(), sapphire.Observations.default(), CHUNK, False))
+        T.extend_store(
+            path,
+            2,
+            seed=11,
+            expected=store_identity(
+                sapphire.Model(solver=SOLVER, rtol=1e-6),
+                T.open_training_set(path).halos(),
+                sapphire.Observations.default(),
+                CHUNK,
+                False,
+            ),
+        )
     for bad in (0, -4, 2.5):
         with pytest.raises(ValueError, match=f"--extend.*{bad}"):
             T.extend_store(path, bad, seed=11)

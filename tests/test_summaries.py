@@ -102,9 +102,7 @@ def test_constant_y_gives_zero_scatter_and_finite_gradient():
     zero = jnp.zeros(x.size)
     valid = np.ones(x.size, bool)
     assert np.all(kernel_regression(x, zero, centres, valid).scatter == 0.0)
-    grad = jax.jit(jax.grad(lambda yy: jnp.sum(kernel_regression(x, yy, centres, valid).scatter)))(
-        zero
-    )
+    grad = jax.jit(jax.grad(lambda yy: jnp.sum(kernel_regression(x, yy, centres, valid).scatter)))(zero)
     assert np.all(np.isfinite(grad))
 
 
@@ -241,9 +239,7 @@ def test_relation_coordinates_closed_form():
     # constants come from the config
     other = dataclasses.replace(DEFAULT_CONFIG, solar_oxygen_abundance=8.5, solar_metallicity=0.02)
     shifted = relation_coordinates(log_mh, log_state, other)["mzr"][1]
-    np.testing.assert_allclose(
-        shifted - coords["mzr"][1], (8.5 - 8.69) - np.log10(0.02 / 0.0134), rtol=1e-12
-    )
+    np.testing.assert_allclose(shifted - coords["mzr"][1], (8.5 - 8.69) - np.log10(0.02 / 0.0134), rtol=1e-12)
 
 
 def test_summary_statistics_order_and_values():

@@ -72,7 +72,9 @@ def test_design_table_is_read_by_name_and_validated(tmp_path):
 def reference_store(tmp_path_factory):
     """An uninterrupted, single-device store (computed once for the module)."""
     path = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    report = T.generate(path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False)
+    report = T.generate(
+        path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False
+    )
     assert report.computed == N_POINTS and report.failed_points == 0
     return path
 
@@ -90,7 +92,9 @@ def test_store_contents_match_the_model(reference_store):
     # Stored means come out of the sensitivity solve (consistent with the stored Jacobian);
     # Model.summaries uses the plain solve: equal to the solver tolerance (rtol 1e-5 on ~1-10 dex).
     np.testing.assert_allclose(ts.summaries[1].compute(), direct.mean, rtol=0, atol=2e-4)
-    np.testing.assert_allclose(ts.summary_jacobian[1].compute(), model.summary_jacobian(theta, halos), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        ts.summary_jacobian[1].compute(), model.summary_jacobian(theta, halos), rtol=0, atol=1e-9
+    )
 
 
 def test_minibatches_stream_every_valid_row_once(reference_store):
@@ -108,7 +112,9 @@ def test_minibatches_stream_every_valid_row_once(reference_store):
 
 def _run_python(code: str, env_extra: dict | None = None, timeout: float = 600) -> str:
     env = dict(os.environ, **(env_extra or {}))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -132,8 +138,20 @@ def test_two_dask_workers_give_a_bit_identical_store(reference_store, tmp_path):
     from distributed import Client, LocalCluster
 
     path = tmp_path / "dask.zarr"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        report = T.generate(path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, scheduler=client, model=MODEL, progress=False)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        report = T.generate(
+            path,
+            n_points=N_POINTS,
+            n_halos=N_HALOS,
+            seed=SEED,
+            chunk=CHUNK,
+            scheduler=client,
+            model=MODEL,
+            progress=False,
+        )
     assert report.backend == "dask" and report.workers == 2 and report.computed == N_POINTS
     assert T.store_digest(path) == T.store_digest(reference_store)
 
@@ -150,8 +168,17 @@ def test_batched_points_agree_with_point_by_point(reference_store, tmp_path):
     tolerance: vectorised differently, round-off can change an adaptive step sequence (measured:
     2.4e-6 dex in the summaries, 2.4e-4 of the largest Jacobian entry)."""
     path = tmp_path / "batched.zarr"
-    report = T.generate(path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL,
-                        batch_points=True, progress=False)
+    report = T.generate(
+        path,
+        n_points=N_POINTS,
+        n_halos=N_HALOS,
+        seed=SEED,
+        chunk=CHUNK,
+        devices=1,
+        model=MODEL,
+        batch_points=True,
+        progress=False,
+    )
     assert report.computed == N_POINTS
     batched, reference = T.open_training_set(path), T.open_training_set(reference_store)
     for name in ("summaries", "summary_stderr", "summary_jacobian"):
@@ -183,8 +210,24 @@ def test_batched_points_pick_the_solver_per_point():
 def test_killed_run_resumes_to_a_bit_identical_store(reference_store, tmp_path):
     """Kill -9 a CLI run once some (not all) blocks are written, then --resume."""
     path = tmp_path / "killed.zarr"
-    command = [sys.executable, "-m", "sapphire.cli", "generate", str(path), "--points", str(N_POINTS), "--halos", str(N_HALOS),
-               "--seed", str(SEED), "--chunk", str(CHUNK), "--solver", SOLVER, "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "sapphire.cli",
+        "generate",
+        str(path),
+        "--points",
+        str(N_POINTS),
+        "--halos",
+        str(N_HALOS),
+        "--seed",
+        str(SEED),
+        "--chunk",
+        str(CHUNK),
+        "--solver",
+        SOLVER,
+        "--quiet",
+    ]
     env = dict(os.environ, SAPPHIRE_CPU_DEVICES="1")
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
@@ -233,10 +276,22 @@ def test_a_block_cut_between_data_and_done_is_recomputed(reference_store, tmp_pa
 
     monkeypatch.setattr(G, "write_block", crashing_write)
     with pytest.raises(KeyboardInterrupt):
-        T.generate(path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False)
+        T.generate(
+            path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False
+        )
     monkeypatch.setattr(G, "write_block", write_block)
     assert int(T.open_training_set(path).done.sum().compute()) == CHUNK
-    report = T.generate(path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False, resume=True)
+    report = T.generate(
+        path,
+        n_points=N_POINTS,
+        n_halos=N_HALOS,
+        seed=SEED,
+        chunk=CHUNK,
+        devices=1,
+        model=MODEL,
+        progress=False,
+        resume=True,
+    )
     assert report.computed == N_POINTS - CHUNK
     assert T.store_digest(path) == T.store_digest(reference_store)
 
@@ -259,14 +314,43 @@ def test_bad_stores_are_refused_with_clear_messages(reference_store, tmp_path):
         T.open_training_set(tmp_path / "junk.zarr")
     # Resuming with other settings names the difference.
     with pytest.raises(T.StoreError, match="solver.rtol"):
-        T.generate(reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, resume=True,
-                   model=sapphire.Model(solver=SOLVER, rtol=1e-6), progress=False)
+        T.generate(
+            reference_store,
+            n_points=N_POINTS,
+            n_halos=N_HALOS,
+            seed=SEED,
+            chunk=CHUNK,
+            resume=True,
+            model=sapphire.Model(solver=SOLVER, rtol=1e-6),
+            progress=False,
+        )
     with pytest.raises(T.StoreError, match="halos"):
-        T.generate(reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, resume=True, halo_seed=1, model=MODEL, progress=False)
+        T.generate(
+            reference_store,
+            n_points=N_POINTS,
+            n_halos=N_HALOS,
+            seed=SEED,
+            chunk=CHUNK,
+            resume=True,
+            halo_seed=1,
+            model=MODEL,
+            progress=False,
+        )
     with pytest.raises(T.StoreError, match="another design"):
-        T.generate(reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED + 1, chunk=CHUNK, resume=True, model=MODEL, progress=False)
+        T.generate(
+            reference_store,
+            n_points=N_POINTS,
+            n_halos=N_HALOS,
+            seed=SEED + 1,
+            chunk=CHUNK,
+            resume=True,
+            model=MODEL,
+            progress=False,
+        )
     with pytest.raises(FileExistsError, match="--resume"):
-        T.generate(reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, model=MODEL, progress=False)
+        T.generate(
+            reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, model=MODEL, progress=False
+        )
 
 
 def test_failed_points_are_recorded_and_excluded(reference_store, tmp_path):
@@ -283,7 +367,11 @@ def test_failed_points_are_recorded_and_excluded(reference_store, tmp_path):
     from training_sets.inspection import summarise
 
     summary = summarise(ts)
-    assert summary["points_with_failed_halos"] == 1 and summary["failed_halos_total"] == 3 and summary["valid_points"] == N_POINTS - 1
+    assert (
+        summary["points_with_failed_halos"] == 1
+        and summary["failed_halos_total"] == 3
+        and summary["valid_points"] == N_POINTS - 1
+    )
     assert all(2 not in batch["n_failed"] for batch in ts.batches(2))
 
 
@@ -296,7 +384,17 @@ def test_extending_a_store_keeps_old_rows_and_computes_only_new_ones(reference_s
     assert n == N_POINTS + 2
     ts = T.open_training_set(copy)
     assert int(ts.done.sum().compute()) == N_POINTS
-    report = T.generate(copy, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, resume=True, devices=1, model=MODEL, progress=False)
+    report = T.generate(
+        copy,
+        n_points=N_POINTS,
+        n_halos=N_HALOS,
+        seed=SEED,
+        chunk=CHUNK,
+        resume=True,
+        devices=1,
+        model=MODEL,
+        progress=False,
+    )
     assert report.computed == 2
     ts = T.open_training_set(copy)
     ref = T.open_training_set(reference_store)
@@ -342,8 +440,15 @@ def test_a_10000_point_store_streams_in_minibatches_without_loading_whole(tmp_pa
     n, chunk = 10_000, 50
     obs = sapphire.Observations.default()
     theta = T.latin_hypercube_design(MODEL.prior, n, seed=0)
-    path = create_store(tmp_path / "big.zarr", theta, MODEL, sapphire.HaloPopulation.from_diffmah(2, seed=0), obs,
-                        design={"kind": "latin_hypercube", "seed": 0}, chunk=chunk)
+    path = create_store(
+        tmp_path / "big.zarr",
+        theta,
+        MODEL,
+        sapphire.HaloPopulation.from_diffmah(2, seed=0),
+        obs,
+        design={"kind": "latin_hypercube", "seed": 0},
+        chunk=chunk,
+    )
     root = open_group(path, mode="r+")
     s = obs.n_summary
     rng = np.random.default_rng(0)

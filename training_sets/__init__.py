@@ -12,6 +12,15 @@ from .generate import GenerationReport, extend_store, generate
 from .store import SCHEMA_VERSION, StoreError, TrainingSet, open_training_set, store_digest
 
 __all__ = [
-    "SCHEMA_VERSION", "GenerationReport", "StoreError", "TrainingSet", "extend_design", "extend_store",
-    "generate", "latin_hypercube_design", "open_training_set", "read_design_table", "store_digest",
+    "SCHEMA_VERSION",
+    "GenerationReport",
+    "StoreError",
+    "TrainingSet",
+    "extend_design",
+    "extend_store",
+    "generate",
+    "latin_hypercube_design",
+    "open_training_set",
+    "read_design_table",
+    "store_digest",
 ]

@@ -59,7 +59,9 @@ def read_design_table(path: str | os.PathLike, prior: Prior) -> np.ndarray:
     missing = [n for n in prior.names if n not in header]
     unknown = [h for h in header if h not in prior.names]
     if missing or unknown:
-        raise ValueError(f"design table {path}: columns must be {list(prior.names)}; missing {missing}, unknown {unknown}")
+        raise ValueError(
+            f"design table {path}: columns must be {list(prior.names)}; missing {missing}, unknown {unknown}"
+        )
     try:
         values = np.array([[float(v) for v in row] for row in rows[1:]], dtype=np.float64)
     except ValueError as err:

@@ -57,7 +57,12 @@ def compute_block(path: str, block: int, batch_points: bool = False) -> dict[str
     root, evaluator = _worker_evaluator(str(Path(path).resolve()), batch_points)
     rows = evaluator.evaluate(block_theta(root, block))
     write_block(root, block, rows)
-    return {"block": block, "points": int(rows["n_failed"].shape[0]), "failed_points": int(np.sum(rows["n_failed"] > 0)), "seconds": time.perf_counter() - started}
+    return {
+        "block": block,
+        "points": int(rows["n_failed"].shape[0]),
+        "failed_points": int(np.sum(rows["n_failed"] > 0)),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def run_on_dask(

@@ -90,10 +90,7 @@ class Evaluator:
         static = (self.model.settings, self.model.config, self.observations, self.save_states)
         if self.batch_points:
             return [block_outputs(jax.device_put(jnp.asarray(theta_block), device), forcing, *static)]
-        return [
-            point_outputs(jax.device_put(jnp.asarray(theta), device), forcing, *static)
-            for theta in theta_block
-        ]
+        return [point_outputs(jax.device_put(jnp.asarray(theta), device), forcing, *static) for theta in theta_block]
 
     def collect(self, pending: list) -> dict[str, np.ndarray]:
         """Rows of one block from ``dispatch``'s per-point results (or its one batched result)."""

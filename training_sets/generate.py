@@ -42,8 +42,18 @@ from .distributed import run_on_dask
 from .evaluate import ROW_ARRAYS, Evaluator, block_theta, model_from_attrs, write_block
 
 __all__ = [
-    "ROW_ARRAYS", "Evaluator", "GenerationReport", "extend_store", "generate", "model_from_attrs",
-    "pending_blocks", "prepare_store", "recorded_design", "repair_store", "resolve_devices", "stored_design",
+    "ROW_ARRAYS",
+    "Evaluator",
+    "GenerationReport",
+    "extend_store",
+    "generate",
+    "model_from_attrs",
+    "pending_blocks",
+    "prepare_store",
+    "recorded_design",
+    "repair_store",
+    "resolve_devices",
+    "stored_design",
     "write_block",
 ]
 
@@ -124,7 +134,9 @@ def stored_design(path, root, damage: list[store_module.ChunkDamage]) -> np.ndar
     for start in range(0, redrawn.shape[0], root["theta"].chunks[0]):
         rows = slice(start, start + root["theta"].chunks[0])
         if intact[rows].all() and not np.array_equal(store_module.read_rows(root, "theta", rows), redrawn[rows]):
-            raise store_module.StoreError(f"{path}: theta is damaged and its recorded design does not reproduce the intact rows")
+            raise store_module.StoreError(
+                f"{path}: theta is damaged and its recorded design does not reproduce the intact rows"
+            )
     return redrawn
 
 
@@ -175,21 +187,32 @@ def prepare_store(
     if design_table is not None:
         theta, design = np.asarray(design_table, float), {"kind": "table", "seed": None}
     elif n_points is not None:
-        theta, design = latin_hypercube_design(model.prior, n_points, seed), {"kind": "latin_hypercube", "seed": int(seed)}
+        theta, design = (
+            latin_hypercube_design(model.prior, n_points, seed),
+            {"kind": "latin_hypercube", "seed": int(seed)},
+        )
     elif not (resume and path.exists()):
         raise ValueError("give the number of design points (--points) or a design table")
     if not path.exists():
-        store_module.create_store(path, theta, model, halos, observations, design=design, chunk=chunk, save_states=save_states)
+        store_module.create_store(
+            path, theta, model, halos, observations, design=design, chunk=chunk, save_states=save_states
+        )
         return path, []
     if not resume:
         raise FileExistsError(f"{path} already exists; add --resume to finish it, or choose another path")
     root = store_module.open_group(path)
-    store_module.check_identity(path, dict(root.attrs), store_module.store_identity(model, halos, observations, chunk, save_states))
+    store_module.check_identity(
+        path, dict(root.attrs), store_module.store_identity(model, halos, observations, chunk, save_states)
+    )
     damage = store_module.scan_chunks(root)
     stored = stored_design(path, root, damage)
     if theta is not None:
         first = root.attrs["design"]["batches"][0]
-        if first.get("kind") != design["kind"] or first.get("seed") != design["seed"] or not np.array_equal(stored[: theta.shape[0]], theta):
+        if (
+            first.get("kind") != design["kind"]
+            or first.get("seed") != design["seed"]
+            or not np.array_equal(stored[: theta.shape[0]], theta)
+        ):
             raise store_module.StoreError(
                 f"{path} holds another design (kind {first.get('kind')}, seed {first.get('seed')}, "
                 f"{stored.shape[0]} points) than requested (kind {design['kind']}, seed {design['seed']}, {theta.shape[0]} points)"
@@ -221,7 +244,9 @@ def extend_store(path: str | os.PathLike, n_new: int, seed: int, *, expected: di
         arr = root[name]
         arr.resize((n,) + arr.shape[1:])
     store_module.writable(root, "theta")[old.shape[0] :] = new
-    batches = list(attrs["design"]["batches"]) + [{"kind": "latin_hypercube_extension", "seed": int(seed), "n_points": int(n_new)}]
+    batches = list(attrs["design"]["batches"]) + [
+        {"kind": "latin_hypercube_extension", "seed": int(seed), "n_points": int(n_new)}
+    ]
     root.attrs["design"] = {"batches": batches}
     return n
 
@@ -277,8 +302,16 @@ def generate(
     if halos is None:
         halos = HaloPopulation.from_diffmah(n_halos, seed=halo_seed, config=model.config)
     path, damage = prepare_store(
-        path, n_points=n_points, seed=seed, model=model, halos=halos, observations=observations,
-        chunk=chunk, save_states=save_states, design_table=design_table, resume=resume,
+        path,
+        n_points=n_points,
+        seed=seed,
+        model=model,
+        halos=halos,
+        observations=observations,
+        chunk=chunk,
+        save_states=save_states,
+        design_table=design_table,
+        resume=resume,
     )
     root = store_module.open_group(path, mode="r+")
     todo = pending_blocks(root)
@@ -310,12 +343,20 @@ def generate(
     n_failed = store_module.read_rows(root, "n_failed")
     entry.update(
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        seconds=round(seconds, 3), points=todo_points, workers=workers,
+        seconds=round(seconds, 3),
+        points=todo_points,
+        workers=workers,
     )
     root.attrs["history"] = list(root.attrs["history"])[:-1] + [entry]
     return GenerationReport(
-        path=str(path), n_points=n_total, computed=todo_points, failed_points=int(np.sum(n_failed > 0)),
-        failed_halos=int(np.sum(np.maximum(n_failed, 0))), seconds=seconds, backend=entry["backend"], workers=workers,
+        path=str(path),
+        n_points=n_total,
+        computed=todo_points,
+        failed_points=int(np.sum(n_failed > 0)),
+        failed_halos=int(np.sum(np.maximum(n_failed, 0))),
+        seconds=seconds,
+        backend=entry["backend"],
+        workers=workers,
         repaired=[d.describe() for d in damage],
     )
 

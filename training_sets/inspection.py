@@ -25,7 +25,9 @@ def summarise(ts: TrainingSet) -> dict[str, Any]:
     done = np.asarray(ts.done.compute())
     n_failed = np.asarray(ts.n_failed.compute())
     valid = ts.valid_mask()
-    summaries = np.asarray(ts.summaries[np.nonzero(done)[0]].compute()) if done.any() else np.zeros((0, len(ts.summary_names)))
+    summaries = (
+        np.asarray(ts.summaries[np.nonzero(done)[0]].compute()) if done.any() else np.zeros((0, len(ts.summary_names)))
+    )
     ranges = {}
     for name, sl in ts.observations.slices.items():
         block = summaries[:, sl]
@@ -86,7 +88,9 @@ def plot_design(ts: TrainingSet, path: str | os.PathLike) -> Path:
                 ax.set_ylabel(ts.prior.names[i], fontsize=7)
     handles, labels = axes[1, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", markerscale=4)
-    fig.suptitle(f"{ts.path.name}: {int(done.sum())}/{ts.n_points} done, {int((done & failed).sum())} with failed halos (unit cube)")
+    fig.suptitle(
+        f"{ts.path.name}: {int(done.sum())}/{ts.n_points} done, {int((done & failed).sum())} with failed halos (unit cube)"
+    )
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -128,7 +132,14 @@ def _out_of_bounds(root, skip: set[tuple[str, int]]) -> list[dict[str, Any]]:
         every = np.ones(block.stop - start, bool)
         if ("theta", start) not in skip:
             theta = read_rows(root, "theta", block)
-            flag("theta", start, theta, ~np.isfinite(theta) | (theta < low) | (theta > high), every, "inside the prior box")
+            flag(
+                "theta",
+                start,
+                theta,
+                ~np.isfinite(theta) | (theta < low) | (theta > high),
+                every,
+                "inside the prior box",
+            )
         if ("done", start) in skip or ("n_failed", start) in skip:
             continue
         done, n_failed = read_rows(root, "done", block), read_rows(root, "n_failed", block)
@@ -138,7 +149,14 @@ def _out_of_bounds(root, skip: set[tuple[str, int]]) -> list[dict[str, Any]]:
         for name, (lo, hi) in PHYSICAL_BOUNDS.items():
             if (name, start) not in skip and solved.any():
                 values = read_rows(root, name, block).reshape(block.stop - start, -1)
-                flag(name, start, values, ~np.isfinite(values) | (values < lo) | (values > hi), solved, f"finite, in [{lo:g}, {hi:g}]")
+                flag(
+                    name,
+                    start,
+                    values,
+                    ~np.isfinite(values) | (values < lo) | (values > hi),
+                    solved,
+                    f"finite, in [{lo:g}, {hi:g}]",
+                )
     return flagged
 
 
@@ -156,7 +174,10 @@ def verify_store(path: str | os.PathLike, progress: bool = False) -> dict[str, A
     flagged = _out_of_bounds(root, skip)
     return {
         "path": str(path),
-        "damaged": [{"array": d.array, "chunk": d.key, "rows": list(d.rows), "problem": d.problem, "line": d.describe()} for d in damage],
+        "damaged": [
+            {"array": d.array, "chunk": d.key, "rows": list(d.rows), "problem": d.problem, "line": d.describe()}
+            for d in damage
+        ],
         "out_of_bounds": flagged,
         "ok": not damage and not flagged,
     }

@@ -149,7 +149,9 @@ def create_store(
     if save_states:
         shapes["halo_log_state"] = ((n, h, 7), "float64", np.nan)
     for name, (shape, dtype, fill) in shapes.items():
-        root.create_array(name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype, fill_value=fill, compressors=chunk_codecs())
+        root.create_array(
+            name, shape=shape, chunks=(chunk,) + shape[1:], dtype=dtype, fill_value=fill, compressors=chunk_codecs()
+        )
     writable(root, "theta")[:] = theta
     halo_group = root.create_group("halos")
     for name, values in halo_arrays(halos).items():
@@ -167,7 +169,10 @@ def halo_arrays(halos: HaloPopulation) -> dict[str, np.ndarray]:
         "log_mhalo": np.asarray(halos.log_mhalo),
         "mhalo_rate": np.asarray(halos.mhalo_rate),
         "t_start": np.asarray(halos.t_start),
-        "coeff_d": d, "coeff_c": c, "coeff_b": b, "coeff_a": a,
+        "coeff_d": d,
+        "coeff_c": c,
+        "coeff_b": b,
+        "coeff_a": a,
     }
 
 
@@ -185,13 +190,16 @@ def open_group(path: str | os.PathLike, mode: str = "r"):
         raise StoreError(f"{path} is not a readable Zarr group ({type(err).__name__}: {err})") from err
     version = attrs.get("schema_version")
     if version is None:
-        raise StoreError(f"{path} has no schema_version attribute: not a sapphire training set, or its creation was interrupted")
+        raise StoreError(
+            f"{path} has no schema_version attribute: not a sapphire training set, or its creation was interrupted"
+        )
     if version != SCHEMA_VERSION:
         newer = "newer" if int(version) > SCHEMA_VERSION else "older"
         changes = "; ".join(f"version {v}: {what}" for v, what in sorted(SCHEMA_CHANGES.items()) if v > int(version))
         raise StoreError(
             f"{path} has schema version {version} ({newer} than this sapphire {sapphire.__version__}, "
-            f"which reads version {SCHEMA_VERSION})" + (f"; changed since: {changes}; regenerate the store" if changes else "")
+            f"which reads version {SCHEMA_VERSION})"
+            + (f"; changed since: {changes}; regenerate the store" if changes else "")
         )
     missing = [name for name in DATA_ARRAYS + ("done",) if name not in root]
     if missing or "halos" not in root:
@@ -398,8 +406,10 @@ def scan_chunks(root, progress: bool = False) -> list[ChunkDamage]:
                 rows = _chunk_rows(arr, coords)
                 present = directory is None or (directory / arr.path / key).exists()
                 if not present:
-                    must_exist = name == "theta" or name.startswith("halos/") or (
-                        name != "done" and bool(done[rows[0] : rows[1]].all())
+                    must_exist = (
+                        name == "theta"
+                        or name.startswith("halos/")
+                        or (name != "done" and bool(done[rows[0] : rows[1]].all()))
                     )
                     if must_exist:
                         damaged.append(ChunkDamage(name, key, rows, "missing"))
@@ -446,7 +456,11 @@ class TrainingSet:
         for name in DATA_ARRAYS + ("done", "halo_log_state"):
             if name in self._root:
                 arr = self._root[name]
-                setattr(self, name, da.from_array(CheckedArray(self._root, name), chunks=arr.chunks, name=f"{self.path}:{name}"))
+                setattr(
+                    self,
+                    name,
+                    da.from_array(CheckedArray(self._root, name), chunks=arr.chunks, name=f"{self.path}:{name}"),
+                )
         self.prior = Prior(**{k: tuple(v) for k, v in self.attrs["prior"].items()})
         self.observations = Observations.from_dict(self.attrs["observations"])
         self.summary_names: tuple[str, ...] = tuple(self.attrs["summary_names"])
@@ -515,7 +529,9 @@ class TrainingSet:
             for name in DATA_ARRAYS:
                 out[name].append(read_rows(self._root, name, slice(start, stop))[local])
         return {
-            name: np.concatenate(parts) if parts else np.zeros((0,) + self._root[name].shape[1:], self._root[name].dtype)
+            name: np.concatenate(parts)
+            if parts
+            else np.zeros((0,) + self._root[name].shape[1:], self._root[name].dtype)
             for name, parts in out.items()
         }
 
@@ -541,7 +557,12 @@ class TrainingSet:
         rng.shuffle(blocks)
         pending: dict[str, list[np.ndarray]] = {}
         for start in range(0, len(blocks), buffer_chunks):
-            rows = np.concatenate([np.arange(b * chunk, min((b + 1) * chunk, self.n_points)) for b in blocks[start : start + buffer_chunks]])
+            rows = np.concatenate(
+                [
+                    np.arange(b * chunk, min((b + 1) * chunk, self.n_points))
+                    for b in blocks[start : start + buffer_chunks]
+                ]
+            )
             rows = np.sort(rows[wanted[rows]])
             buffer = self.load(rows)
             order = rng.permutation(rows.size)
