@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from scipy.cluster.hierarchy import DisjointSet
 
 from sapphire.prior import Prior
 
@@ -560,14 +561,11 @@ def cluster_modes(
     labels = best.predict(z)
     k = best.n_components
 
-    # union-find merges of components
-    parent = list(range(k))
+    # merges of components; each merged set is named by its smallest component
+    merges = DisjointSet(range(k))
 
     def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+        return min(merges.subset(i))
 
     mass = np.array([p[labels == c].sum() for c in range(k)])
     precisions = best.precisions_
@@ -578,7 +576,7 @@ def cluster_modes(
                 float((best.means_[o] - best.means_[c]) @ precisions[c] @ (best.means_[o] - best.means_[c]))
                 for o in others
             ]
-            parent[find(c)] = find(others[int(np.argmin(d))])
+            merges.merge(c, others[int(np.argmin(d))])
     if log_likelihood is not None:
         batched = jax.jit(
             jax.vmap(log_likelihood)
@@ -599,7 +597,7 @@ def cluster_modes(
                 for rj in roots[i + 1 :]:
                     a, b = best_point(members[ri]), best_point(members[rj])
                     if a is None or b is None or _valley_depth(batched, a, b) < valley_nats:
-                        parent[find(rj)] = find(ri)
+                        merges.merge(ri, rj)
                         changed = True
                         break
                 if changed:
@@ -802,23 +800,13 @@ def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], group
     refined = tuple(refined)
     if len(refined) != result.n_modes:
         raise ValueError(f"refined has {len(refined)} entries for {result.n_modes} modes")
-    parent = list(range(result.n_modes))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    mixing = DisjointSet(range(result.n_modes))
     owner = {c: m for m, r in enumerate(refined) for c in r.chains}
     for group in groups.groups:
         members = sorted({owner[c] for c in group if c in owner})
         for m in members[1:]:
-            parent[find(m)] = find(members[0])
-    sets = [
-        [m for m in range(result.n_modes) if find(m) == root]
-        for root in sorted({find(m) for m in range(result.n_modes)})
-    ]
+            mixing.merge(members[0], m)
+    sets = sorted(sorted(subset) for subset in mixing.subsets())
     if len(sets) == result.n_modes:
         return result, refined, maps, [[m] for m in range(result.n_modes)]
     num_runs = len(result.log_evidence_runs)
@@ -909,21 +897,13 @@ def group_chains(chains, *, threshold: float = 1.01, quantiles: tuple[float, flo
     n_chains = samples.shape[0]
     lo = np.quantile(samples, quantiles[0], axis=1)  # (chains, n_free)
     hi = np.quantile(samples, quantiles[1], axis=1)
-    parent = list(range(n_chains))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    overlapping = DisjointSet(range(n_chains))
     for i in range(n_chains):
         for j in range(i + 1, n_chains):
             if np.all((lo[i] <= hi[j]) & (lo[j] <= hi[i])):
-                parent[find(j)] = find(i)
-    roots = sorted({find(i) for i in range(n_chains)})
-    groups = tuple(tuple(i for i in range(n_chains) if find(i) == r) for r in roots)
-    labels = np.array([roots.index(find(i)) for i in range(n_chains)])
+                overlapping.merge(i, j)
+    groups = tuple(sorted(tuple(sorted(subset)) for subset in overlapping.subsets()))
+    labels = np.array([next(g for g, members in enumerate(groups) if i in members) for i in range(n_chains)])
     r_hat = np.stack([np.asarray(split_gelman_rubin(samples[list(g)]), float) for g in groups])
     ess = np.stack([np.asarray(effective_sample_size(samples[list(g)]), float) for g in groups])
     means = np.stack([samples[list(g)].reshape(-1, samples.shape[-1]).mean(axis=0) for g in groups])
