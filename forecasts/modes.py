@@ -68,6 +68,12 @@ __all__ = [
     "merge_mixing_modes",
 ]
 
+#: Clustering defaults shared by :func:`weigh_modes` and :func:`cluster_modes`: at most this many
+#: Gaussian-mixture components, and two clusters are one mode when ln L dips by less than
+#: ``VALLEY_NATS`` along the segment joining their best points.
+MAX_MODES = 6
+VALLEY_NATS = 2.0
+
 
 # ------------------------------------------------------------------------------------------------
 # Results
@@ -350,8 +356,8 @@ def weigh_modes(
     num_mcmc_steps: int = 25,
     target_ess: float = 0.5,
     max_steps: int = 500,
-    max_modes: int = 6,
-    valley_nats: float = 2.0,
+    max_modes: int = MAX_MODES,
+    valley_nats: float = VALLEY_NATS,
     min_weight: float = 0.01,
     seed: int = 0,
     batch_size: int | None = None,
@@ -507,8 +513,8 @@ def cluster_modes(
     *,
     log_likelihood: Callable | None = None,
     run_index: np.ndarray | None = None,
-    max_modes: int = 6,
-    valley_nats: float = 2.0,
+    max_modes: int = MAX_MODES,
+    valley_nats: float = VALLEY_NATS,
     min_weight: float = 0.01,
     n_fit: int = 3000,
     seed: int = 0,

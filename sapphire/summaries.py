@@ -19,6 +19,7 @@ from jax.typing import ArrayLike
 
 from .config import DEFAULT_CONFIG, ModelConfig
 from .observations import RELATION_NAMES, Observations
+from .physics import STATE_NAMES
 
 __all__ = [
     "RELATION_NAMES",
@@ -29,17 +30,8 @@ __all__ = [
     "summary_statistics",
 ]
 
-# Columns of the (n_halo, 7) log-state (MODEL.md section 3).
-STATE_COLUMNS: tuple[str, ...] = (
-    "M_star",
-    "M_Z_star",
-    "M_ISM",
-    "M_Z_ISM",
-    "M_CGM",
-    "M_Z_CGM",
-    "E_th",
-)
-_I_STAR, _I_ISM, _I_Z_ISM = 0, 2, 3
+# Columns of the (n_halo, 7) log-state (MODEL.md section 3) that the summaries read.
+_I_STAR, _I_ISM, _I_Z_ISM = (STATE_NAMES.index(name) for name in ("M_star", "M_ISM", "M_Z_ISM"))
 
 
 class KernelRegression(NamedTuple):

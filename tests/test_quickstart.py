@@ -15,6 +15,9 @@ from forecasts import quickstart
 from forecasts.hmc import HmcResult
 from sapphire.cli import main
 
+# one pytest-xdist worker runs every test of this file, so the session fixture is built once
+pytestmark = pytest.mark.xdist_group("quickstart_tiny")
+
 
 def test_tiny_quickstart_end_to_end(quickstart_tiny):
     out, summary = quickstart_tiny.out, quickstart_tiny.summary
