@@ -334,5 +334,8 @@ def test_tabulated_kinematics_match_the_direct_formulas(halos):
         ref = jax.vmap(lambda t: halo_kinematics(t, *one(t), CFG))(ts)
         for name in tab._fields:
             a, b = np.asarray(getattr(tab, name)), np.asarray(getattr(ref, name))
-            err = np.abs(a - b) if name in logs else np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
+            # Relative to the value, or to 1e-9 of the halo's largest one: a halted halo's rate
+            # (~0 after t_peak) differs by rounding (FMA contraction) at 1 ulp of the spline's terms.
+            scale = np.maximum(np.abs(b), 1e-9 * np.abs(b).max())
+            err = np.abs(a - b) if name in logs else np.abs(a - b) / scale
             assert err.max() < (1e-7 if name in logs else 3e-7), (name, err.max())
