@@ -13,6 +13,9 @@ Strategy (measurements in docs/design.md):
   implicit solver and the shapes stay static (jit, grad, vmap all work).
 * Jacobians are forward-mode (``jax.jacfwd`` through ``diffrax.ForwardMode``): 8 tangents
   ride along the primal solve; they are the exact derivatives of the computed solution.
+  ``free=`` carries only k of them (a log-likelihood gradient in k < 8 free parameters).
+* The vector field takes every time-only quantity (M_h, its rate, z, V_vir, R_vir, t_ff) from
+  the forcing spline and a per-batch table on the same grid (:mod:`sapphire.time_tables`).
 * A solve that fails or hits ``max_steps`` is flagged (``success=False``) and its outputs
   are replaced by NaN, so that no failed solve can pass as data.
 """
