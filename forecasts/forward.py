@@ -442,7 +442,7 @@ class ExactForward(ForwardModel):
     number is in ``diagnostics()["n_failed"]``; a relation left with < 2 valid halos gives -inf.
 
     Derivatives: first derivatives are the exact, error-controlled sensitivity solve (one per
-    gradient).  Second derivatives (``laplace``) default to autodiff through that solve (not
+    gradient), carrying tangents for the free parameters only.  Second derivatives (``laplace``) default to autodiff through that solve (not
     error-controlled, but smooth), which agrees with the Gauss-Newton matrix where central
     differences of exact gradients ("fd_grad") can report a spurious saddle (eta_Z = min(power
     law, 1) kinks where halos reach the clip; the comparison and compile times: docs/design.md
@@ -470,7 +470,9 @@ class ExactForward(ForwardModel):
         if not isinstance(obs, Observations):
             raise ValueError(f"obs must be a sapphire.Observations, got {type(obs).__name__}")
         selected = _select_observations(obs, relations, _check_sigma_scale(sigma_scale))
-        summaries = summary_function(model, halos, selected)  # validates model and halos
+        # Gradients carry tangents for the free parameters only (the others are constants).
+        free_index = resolve_free(free, sapphire.PARAMETER_NAMES)
+        summaries = summary_function(model, halos, selected, free=free_index)  # validates model and halos
         self._setup(
             parameter_names=sapphire.PARAMETER_NAMES,
             full_prior=model.prior,

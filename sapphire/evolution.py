@@ -95,13 +95,14 @@ def batch_stiffness(theta, forcings, config):
     return jax.vmap(stiffness_estimate, in_axes=(None, 0, None))(theta, forcings, config)
 
 
-@functools.partial(jax.jit, static_argnames=("settings", "config", "with_jacobian"))
-def evolve_population(theta, forcings, save_times, settings, config, with_jacobian):
+@functools.partial(jax.jit, static_argnames=("settings", "config", "with_jacobian", "free"))
+def evolve_population(theta, forcings, save_times, settings, config, with_jacobian, free=None):
     """The compiled solve of a stacked batch: (log_state (n, n_t, 7), log_mhalo (n, n_t),
-    HaloSolution, diagnostics {name: (n, n_t)}, jacobian (n, n_t, 7, 8) or None); entries of
-    times before a halo's start, and of failed solves, are NaN.  ``save_times`` None: z = 0 only."""
+    HaloSolution, diagnostics {name: (n, n_t)}, jacobian (n, n_t, 7, k) or None); entries of
+    times before a halo's start, and of failed solves, are NaN.  ``save_times`` None: z = 0 only.
+    ``free`` (tuple of parameter indices, static): the Jacobian's k columns (None: all 8)."""
     if with_jacobian:
-        result = solve_population_with_jacobian(theta, forcings, save_times, settings, config)
+        result = solve_population_with_jacobian(theta, forcings, save_times, settings, config, free)
         solution, jacobian = result.solution, result.jacobian
     else:
         solution, jacobian = solve_population(theta, forcings, save_times, settings, config), None

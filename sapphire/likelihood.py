@@ -141,7 +141,7 @@ def _check_on_failure(on_failure: str) -> str:
     return on_failure
 
 
-def summary_function(model, halos: HaloPopulation, obs: Observations | None = None) -> jax.tree_util.Partial:
+def summary_function(model, halos: HaloPopulation, obs: Observations | None = None, free=None) -> jax.tree_util.Partial:
     """A traceable ``theta (8,) -> (mean, stderr, success)`` of ``model`` on ``halos``.
 
     ``model``, ``halos`` and ``obs`` are validated once, here (``ValueError`` naming the bad
@@ -158,8 +158,18 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     without a theta) and whose static part holds the solver settings, the config and that
     geometry: passed as an argument to a jitted function, it reuses one compilation for every
     data set (y, sigma) and every population of the same size.
+
+    ``free`` (parameter indices; default all 8): differentiate only these -- the others are
+    held constant (zero derivative) and each derivative's sensitivity solve carries only
+    len(free) tangents instead of 8 (exact HMC with k < 8 free parameters: docs/design.md s.6).
     """
     model = _check_model(model)
+    if free is not None:
+        free = tuple(sorted({int(i) for i in free}))
+        if not free or free[0] < 0 or free[-1] >= model.prior.ndim:
+            raise ValueError(f"free must be indices in [0, {model.prior.ndim}); got {free}")
+        if len(free) == model.prior.ndim:
+            free = None
     obs = check_observations(obs)
     halos = model.check_halos(halos)
     geometry = Observations(
@@ -174,7 +184,8 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
             for rel in obs.relations
         )
     )
-    return jax.tree_util.Partial(SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
+    kernel = SummaryKernel(model.settings, model.config, geometry, free)
+    return jax.tree_util.Partial(kernel, model.device_forcing(halos))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +281,7 @@ def log_likelihood(
     c = _check_all(theta, model, halos, obs, sigma_scale, relations, on_failure)
     if isinstance(c.theta, jax.core.Tracer):  # traced (jax.grad etc.): the differentiable kernel
         mean, stderr, success = differentiable_summaries(
-            c.model.settings, c.model.config, c.obs, c.theta, c.model.device_forcing(c.halos)
+            c.model.settings, c.model.config, c.obs, None, c.theta, c.model.device_forcing(c.halos)
         )
     else:
         mean, stderr, success = placed_summaries(c.model, c.theta, c.halos, c.obs)

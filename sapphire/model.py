@@ -94,7 +94,7 @@ class Model:
         return shard_halos(halos.forcing(), halos.n_halos)
 
     def evolve_placed(
-        self, theta, halos: HaloPopulation, save_times=None, with_jacobian: bool = False
+        self, theta, halos: HaloPopulation, save_times=None, with_jacobian: bool = False, free=None
     ) -> tuple[jax.Array, jax.Array, HaloSolution, dict[str, jax.Array], jax.Array | None]:
         """The compiled solve for a concrete ``theta``, placed on the local devices: ``evolve_population``'s
         (log_state, log_mhalo, solution, diagnostics, jacobian or None), halos in input order.
@@ -105,7 +105,8 @@ class Model:
         halos are dealt to the devices by rank of stiffness (rank r -> device r mod n: every
         device gets the same mix of stiff and ordinary halos), each device solves its share
         with its own grouping -- one thread per device, so the solves run concurrently -- and
-        the results are put back in the caller's halo order.
+        the results are put back in the caller's halo order.  ``free`` (tuple of parameter
+        indices): the Jacobian's columns (None: all 8).
         """
         forcing = halos.forcing()
         devices = jax.local_devices()
@@ -122,23 +123,30 @@ class Model:
                 ]
                 # One thread per device: the Jacobian program does not dispatch asynchronously on
                 # CPU, and JAX releases the GIL while a program runs (docs/design.md s.11).
-                solve = lambda args: evolve_population(*args, self.settings, self.config, with_jacobian)
+                solve = lambda args: evolve_population(*args, self.settings, self.config, with_jacobian, free)
                 with ThreadPoolExecutor(len(inputs)) as pool:
                     parts = list(pool.map(solve, inputs))
                 inverse = jnp.asarray(np.argsort(np.concatenate(shares)))
                 gather = lambda *xs: jnp.concatenate([jax.device_put(x, devices[0]) for x in xs])[inverse]
                 return jax.tree.map(gather, *parts)
         return evolve_population(
-            theta, shard_halos(forcing, halos.n_halos), save_times, self.settings, self.config, with_jacobian
+            theta, shard_halos(forcing, halos.n_halos), save_times, self.settings, self.config, with_jacobian, free
         )
 
     def evolve(self, theta, halos: HaloPopulation, times=None) -> Evolution:
         """Evolve every halo from its start to z = 0 (or save at ``times`` [Gyr])."""
         return self._run(theta, halos, times, with_jacobian=False)[0]
 
-    def jacobian(self, theta, halos: HaloPopulation) -> jax.Array:
-        """Exact d log10 X(z=0) / d theta, shape (n_halo, 7, 8); NaN rows for failed solves."""
-        return self.evolve_with_jacobian(theta, halos)[1]
+    def jacobian(self, theta, halos: HaloPopulation, free=None) -> jax.Array:
+        """Exact d log10 X(z=0) / d theta, shape (n_halo, 7, 8); NaN rows for failed solves.
+
+        ``free`` (parameter indices): only those k columns, (n_halo, 7, k), from a sensitivity
+        solve that carries k tangents instead of 8 (cheaper for k < 8)."""
+        if free is not None:
+            free = tuple(sorted({int(i) for i in free}))
+            if not free or free[0] < 0 or free[-1] >= self.prior.ndim:
+                raise ValueError(f"free must be indices in [0, {self.prior.ndim}); got {free}")
+        return self._run(theta, halos, None, with_jacobian=True, free=free)[1]
 
     def evolve_with_jacobian(self, theta, halos: HaloPopulation, times=None) -> tuple[Evolution, jax.Array]:
         """``evolve`` and the Jacobian of its log states, from one sensitivity solve."""
@@ -179,12 +187,12 @@ class Model:
 
         return model_summaries_with_jacobian(self, theta, halos, obs)
 
-    def _run(self, theta, halos, times, with_jacobian):
+    def _run(self, theta, halos, times, with_jacobian, free=None):
         theta = self.check_theta(theta)
         halos = self.check_halos(halos)
         save_times = None if times is None else self.check_times(times)
         log_state, log_mhalo, solution, diagnostics, jacobian = self.evolve_placed(
-            theta, halos, save_times, with_jacobian
+            theta, halos, save_times, with_jacobian, free
         )
         squeeze = (lambda a: a[:, 0]) if times is None else (lambda a: a)
         t_out = np.array([cosmology.present_age(self.config.cosmology)]) if times is None else np.asarray(save_times)

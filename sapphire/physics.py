@@ -109,8 +109,11 @@ def loadings(theta: jax.Array, redshift: jax.Array, vvir: jax.Array, config: Mod
     ``theta`` = (A_etaM, B_etaM, A_etaE, B_etaE, A_etaZ, B_etaZ, A_tdep, B_tdep).
     eta_E and eta_Z are clipped at 1.
     """
-    log_v = jnp.log10(vvir / config.loading_pivot_velocity)
-    log_1pz = jnp.log10(1.0 + redshift)
+    return loadings_from_logs(theta, jnp.log10(1.0 + redshift), jnp.log10(vvir / config.loading_pivot_velocity), config)
+
+
+def loadings_from_logs(theta: jax.Array, log_1pz: jax.Array, log_v: jax.Array, config: ModelConfig) -> Loadings:
+    """:func:`loadings` from log10(1 + z) and log10(V_vir / pivot velocity)."""
 
     def power_law(i: int, z_slope: float) -> jax.Array:
         return exp10(theta[i] + z_slope * log_1pz + theta[i + 1] * log_v)
@@ -125,8 +128,13 @@ def loadings(theta: jax.Array, redshift: jax.Array, vvir: jax.Array, config: Mod
 
 def uv_suppression(mhalo: jax.Array, redshift: jax.Array, config: ModelConfig) -> jax.Array:
     """f_UV = [1 + (2^(2/3) - 1)(M_c/M_h)^2]^(-3/2), log10 M_c = max(10 - 0.28 z, 8)."""
+    return uv_suppression_log(jnp.log10(mhalo), redshift, config)
+
+
+def uv_suppression_log(log_mhalo: jax.Array, redshift: jax.Array, config: ModelConfig) -> jax.Array:
+    """:func:`uv_suppression` from log10 M_h [Msun]."""
     log_mc = jnp.maximum(config.uv_mass_log_z0 - config.uv_mass_slope * redshift, config.uv_mass_log_floor)
-    ratio_sq = exp10(2.0 * (log_mc - jnp.log10(mhalo)))
+    ratio_sq = exp10(2.0 * (log_mc - log_mhalo))
     return jnp.exp(-1.5 * jnp.log1p((2.0 ** (2.0 / 3.0) - 1.0) * ratio_sq))
 
 
@@ -169,6 +177,44 @@ def free_fall_time(mean_density: jax.Array) -> jax.Array:
     return jnp.sqrt(3.0 * jnp.pi / (32.0 * G_KPC_KMS2_PER_MSUN * mean_density)) / KMS_IN_KPC_PER_GYR
 
 
+class Kinematics(NamedTuple):
+    """Quantities of one halo at one time that depend on the time alone (not on the state or
+    theta): the halo forcing and its cosmology."""
+
+    mhalo: jax.Array  # Msun
+    mhalo_rate: jax.Array  # Msun/Gyr
+    redshift: jax.Array
+    log_1pz: jax.Array  # log10(1 + z)
+    virial_velocity: jax.Array  # km/s
+    log_v: jax.Array  # log10(V_vir / loading pivot velocity)
+    virial_radius: jax.Array  # kpc
+    log_r0: jax.Array  # log10 r_0 [kpc], r_0 = cgm_inner_radius_fraction x R_vir
+    t_ff: jax.Array  # Gyr, free-fall time at the mean halo density
+    f_uv: jax.Array
+
+
+def halo_kinematics(t: jax.Array, mhalo: jax.Array, mhalo_rate: jax.Array, config: ModelConfig) -> Kinematics:
+    """:class:`Kinematics` at cosmic time ``t`` [Gyr] of a halo of mass ``mhalo`` [Msun] growing at
+    ``mhalo_rate`` [Msun/Gyr], computed directly (MODEL.md sections 1, 5, 6)."""
+    cosmo = config.cosmology
+    redshift = cosmology.redshift_at_age(t, cosmo)
+    vvir = cosmology.virial_velocity(mhalo, redshift, cosmo)
+    rvir = cosmology.virial_radius(mhalo, redshift, cosmo)
+    mean_halo_density = 3.0 * mhalo / (4.0 * jnp.pi * rvir**3)
+    return Kinematics(
+        mhalo=mhalo,
+        mhalo_rate=mhalo_rate,
+        redshift=redshift,
+        log_1pz=jnp.log10(1.0 + redshift),
+        virial_velocity=vvir,
+        log_v=jnp.log10(vvir / config.loading_pivot_velocity),
+        virial_radius=rvir,
+        log_r0=jnp.log10(config.cgm_inner_radius_fraction * rvir),
+        t_ff=free_fall_time(mean_halo_density),
+        f_uv=uv_suppression(mhalo, redshift, config),
+    )
+
+
 def compute_rates(
     t: jax.Array,
     log_state: jax.Array,
@@ -179,6 +225,11 @@ def compute_rates(
 ) -> Rates:
     """All rates at cosmic time ``t`` [Gyr] for a halo of mass ``mhalo`` [Msun] growing at
     ``mhalo_rate`` [Msun/Gyr], from the log10 state (7,)."""
+    return rates_from_kinematics(log_state, theta, halo_kinematics(t, mhalo, mhalo_rate, config), config)
+
+
+def rates_from_kinematics(log_state: jax.Array, theta: jax.Array, kin: Kinematics, config: ModelConfig) -> Rates:
+    """All rates from the log10 state (7,), theta (8,) and the halo's :class:`Kinematics`."""
     cosmo = config.cosmology
     y = saturate_log_state(log_state)
     m_ism, m_cgm, e_th = exp10(y[2]), exp10(y[4]), exp10(y[6])
@@ -187,10 +238,9 @@ def compute_rates(
     log_specific_energy = y[6] - y[4]
     specific_energy = exp10(log_specific_energy)  # (km/s)^2
 
-    redshift = cosmology.redshift_at_age(t, cosmo)
-    vvir = cosmology.virial_velocity(mhalo, redshift, cosmo)
-    rvir = cosmology.virial_radius(mhalo, redshift, cosmo)
-    load = loadings(theta, redshift, vvir, config)
+    mhalo, mhalo_rate, redshift = kin.mhalo, kin.mhalo_rate, kin.redshift
+    vvir, rvir, t_ff = kin.virial_velocity, kin.virial_radius, kin.t_ff
+    load = loadings_from_logs(theta, kin.log_1pz, kin.log_v, config)
     sfr = m_ism / load.t_dep
 
     # Radiative cooling of the CGM
@@ -198,13 +248,10 @@ def compute_rates(
     temperature = exp10(log_temperature)
     log_lambda = log_cooling_function(log_temperature, y[5] - y[4] - np.log10(config.solar_metallicity))
     cutoff = jax.nn.sigmoid((log_temperature - config.cooling_cutoff_log_temperature) / config.cooling_cutoff_width_dex)
-    log_r0 = jnp.log10(config.cgm_inner_radius_fraction * rvir)
-    log_l_cool = _log10_cooling_prefactor(config) + log_lambda + 2.0 * y[4] - 3.0 * log_r0
+    log_l_cool = _log10_cooling_prefactor(config) + log_lambda + 2.0 * y[4] - 3.0 * kin.log_r0
     l_cool = exp10(log_l_cool) * cutoff
     # t_cool = E_th / L_cool, kept finite when the cut-off switches cooling off
     t_cool = e_th / jnp.maximum(l_cool, e_th * 1e-30)
-    mean_halo_density = 3.0 * mhalo / (4.0 * jnp.pi * rvir**3)
-    t_ff = free_fall_time(mean_halo_density)
     cooling_rate = m_cgm / (t_cool + t_ff)
     radiative_loss = e_th / jnp.sqrt(t_cool**2 + (config.f_rad * t_ff) ** 2)
 
@@ -217,7 +264,7 @@ def compute_rates(
     outflow_rate = outflow_energy_rate / specific_energy
 
     # Cosmic inflow, reduced by photo-heating and by an over-pressured CGM
-    f_uv = uv_suppression(mhalo, redshift, config)
+    f_uv = kin.f_uv
     raw_inflow = cosmo.baryon_fraction * f_uv * mhalo_rate
     raw_inflow_energy = e_vir_specific * raw_inflow
     # f_prev = 1 / (1 + Edot_out / Edot_in,raw), written so that a halo that has stopped
@@ -291,7 +338,14 @@ def log_state_derivative(
     finite input.  The ISM terms proportional to M_ISM are written per unit M_ISM, which
     keeps them exact when M_ISM is tiny.
     """
-    r = compute_rates(t, log_state, theta, mhalo, mhalo_rate, config)
+    return log_state_derivative_from_kinematics(log_state, theta, halo_kinematics(t, mhalo, mhalo_rate, config), config)
+
+
+def log_state_derivative_from_kinematics(
+    log_state: jax.Array, theta: jax.Array, kin: Kinematics, config: ModelConfig
+) -> jax.Array:
+    """:func:`log_state_derivative` (7,) [dex/Gyr] from the halo's :class:`Kinematics` at that time."""
+    r = rates_from_kinematics(log_state, theta, kin, config)
     y = saturate_log_state(log_state)
     derivatives = jnp.stack(state_derivatives(r, config))
     return derivatives * exp10(-y) / LN10

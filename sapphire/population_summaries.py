@@ -96,9 +96,10 @@ def summaries_and_jacobian_from_states(log_mhalo, log_state, success, state_jaco
     return mean, stderr, jac_mean, jac_stderr
 
 
-def solve_z0(theta, forcings, settings: SolverSettings, config: ModelConfig, with_jacobian: bool):
-    """z = 0 (log_mhalo (n,), log_state (n, 7), success (n,), jacobian (n, 7, 8) or None)."""
-    return at_z0(evolve_population(theta, forcings, None, settings, config, with_jacobian))
+def solve_z0(theta, forcings, settings: SolverSettings, config: ModelConfig, with_jacobian: bool, free=None):
+    """z = 0 (log_mhalo (n,), log_state (n, 7), success (n,), jacobian (n, 7, k) or None); ``free``:
+    the Jacobian's parameter indices (None: all 8)."""
+    return at_z0(evolve_population(theta, forcings, None, settings, config, with_jacobian, free))
 
 
 def solve_placed(model, theta, halos: HaloPopulation, with_jacobian: bool):
@@ -106,10 +107,10 @@ def solve_placed(model, theta, halos: HaloPopulation, with_jacobian: bool):
     return at_z0(model.evolve_placed(theta, halos, None, with_jacobian))
 
 
-def summaries_and_jacobian(theta, forcings, settings, config, observations):
-    """(mean, stderr, success, d mean/d theta (S, 8), d stderr/d theta (S, 8)) from one
-    sensitivity solve of the stacked ``forcings`` (traceable)."""
-    solved = solve_z0(theta, forcings, settings, config, True)
+def summaries_and_jacobian(theta, forcings, settings, config, observations, free=None):
+    """(mean, stderr, success, d mean/d theta (S, k), d stderr/d theta (S, k)) from one
+    sensitivity solve of the stacked ``forcings`` (traceable); k = len(free), or 8 if None."""
+    solved = solve_z0(theta, forcings, settings, config, True, free)
     return summaries_and_jacobian_from_solve(solved, observations, config)
 
 
@@ -135,20 +136,26 @@ def placed_summaries_and_jacobian(model, theta, halos, observations):
     return summaries_and_jacobian_from_solve(solved, observations, model.config)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def differentiable_summaries(settings, config, observations, theta, forcings):
-    """(mean, stderr, success) of the population at theta; differentiable in theta."""
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def differentiable_summaries(settings, config, observations, free, theta, forcings):
+    """(mean, stderr, success) of the population at theta; differentiable in theta.
+
+    ``free`` (tuple of parameter indices, or None for all 8): the derivative carries only
+    these tangents, so the tangent of theta must vanish outside them (:class:`SummaryKernel`
+    guarantees it by holding the other parameters constant)."""
     log_mhalo, log_state, success, _ = solve_z0(theta, forcings, settings, config, False)
     mean, stderr = summaries_from_states(log_mhalo, log_state, success, observations, config)
     return mean, stderr, success
 
 
 @differentiable_summaries.defjvp
-def _differentiable_summaries_jvp(settings, config, observations, primals, tangents):
+def _differentiable_summaries_jvp(settings, config, observations, free, primals, tangents):
     theta, forcings = primals
     theta_dot = tangents[0]  # the halo forcing is not differentiated
+    if free is not None:
+        theta_dot = theta_dot[np.asarray(free)]
     mean, stderr, success, jac_mean, jac_stderr = summaries_and_jacobian(
-        theta, forcings, settings, config, observations
+        theta, forcings, settings, config, observations, free
     )
     # A summary that is not finite (< 2 valid halos) has no derivative: zero rows, so that a
     # reverse-mode cotangent of 0 there gives 0 rather than 0 * NaN.
@@ -166,11 +173,16 @@ class SummaryKernel:
     settings: SolverSettings
     config: ModelConfig
     observations: Observations
+    #: Parameter indices that are differentiated (None: all 8); the others are held constant
+    #: (zero derivative), and the sensitivity solve carries only len(free) tangents.
+    free: tuple[int, ...] | None = None
 
     def __call__(self, forcings, theta):
-        return differentiable_summaries(
-            self.settings, self.config, self.observations, jnp.asarray(theta, jnp.float64), forcings
-        )
+        theta = jnp.asarray(theta, jnp.float64)
+        if self.free is not None:
+            index = np.asarray(self.free)
+            theta = jax.lax.stop_gradient(theta).at[index].set(theta[index])
+        return differentiable_summaries(self.settings, self.config, self.observations, self.free, theta, forcings)
 
 
 def model_summaries(model, theta, halos, obs) -> Summaries:

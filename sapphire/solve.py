@@ -13,6 +13,9 @@ Strategy (measurements in docs/design.md):
   implicit solver and the shapes stay static (jit, grad, vmap all work).
 * Jacobians are forward-mode (``jax.jacfwd`` through ``diffrax.ForwardMode``): 8 tangents
   ride along the primal solve; they are the exact derivatives of the computed solution.
+  ``free=`` carries only k of them (a log-likelihood gradient in k < 8 free parameters).
+* The vector field takes every time-only quantity (M_h, its rate, z, V_vir, R_vir, t_ff) from
+  the forcing spline and a per-batch table on the same grid (:mod:`sapphire.time_tables`).
 * A solve that fails or hits ``max_steps`` is flagged (``success=False``) and its outputs
   are replaced by NaN, so that no failed solve can pass as data.
 """
@@ -32,7 +35,8 @@ import optimistix as optx
 from . import cosmology
 from .config import DEFAULT_CONFIG, ModelConfig
 from .halos import HaloForcing
-from .physics import N_STATE, initial_log_state, loadings, log_state_derivative
+from .physics import N_STATE, initial_log_state, loadings, log_state_derivative_from_kinematics
+from .time_tables import CosmicTable, cosmic_table, tabulated_kinematics
 
 SolverName = Literal["auto", "tsit5", "kvaerno3", "kvaerno5"]
 
@@ -122,7 +126,7 @@ class HaloSensitivity(NamedTuple):
     """Per-halo solution together with its exact parameter Jacobian."""
 
     solution: HaloSolution
-    jacobian: jax.Array  # (n_save, 7, 8): d log10 X / d theta
+    jacobian: jax.Array  # (n_save, 7, k): d log10 X / d theta[free] (k = 8 by default)
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -149,9 +153,16 @@ def _solve_halo(
     solver_name: str,
     settings: SolverSettings,
     config: ModelConfig,
+    table: CosmicTable,
     with_sensitivity: bool = False,
+    free: tuple[int, ...] | None = None,
 ) -> HaloSolution | HaloSensitivity:
     """Solve one halo from its start time to t0; save at t0 or at ``save_times``.
+
+    ``table``: the batch's :func:`sapphire.time_tables.cosmic_table` on the forcing's time grid;
+    the vector field takes every time-only quantity from it and the forcing spline.
+    ``free``: indices of the parameters whose sensitivities are carried (None: all 8); the
+    Jacobian is then (n_save, 7, len(free)) and the tangent work per step scales with len(free).
 
     With ``with_sensitivity`` the explicit solver integrates the forward-sensitivity system
     dS/dt = (df/dy) S + df/dtheta alongside the state, under ONE error control that watches
@@ -159,21 +170,22 @@ def _solve_halo(
     otherwise unwatched and can be wildly wrong while the state is fine).  The implicit
     solver's tangents are stable; there the Jacobian is forward-mode AD through the solve.
     """
+    free_index = np.arange(theta.shape[0]) if free is None else np.asarray(free)
     if with_sensitivity and solver_name != "tsit5":
 
-        def primal(th):
-            sol = _solve_halo(th, forcing, save_times, solver_name, settings, config)
+        def primal(th_free):
+            th = theta.at[free_index].set(th_free)
+            sol = _solve_halo(th, forcing, save_times, solver_name, settings, config, table)
             return sol.log_state, sol
 
-        jac, sol = jax.jacfwd(primal, has_aux=True)(theta)
+        jac, sol = jax.jacfwd(primal, has_aux=True)(theta[free_index])
         return HaloSensitivity(sol, jnp.where(sol.success, jac, jnp.nan))
 
     t_end = cosmology.present_age(config.cosmology)
     t_start = forcing.t_start
 
     def state_field(t, y, th):
-        mhalo, mhalo_rate = forcing(t)
-        return log_state_derivative(t, y, th, mhalo, mhalo_rate, config)
+        return log_state_derivative_from_kinematics(y, th, tabulated_kinematics(t, forcing, table, config), config)
 
     mhalo_start, _ = forcing(t_start)
     y0 = initial_log_state(mhalo_start, cosmology.redshift_at_age(t_start, config.cosmology), config)
@@ -182,11 +194,11 @@ def _solve_halo(
         def vector_field(t, ys, args):
             y, sensitivity = ys
             dy, tangent = jax.linearize(lambda y_, th_: state_field(t, y_, th_), y, theta)
-            directions = (sensitivity.T, jnp.eye(theta.shape[0], dtype=y.dtype))
+            directions = (sensitivity.T, jnp.eye(theta.shape[0], dtype=y.dtype)[free_index])
             return dy, jax.vmap(tangent, out_axes=1)(*directions)
 
         # The initial state does not depend on theta.
-        y0 = (y0, jnp.zeros((N_STATE, theta.shape[0]), dtype=y0.dtype))
+        y0 = (y0, jnp.zeros((N_STATE, free_index.size), dtype=y0.dtype))
         controller = diffrax.PIDController(
             rtol=settings.rtol,
             atol=settings.atol,
@@ -251,9 +263,9 @@ def theta_axis(theta: jax.Array) -> int | None:
     return 0 if theta.ndim == 2 else None
 
 
-def _solve_batch(theta, forcings, save_times, solver_name, settings, config, with_sensitivity):
-    return jax.vmap(_solve_halo, in_axes=(theta_axis(theta), 0, None, None, None, None, None))(
-        theta, forcings, save_times, solver_name, settings, config, with_sensitivity
+def _solve_batch(theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free=None):
+    return jax.vmap(_solve_halo, in_axes=(theta_axis(theta), 0, None, None, None, None, None, None, None))(
+        theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free
     )
 
 
@@ -264,9 +276,20 @@ def _solve_population(
     settings: SolverSettings,
     config: ModelConfig,
     with_sensitivity: bool,
+    free: tuple[int, ...] | None = None,
 ) -> HaloSolution | HaloSensitivity:
+    # A forcing captured as a constant (a closure under jit) would let XLA fold the table and
+    # the initial states at compile time, with its own exp/log, 1 ulp off the run time's: enough
+    # to flip an accept/reject decision, so that two programs of the same solve disagree at the
+    # solver tolerance.  The barrier keeps every program computing them alike.
+    forcings = jax.lax.optimization_barrier(forcings)
+    # Every halo of a batch shares one time grid (HaloPopulation): one table of the functions of
+    # time alone serves them all.
+    table = cosmic_table(forcings.times[0], config)
     if settings.solver != "auto":
-        return _solve_batch(theta, forcings, save_times, settings.solver, settings, config, with_sensitivity)
+        return _solve_batch(
+            theta, forcings, save_times, settings.solver, settings, config, table, with_sensitivity, free
+        )
 
     n_halo = forcings.t_start.shape[0]
     # Small groups pay on CPU; on GPUs one wide vmap is faster (docs/design.md s.4, s.11).
@@ -289,9 +312,11 @@ def _solve_population(
         return jax.lax.cond(
             is_stiff,
             lambda f: _solve_batch(
-                theta_group, f, save_times, settings.implicit_solver, settings, config, with_sensitivity
+                theta_group, f, save_times, settings.implicit_solver, settings, config, table, with_sensitivity, free
             ),
-            lambda f: _solve_batch(theta_group, f, save_times, "tsit5", settings, config, with_sensitivity),
+            lambda f: _solve_batch(
+                theta_group, f, save_times, "tsit5", settings, config, table, with_sensitivity, free
+            ),
             forcing_group,
         )
 
@@ -306,7 +331,7 @@ def _solve_population(
     return jax.lax.cond(
         stiff_groups.any(),
         grouped_solve,
-        lambda _: _solve_batch(theta, forcings, save_times, "tsit5", settings, config, with_sensitivity),
+        lambda _: _solve_batch(theta, forcings, save_times, "tsit5", settings, config, table, with_sensitivity, free),
         None,
     )
 
@@ -357,7 +382,10 @@ def solve_population_with_jacobian(
     save_times: jax.Array | None = None,
     settings: SolverSettings = SolverSettings(),
     config: ModelConfig = DEFAULT_CONFIG,
+    free: tuple[int, ...] | None = None,
 ) -> HaloSensitivity:
     """Solve every halo and return d log10 X / d theta, shape (n_halo, n_save, 7, 8); ``theta``
-    (8,) or one per halo (n_halo, 8) (each halo's derivative is then with respect to its own)."""
-    return _solve_population(theta, forcings, save_times, settings, config, True)
+    (8,) or one per halo (n_halo, 8) (each halo's derivative is then with respect to its own).
+    ``free`` (static tuple of parameter indices): carry only those k tangents, giving
+    d log10 X / d theta[free], shape (n_halo, n_save, 7, k), at ~k/8 of the tangent work."""
+    return _solve_population(theta, forcings, save_times, settings, config, True, free)

@@ -316,3 +316,26 @@ def test_stiff_corner_solves_every_halo(halos, stiff_default, stiff_default_jaco
     assert jac.shape == (N_HALOS, N_STATE, DEFAULT_PRIOR.ndim)
     assert np.isfinite(jac).all()
     assert np.abs(jac).max() > 1e-2  # not trivially zero
+
+
+def test_tabulated_kinematics_match_the_direct_formulas(halos):
+    """The solver's time-only quantities (sapphire.time_tables, issue 20) agree with the direct
+    formulas (physics.halo_kinematics) far below the solver tolerance, over the whole grid."""
+    from sapphire.physics import halo_kinematics
+    from sapphire.time_tables import cosmic_table, tabulated_kinematics
+
+    forcing = halos.forcing()
+    table = cosmic_table(forcing.times[0], CFG)
+    ts = jnp.asarray(np.concatenate([np.geomspace(0.1, 1.0, 700), np.linspace(1.0, cosmology.present_age(), 700)]))
+    logs = ("log_1pz", "log_v", "log_r0")
+    for i in range(N_HALOS):
+        one = _unstack(forcing, i)
+        tab = jax.vmap(lambda t: tabulated_kinematics(t, one, table, CFG))(ts)
+        ref = jax.vmap(lambda t: halo_kinematics(t, *one(t), CFG))(ts)
+        for name in tab._fields:
+            a, b = np.asarray(getattr(tab, name)), np.asarray(getattr(ref, name))
+            # Relative to the value, or to 1e-9 of the halo's largest one: a halted halo's rate
+            # (~0 after t_peak) differs by rounding (FMA contraction) at 1 ulp of the spline's terms.
+            scale = np.maximum(np.abs(b), 1e-9 * np.abs(b).max())
+            err = np.abs(a - b) if name in logs else np.abs(a - b) / scale
+            assert err.max() < (1e-7 if name in logs else 3e-7), (name, err.max())

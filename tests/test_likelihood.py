@@ -16,7 +16,7 @@ from _numpy_reference import numpy_observed_y
 
 import sapphire
 from sapphire import cosmology
-from sapphire.likelihood import gaussian_log_likelihood
+from sapphire.likelihood import gaussian_log_likelihood, summary_function
 from sapphire.population_summaries import summary_names
 from sapphire.predictive import predictive_coverage
 from sapphire.summaries import relation_coordinates
@@ -195,6 +195,39 @@ def test_gradient_matches_finite_differences_and_jax_grad(model, halos, obs):
         lambda t: sapphire.log_likelihood(t, model, halos, obs, sigma_scale=0.7, relations=["smhm", "mzr"])
     )(jnp.asarray(THETA))
     np.testing.assert_allclose(auto, grad, rtol=1e-10, atol=1e-10)
+
+
+def test_free_parameter_tangents_match_the_full_jacobian_and_finite_differences(model, halos, obs, jacobians):
+    """``free`` carries k < 8 tangents (issue 20): the summaries' Jacobian is the full one's free
+    columns, held parameters get zero derivative, Model.jacobian(free=...) is the full state
+    Jacobian's columns, and a free-only log-likelihood gradient matches central differences."""
+    free = (0, 6)  # the quickstart's exact-HMC problem: A_etaM and A_tdep
+    held = [i for i in range(8) if i not in free]
+    fn = summary_function(model, halos, obs, free=free)
+    jac = np.asarray(jax.jacfwd(lambda t: fn(t)[0])(jnp.asarray(THETA)))
+    full = np.asarray(jacobians[0])
+    np.testing.assert_allclose(jac[:, free], full[:, free], rtol=1e-6, atol=1e-8 * np.max(np.abs(full)))
+    assert np.all(jac[:, held] == 0.0)
+    state_jac = np.asarray(model.jacobian(THETA, halos, free=free))
+    assert state_jac.shape == (N_HALOS, 7, 2)
+    full_state = np.asarray(model.jacobian(THETA, halos))
+    np.testing.assert_allclose(state_jac, full_state[..., free], rtol=1e-6, atol=1e-8 * np.max(np.abs(full_state)))
+
+    def log_l(t):
+        mean, stderr, _ = fn(t)
+        return gaussian_log_likelihood(mean, stderr**2, jnp.asarray(obs.y), jnp.asarray(obs.sigma))
+
+    grad = np.asarray(jax.grad(log_l)(jnp.asarray(THETA)))
+    assert np.all(grad[held] == 0.0) and np.all(np.abs(grad[list(free)]) > 1e-2)
+    step = 1e-3
+    fd = []
+    for k in free:
+        e = np.zeros(8)
+        e[k] = step
+        fd.append((float(log_l(jnp.asarray(THETA + e))) - float(log_l(jnp.asarray(THETA - e)))) / (2 * step))
+    np.testing.assert_allclose(grad[list(free)], fd, rtol=2e-3, atol=1e-3 * np.max(np.abs(fd)))
+    with pytest.raises(ValueError, match="free"):
+        summary_function(model, halos, obs, free=(8,))
 
 
 # ---------------------------------------------------------------------------------- bad input
