@@ -88,8 +88,10 @@ class SobolevEmulator:
         sapphire_version: str | None = None,
         precision: str = "float32",
         training_theta: np.ndarray | None = None,
+        refined_region: list[dict] | None = None,
     ) -> None:
         self.architecture = architecture
+        self.refined_region = None if refined_region is None else [dict(r) for r in refined_region]
         self.params = params
         self.scalings = scalings
         self.prior = prior
@@ -281,11 +283,37 @@ class SobolevEmulator:
 
             unit = self.prior.to_unit(self.training_theta)
             tree = cKDTree(unit)
-            spacing = float(np.median(tree.query(unit, k=2)[0][:, 1]))
+            # the spacing of the prior-wide design: points added where the emulator was refined
+            # (in_refined_region) are far denser and would make the rest of the box look like gaps
+            refined = self.in_refined_region(self.training_theta)
+            wide = unit if refined is None or np.all(refined) else unit[~np.asarray(refined, bool)]
+            spacing = float(np.median(tree.query(wide, k=2)[0][:, 1]))
             self._coverage = (tree, spacing if spacing > 0 else 1.0)
         tree, spacing = self._coverage
         distance = tree.query(self.prior.to_unit(arr.reshape(-1, arr.shape[-1])))[0] / spacing
         return float(distance[0]) if arr.ndim == 1 else distance.reshape(arr.shape[:-1])
+
+    def in_refined_region(self, theta) -> np.ndarray | bool | None:
+        """True where theta (8,) / (n, 8) lies inside a region where this emulator was refined on
+        posterior-local points (``sapphire refine``; ``refined_region``: one ellipsoid per wave,
+        of the broadened posterior of that wave's free parameters, the others within 1% of the
+        prior width of their fixed values).  None if the emulator was never refined."""
+        if not self.refined_region:
+            return None
+        arr = np.asarray(theta, np.float64)
+        flat = arr.reshape(-1, arr.shape[-1])
+        width = np.asarray(self.prior.width, np.float64)
+        inside = np.zeros(flat.shape[0], bool)
+        for region in self.refined_region:
+            free = list(region["free_index"])
+            held = [i for i in range(flat.shape[1]) if i not in free]
+            fixed = np.asarray(region["fixed"], np.float64)
+            near = np.all(np.abs(flat[:, held] - fixed[held]) <= 0.01 * width[held], axis=1)
+            diff = flat[:, free] - np.asarray(region["mean"], np.float64)
+            cov = np.atleast_2d(np.asarray(region["covariance"], np.float64))
+            d2 = np.einsum("ni,ni->n", diff, np.linalg.solve(cov, diff.T).T)
+            inside |= near & (d2 <= float(region["radius"]) ** 2)
+        return bool(inside[0]) if arr.ndim == 1 else inside.reshape(arr.shape[:-1])
 
     def check_observations(self, observations: Observations) -> None:
         """``ValueError`` unless ``observations`` has the training relations at the same kernel
@@ -310,6 +338,7 @@ class SobolevEmulator:
             "calibration_factor": self.calibration_factor,
             "theta_range": [list(map(float, self.theta_range[0])), list(map(float, self.theta_range[1]))],
             "training": json_ready(self.training),
+            "refined_region": json_ready(self.refined_region),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -398,6 +427,7 @@ class SobolevEmulator:
             sapphire_version=meta.get("sapphire_version"),
             precision=precision,
             training_theta=arrays.get("training_theta"),
+            refined_region=meta.get("refined_region"),
         )
 
 

@@ -639,7 +639,11 @@ class EmulatorForward(ForwardModel):
             else np.full(arr.shape[0], np.nan)
         )
         outside = ~in_box | (np.isfinite(distance) & (distance > COVERAGE_GAP))
-        return {"in_box": in_box, "distance": distance, "outside": outside}
+        refined = emu.in_refined_region(full) if hasattr(emu, "in_refined_region") else None
+        out = {"in_box": in_box, "distance": distance, "outside": outside}
+        if refined is not None:
+            out["outside_refined"] = ~np.asarray(refined, bool).reshape(-1)
+        return out
 
     @staticmethod
     def _jacobian_full(extra, data, theta_full):
@@ -754,6 +758,18 @@ def check_training_coverage(fm: ForwardModel, theta_free, where: str, what: str 
         "max_distance": float(finite.max()) if finite.size else None,
         "gap": COVERAGE_GAP,
     }
+    if "outside_refined" in cov:
+        out["n_outside_refined"] = int(cov["outside_refined"].sum())
+        if out["n_outside_refined"]:
+            import warnings
+
+            warnings.warn(
+                f"{where}: {out['n_outside_refined']} of {out['n']} {what} lie outside the region where the emulator "
+                "was refined on posterior-local points (sapphire refine; emu.refined_region): its accuracy there is "
+                "that of its prior-wide design; refine for this problem (sapphire refine ... --free ...)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     if out["n_outside"]:
         import warnings
 

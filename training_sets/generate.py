@@ -44,6 +44,7 @@ from .evaluate import ROW_ARRAYS, Evaluator, block_theta, model_from_attrs, writ
 __all__ = [
     "ROW_ARRAYS",
     "Evaluator",
+    "append_design",
     "GenerationReport",
     "extend_store",
     "generate",
@@ -109,6 +110,8 @@ def recorded_design(attrs: dict[str, Any]) -> np.ndarray | None:
             new = latin_hypercube_design(prior, int(batch["n_points"]), batch["seed"])
         elif batch["kind"] == "latin_hypercube_extension":
             new = extend_design(prior, theta, int(batch["n_points"]), batch["seed"])
+        elif "theta" in batch:  # a block appended with its rows recorded (append_design)
+            new = np.asarray(batch["theta"], np.float64).reshape(-1, len(prior.names))
         else:
             return None
         theta = np.concatenate([theta, new])
@@ -249,6 +252,51 @@ def extend_store(path: str | os.PathLike, n_new: int, seed: int, *, expected: di
     ]
     root.attrs["design"] = {"batches": batches}
     return n
+
+
+def append_design(
+    path: str | os.PathLike, theta: np.ndarray, batch: dict[str, Any], *, expected: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """Append the design points ``theta`` (n, 8) to a store as a block of their own, not yet
+    computed; returns the rows ``(start, stop)`` they occupy.  Run ``generate(..., resume=True)``
+    afterwards to compute them.
+
+    ``batch`` describes the block (JSON-ready: e.g. ``{"kind": "refine", "wave": 2, "seed": 7,
+    "proposal": {...}}``); it is recorded in the store's ``design`` attribute together with
+    ``n_points`` and the rows themselves (``theta``), so a damaged ``theta`` chunk can be
+    redrawn (:func:`recorded_design`).  Idempotent, for resumable callers: if the store's last
+    block is already this one (same ``batch`` and rows) nothing is written and its rows are
+    returned.  A store whose arrays are longer than its recorded blocks (an append killed
+    between the resize and the attribute write) is cut back to its recorded rows first.
+    ``expected`` (:func:`~training_sets.store.store_identity`): checked before anything is
+    written."""
+    from sapphire.jsonio import json_ready
+
+    root = store_module.open_group(path)
+    attrs = dict(root.attrs)
+    if expected is not None:
+        store_module.check_identity(path, attrs, expected)
+    prior = Prior(**{k: tuple(v) for k, v in attrs["prior"].items()})
+    theta = prior.validate(np.atleast_2d(np.asarray(theta, np.float64)))
+    if theta.shape[0] < 1:
+        raise ValueError("append_design: no design points to append")
+    record = json_ready(dict(batch, n_points=int(theta.shape[0]), theta=theta.tolist()))
+    batches = list(attrs["design"]["batches"])
+    recorded = sum(int(b["n_points"]) for b in batches)
+    if batches and json_ready(batches[-1]) == record:
+        return recorded - theta.shape[0], recorded
+    root = store_module.open_group(path, mode="r+")  # every check passed: only now write
+    n_old = root["theta"].shape[0]
+    if n_old != recorded:  # an interrupted append: forget its rows
+        for name in root.array_keys():
+            root[name].resize((recorded,) + root[name].shape[1:])
+    n = recorded + theta.shape[0]
+    for name in root.array_keys():
+        arr = root[name]
+        arr.resize((n,) + arr.shape[1:])
+    store_module.writable(root, "theta")[recorded:] = theta
+    root.attrs["design"] = {"batches": batches + [record]}
+    return recorded, n
 
 
 def _progress(total: int, description: str, enabled: bool):
