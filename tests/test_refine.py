@@ -202,3 +202,28 @@ def test_refine_waves_append_score_before_retraining_and_resume(base_store, tiny
     assert rerun.waves == result.waves
     with pytest.raises(ValueError, match="other settings"):
         refine(store, tiny_emulator, out, mock, free=("A_etaM",), fixed=TRUTH, settings=TINY, progress=False)
+
+
+# ------------------------------------------------------------------------------------ command line
+def test_refine_command_refuses_bad_input_in_one_line_and_writes_nothing(base_store, tiny_emulator, tmp_path, capsys):
+    from sapphire.cli import main
+
+    def refused(*argv) -> str:
+        with pytest.raises(SystemExit) as info:
+            main(["refine", *map(str, argv)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and err[0].startswith("sapphire refine: "), err
+        return err[0]
+
+    out = tmp_path / "out"
+    ok = [base_store, tiny_emulator, "--out", out]
+    assert "no training-set store" in refused(tmp_path / "nope.zarr", tiny_emulator, "--out", out)
+    assert "no emulator" in refused(base_store, tmp_path / "nope", "--out", out)
+    assert "--free" in refused(*ok, "--free", "A_etaM,bogus")
+    assert "--mock-theta" in refused(*ok, "--mock-theta", "1,2,3")
+    assert "not both" in refused(*ok, "--mock-theta", ",".join(map(str, TRUTH)), "--observations", "x.json")
+    assert "--waves" in refused(*ok, "--waves", "0")
+    assert "--broaden" in refused(*ok, "--broaden", "0.5")
+    assert "--spread-fraction" in refused(*ok, "--spread-fraction", "2")
+    assert not out.exists()
+    assert T.open_training_set(base_store).n_points == N_POINTS
