@@ -89,6 +89,7 @@ class SobolevEmulator:
         precision: str = "float32",
         training_theta: np.ndarray | None = None,
         refined_region: list[dict] | None = None,
+        training_stderr: np.ndarray | None = None,
     ) -> None:
         self.architecture = architecture
         self.refined_region = None if refined_region is None else [dict(r) for r in refined_region]
@@ -107,6 +108,12 @@ class SobolevEmulator:
             None if training_theta is None else np.array(training_theta, np.float64).reshape(-1, prior.ndim)
         )
         self._coverage = None  # (KD tree of the training design in the unit cube, design spacing), built on first use
+        self.training_stderr = (
+            None
+            if training_stderr is None or self.training_theta is None
+            else np.array(training_stderr, np.float64).reshape(self.training_theta.shape[0], -1)
+        )
+        self._stderr_model = None
         self.sapphire_version = sapphire_version or sapphire.__version__
         if len(self.summary_names) != scalings.summary_mean.shape[0]:
             raise ValueError(
@@ -293,6 +300,39 @@ class SobolevEmulator:
         distance = tree.query(self.prior.to_unit(arr.reshape(-1, arr.shape[-1])))[0] / spacing
         return float(distance[0]) if arr.ndim == 1 else distance.reshape(arr.shape[:-1])
 
+    @property
+    def has_model_stderr(self) -> bool:
+        """True when the artifact holds its training points' standard errors (:meth:`model_stderr`)."""
+        return self.training_stderr is not None and self.training_stderr.shape[1] == self.n_summary
+
+    def model_stderr(self, theta) -> jax.Array:
+        """The exact model's standard error of the summaries (the kernel regression's, which the
+        exact likelihood adds to its variance) at theta (8,) -> (S,) or (n, 8) -> (n, S):
+        Nadaraya-Watson regression of log stderr over the training points, Gaussian kernel in
+        the unit cube of the prior box with bandwidth the median nearest-neighbour distance of
+        the training design.  Pure jnp (traceable, differentiable); needs
+        :attr:`has_model_stderr`.  The stderr changes slowly with theta (it is the halos'
+        scatter over sqrt(effective number)), so this smooth interpolation suffices where the
+        design is dense."""
+        if self._stderr_model is None:
+            from scipy.spatial import cKDTree
+
+            unit = np.asarray(self.prior.to_unit(self.training_theta), np.float64)
+            spacing = float(np.median(cKDTree(unit).query(unit, k=2)[0][:, 1])) if unit.shape[0] > 1 else 1.0
+            self._stderr_model = (
+                jnp.asarray(unit),
+                jnp.asarray(np.log(np.maximum(self.training_stderr, 1e-300))),
+                max(spacing, 1e-6),
+                jnp.asarray(self.prior.low, jnp.float64),
+                jnp.asarray(self.prior.width, jnp.float64),
+            )
+        unit, log_stderr, h, low, width = self._stderr_model
+        u = (jnp.asarray(theta, jnp.float64) - low) / width
+        d2 = jnp.sum((u[..., None, :] - unit) ** 2, axis=-1)  # (..., N)
+        logw = -0.5 * d2 / h**2
+        w = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True))
+        return jnp.exp((w @ log_stderr) / jnp.sum(w, axis=-1, keepdims=True))
+
     def in_refined_region(self, theta) -> np.ndarray | bool | None:
         """True where theta (8,) / (n, 8) lies inside a region where this emulator was refined on
         posterior-local points (``sapphire refine``; ``refined_region``: one ellipsoid per wave,
@@ -349,6 +389,8 @@ class SobolevEmulator:
         arrays.update(self.scalings.to_arrays())
         if self.training_theta is not None:
             arrays["training_theta"] = self.training_theta
+        if self.training_stderr is not None:
+            arrays["training_stderr"] = self.training_stderr
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         try:
             np.savez(tmp / ARRAYS_FILE, **arrays)
@@ -428,6 +470,7 @@ class SobolevEmulator:
             precision=precision,
             training_theta=arrays.get("training_theta"),
             refined_region=meta.get("refined_region"),
+            training_stderr=arrays.get("training_stderr"),
         )
 
 

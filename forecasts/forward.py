@@ -563,7 +563,12 @@ class EmulatorForward(ForwardModel):
     ``obs`` (default ``emu.observations``) may differ from the emulator's in y and sigma (a mock,
     another data set) but each of its relations must be emulated at the same x (``ValueError``
     naming the mismatch); it may hold fewer relations.  ``predict`` gives the emulator mean
-    and, if ``include_emulator_error``, the emulator error squared as model variance (else 0).
+    and, if ``include_emulator_error``, the emulator error squared as model variance (else 0);
+    with ``include_model_stderr`` (default) and an emulator that knows the exact model's standard
+    error (``emu.has_model_stderr``, ``emu.model_stderr(theta)``: artifacts trained since issue
+    21) that is added too, as ``ExactForward`` adds it: without it the emulator likelihood is
+    narrower than the exact one wherever the kernel regression's error is comparable to sigma_obs
+    (median 0.33 sigma_obs, gas ratio 0.79, at the small quickstart's 32 halos; docs/design.md s.17).
     """
 
     def __init__(
@@ -576,6 +581,7 @@ class EmulatorForward(ForwardModel):
         fixed=None,
         relations=None,
         sigma_scale=1.0,
+        include_model_stderr: bool = True,
     ) -> None:
         for attr in ("observations", "prior", "predict", "jacobian"):
             if not hasattr(emu, attr):
@@ -587,6 +593,7 @@ class EmulatorForward(ForwardModel):
         _match_emulator_observations(emu_obs, obs)
         selected = _select_observations(obs, relations, _check_sigma_scale(sigma_scale))
         index = np.concatenate([np.arange(emu_obs.slices[n].start, emu_obs.slices[n].stop) for n in selected.names])
+        with_stderr = bool(include_model_stderr) and bool(getattr(emu, "has_model_stderr", False))
         prior = emu.prior
         if tuple(prior.names) != sapphire.PARAMETER_NAMES:
             raise ValueError(
@@ -599,12 +606,13 @@ class EmulatorForward(ForwardModel):
             fixed=fixed,
             sigma_scale=sigma_scale,
             **_observation_fields(selected),
-            extra_spec=(_ByIdentity(emu), tuple(int(i) for i in index), bool(include_emulator_error)),
+            extra_spec=(_ByIdentity(emu), tuple(int(i) for i in index), bool(include_emulator_error), with_stderr),
             extra_data={},
             description={
                 "emulator": _emulator_identity(emu),
                 "include_emulator_error": bool(include_emulator_error),
                 "observations": selected.fingerprint(),
+                **({"include_model_stderr": True} if with_stderr else {}),
             },
         )
         object.__setattr__(self, "emulator", emu)
@@ -612,11 +620,13 @@ class EmulatorForward(ForwardModel):
 
     @staticmethod
     def _predict_full(extra, data, theta_full):
-        emu, index, with_error = extra
+        emu, index, with_error, with_stderr = extra
         mean, error = emu.obj.predict(theta_full)
         index = np.asarray(index)
         mean = jnp.asarray(mean)[index]
         variance = safe_square(jnp.asarray(error)[index]) if with_error else jnp.zeros_like(mean)
+        if with_stderr:  # the exact model's kernel-regression standard error, as ExactForward adds it
+            variance = variance + safe_square(jnp.asarray(emu.obj.model_stderr(theta_full))[index])
         return mean, variance, jnp.zeros((), jnp.int32)
 
     def training_coverage(self, theta_free) -> dict | None:
@@ -647,7 +657,7 @@ class EmulatorForward(ForwardModel):
 
     @staticmethod
     def _jacobian_full(extra, data, theta_full):
-        emu, index, _ = extra
+        emu, index, _, _ = extra
         return jnp.asarray(emu.obj.jacobian(theta_full))[np.asarray(index)]
 
 

@@ -87,7 +87,8 @@ class RefineSettings:
     settings into the same directory is refused).
 
     ``train``: keyword arguments of ``emulator.train_emulator`` for the retraining (default: the
-    settings the starting emulator was trained with, :func:`training_options`)."""
+    settings the starting emulator was trained with, :func:`training_options`).  ``jacobian``:
+    False for value-only waves (no exact Jacobians; the retraining masks their Jacobian term)."""
 
     waves: int = 3
     points_per_wave: int = 128
@@ -100,6 +101,7 @@ class RefineSettings:
     map_starts: int = 8
     seed: int = 0
     include_emulator_error: bool = True
+    jacobian: bool = True
     train: dict = dataclasses.field(default_factory=dict)
     targets: Targets = Targets()
 
@@ -148,9 +150,10 @@ def score_points(emu, rows: dict[str, np.ndarray], observations, free_index: Seq
     Returns per-point arrays (``value_error`` (n, S) in sigma_obs, ``jacobian_error`` (n,):
     ||J_emu - J_exact||_F / ||J_exact||_F with columns in prior widths and rows in sigma_obs, as
     the emulator report; ``jacobian_error_free`` the same over the ``free_index`` columns;
-    ``dlogl`` (n,): ln L_emu - ln L_exact, the emulator's with its error^2 as model variance,
-    the exact model's with its standard error^2, both plus sigma_obs^2) and ``stats``, their
-    summaries (JSON-ready)."""
+    ``dlogl`` (n,): ln L_emu - ln L_exact, the emulator's with its error^2 (plus its estimate of
+    the exact standard error^2, ``emu.model_stderr``, when it has one: the likelihood
+    ``EmulatorForward`` evaluates) as model variance, the exact model's with its standard
+    error^2, both plus sigma_obs^2) and ``stats``, their summaries (JSON-ready)."""
     theta = np.atleast_2d(np.asarray(rows["theta"], np.float64))
     exact = np.asarray(rows["summaries"], np.float64)
     stderr = np.asarray(rows["summary_stderr"], np.float64)
@@ -174,7 +177,12 @@ def score_points(emu, rows: dict[str, np.ndarray], observations, free_index: Seq
     all_columns = list(range(theta.shape[1]))
     jac_error = rel(all_columns)
     jac_error_free = rel(list(free_index)) if free_index is not None else jac_error
-    dlogl = _gaussian_log_likelihood(mean, error**2, y, sigma) - _gaussian_log_likelihood(exact, stderr**2, y, sigma)
+    emu_variance = error**2
+    if getattr(emu, "has_model_stderr", False):  # as EmulatorForward's likelihood adds it
+        emu_variance = emu_variance + np.asarray(emu.model_stderr(theta), np.float64) ** 2
+    dlogl = _gaussian_log_likelihood(mean, emu_variance, y, sigma) - _gaussian_log_likelihood(
+        exact, stderr**2, y, sigma
+    )
     has_jac = np.isfinite(exact_jac).all(axis=(1, 2))
 
     def q(values, p):
@@ -592,6 +600,8 @@ def refine(
 
         # 3. append and evaluate exactly (resumable, bit-identical after a kill)
         batch = {"kind": "refine", "wave": wave, "seed": proposal["seed"], "free": list(free_names)}
+        if not settings.jacobian:
+            batch["jacobian"] = False  # value-only points
         start, stop = training_sets.append_design(store, theta_new, batch, expected=expected)
         record.update(rows=[int(start), int(stop)], n_points=int(stop - start))
         log(f"[refine] wave {wave}: exact summaries + Jacobians at {stop - start} new points (rows {start}-{stop - 1})")
@@ -767,15 +777,25 @@ def _figures(out: Path, state: dict, store: Path) -> list[Path]:
     for w in waves:
         refine_rows[w["rows"][0] : w["rows"][1]] = True
     ax.scatter(theta[~refine_rows, pair[0]], theta[~refine_rows, pair[1]], s=4, c="0.7", label="earlier design")
-    for w in waves:
+    for k, w in enumerate(waves):
         r = slice(*w["rows"])
-        ax.scatter(theta[r, pair[0]], theta[r, pair[1]], s=8, label=f"wave {w['wave']}")
+        ax.scatter(theta[r, pair[0]], theta[r, pair[1]], s=8, color=f"C{k}", label=f"wave {w['wave']}")
+        posterior = out / f"wave_{w['wave']}" / "posterior.npz"
+        if posterior.exists() and len(free) >= 2:  # the posterior each wave sampled: its 2-sigma ellipse
+            from .hmc import HmcResult
+
+            draws = HmcResult.load(posterior).flat[:, :2]
+            mean, cov = draws.mean(axis=0), np.cov(draws, rowvar=False)
+            vals, vecs = np.linalg.eigh(cov)
+            angle = np.linspace(0, 2 * np.pi, 100)
+            ring = mean + 2.0 * (vecs @ (np.sqrt(np.maximum(vals, 0))[:, None] * [np.cos(angle), np.sin(angle)])).T
+            ax.plot(ring[:, 0], ring[:, 1], color=f"C{k}", lw=1.2)
     ax.set_xlabel(names[pair[0]])
     ax.set_ylabel(names[pair[1]])
     ax.set_xlim(ts.prior.low[pair[0]], ts.prior.high[pair[0]])
     ax.set_ylim(ts.prior.low[pair[1]], ts.prior.high[pair[1]])
     ax.legend(fontsize=7)
-    ax.set_title("where the new points went")
+    ax.set_title("new points and each wave's posterior (2 sigma)")
     fig.tight_layout()
     paths.append(out / "refine_points.png")
     fig.savefig(paths[-1], dpi=110)

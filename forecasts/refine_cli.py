@@ -71,6 +71,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
             map_starts=args.starts,
             seed=args.seed,
             include_emulator_error=not args.no_emulator_error,
+            jacobian=not args.no_jacobian,
         )
     except ValueError as err:
         raise option_error(args, str(err)) from None
@@ -131,6 +132,11 @@ def register_refine(sub) -> None:
         help="fraction of each wave's points chosen where the ensemble spread is largest (default 0.25)",
     )
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every draw: MAP starts, HMC, points")
+    g.add_argument(
+        "--no-jacobian",
+        action="store_true",
+        help="value-only new points (no exact Jacobians, ~6x cheaper each); the retraining masks their Jacobian term",
+    )
     g = p.add_argument_group("posterior per wave (MAP, then NUTS from its modes)")
     g.add_argument("--starts", type=positive_int, default=8, help="MAP starts (default 8)")
     g.add_argument("--chains", type=positive_int, default=4, help="NUTS chains (default 4)")

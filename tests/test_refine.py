@@ -22,7 +22,7 @@ SETTINGS = dict(n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devi
 TRUTH = np.asarray(sapphire.DEFAULT_PRIOR.centre)
 FREE = ("A_etaM", "A_tdep")
 TINY = RefineSettings(
-    waves=2,
+    waves=1,
     points_per_wave=4,
     chains=2,
     warmup=10,
@@ -152,12 +152,12 @@ def test_refine_waves_append_score_before_retraining_and_resume(base_store, tiny
 
     store, out = shutil.copytree(base_store, tmp_path / "a.zarr"), tmp_path / "a"
     free_index = [sapphire.PARAMETER_NAMES.index(n) for n in FREE]
-    # killed inside wave 2's exact evaluation (after its first block), then rerun
+    # killed inside the wave's exact evaluation (after its first block), then rerun
     original, calls = T.generate, {"n": 0}
 
     def killed(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 1:
 
             def die(block):
                 raise KeyboardInterrupt("killed")
@@ -170,13 +170,15 @@ def test_refine_waves_append_score_before_retraining_and_resume(base_store, tiny
         refine(store, tiny_emulator, out, mock, free=FREE, fixed=TRUTH, settings=TINY, progress=False)
     monkeypatch.setattr(T, "generate", original)
     assert not bool(np.asarray(T.open_training_set(store).done).all())
-    assert len(json.loads((out / "refine_state.json").read_text())["waves"]) == 1
+    assert (out / "wave_1" / "posterior.npz").exists()  # the wave's first step is kept
+    assert not (out / "refine_state.json").exists()  # no wave finished
     result = refine(store, tiny_emulator, out, mock, free=FREE, fixed=TRUTH, settings=TINY, progress=False)
     ts = T.open_training_set(store)
-    assert len(result.waves) == 2 and result.stopped in ("waves", "targets met")
-    assert ts.n_points == N_POINTS + 2 * TINY.points_per_wave  # the counts add up
-    assert [b.get("wave") for b in ts.attrs["design"]["batches"]] == [None, 1, 2]
-    assert [w["rows"] for w in result.waves] == [[8, 12], [12, 16]]
+    assert len(result.waves) == 1 and result.stopped in ("waves", "targets met")
+    assert ts.n_points == N_POINTS + TINY.points_per_wave  # the counts add up
+    assert [b.get("wave") for b in ts.attrs["design"]["batches"]] == [None, 1]
+    assert [w["rows"] for w in result.waves] == [[8, 12]]
+    assert result.waves[0]["n_scored"] == TINY.points_per_wave
     assert bool(np.asarray(ts.done).all())
     # the same store, bit for bit, as an uninterrupted evaluation of the same design blocks
     reference = shutil.copytree(base_store, tmp_path / "ref.zarr")
@@ -188,10 +190,10 @@ def test_refine_waves_append_score_before_retraining_and_resume(base_store, tiny
     emu0 = SobolevEmulator.load(tiny_emulator)
     again = score_points(emu0, ts.load(np.arange(8, 12)), mock, free_index=free_index)["stats"]
     assert json.loads(json.dumps(again)) == result.waves[0]["scores"]
-    # the refined emulator: trained on all 16 points, its refined region recorded and checked
+    # the refined emulator: trained on all 12 points, its refined region recorded and checked
     emu = SobolevEmulator.load(out / "emulator")
     assert sum(len(emu.training["split"][k]) for k in ("train", "val", "test")) == ts.n_points
-    assert [r["wave"] for r in emu.refined_region] == [1, 2]
+    assert [r["wave"] for r in emu.refined_region] == [1]
     assert emu.in_refined_region(TRUTH) and not emu.in_refined_region(np.asarray(sapphire.DEFAULT_PRIOR.low))
     fm = EmulatorForward(emu, mock)  # all 8 free: a draw off the 2-d refined slice is flagged
     with pytest.warns(RuntimeWarning, match="refined"):
@@ -227,3 +229,44 @@ def test_refine_command_refuses_bad_input_in_one_line_and_writes_nothing(base_st
     assert "--spread-fraction" in refused(*ok, "--spread-fraction", "2")
     assert not out.exists()
     assert T.open_training_set(base_store).n_points == N_POINTS
+
+
+# ------------------------------------------------------------------------------------ value-only points
+def test_value_only_points_mix_with_jacobian_points_in_the_store_and_in_training(base_store, tmp_path):
+    import jax.numpy as jnp
+
+    from emulator import train_emulator
+    from emulator.loss import member_loss
+    from training_sets.inspection import verify_store
+
+    path = shutil.copytree(base_store, tmp_path / "mixed.zarr")
+    new = T.latin_hypercube_design(sapphire.DEFAULT_PRIOR, 4, seed=11)
+    T.append_design(path, new, {"kind": "refine", "wave": 1, "jacobian": False})
+    T.generate(path, resume=True, model=MODEL, halos=T.open_training_set(path).halos(), chunk=CHUNK, progress=False)
+    ts = T.open_training_set(path)
+    assert ts.has_jacobian.tolist() == [True] * N_POINTS + [False] * 4
+    assert ts.valid_mask().all() and bool(np.asarray(ts.done).all())
+    rows = ts.load(np.arange(N_POINTS, N_POINTS + 4))
+    assert np.isnan(rows["summary_jacobian"]).all() and np.isfinite(rows["summaries"]).all()
+    # the plain solve's summaries agree with the sensitivity solve's to the solver tolerance
+    np.testing.assert_allclose(rows["summaries"][0], MODEL.summaries(new[0], ts.halos()).mean, rtol=0, atol=2e-4)
+    assert verify_store(path)["ok"]
+    emu = train_emulator(path, ensemble=2, epochs=3, patience=3, hidden=(8,), seed=0, progress=False)
+    assert emu.training["excluded"]["excluded"] == 0
+    assert np.all(np.isfinite(emu.training["history"]["train_loss"]))
+    # the Jacobian term ignores masked rows and, with every row kept, is the unmasked term bit for bit
+    import jax
+
+    from emulator.network import Architecture, init_ensemble
+
+    graphdef, params = init_ensemble(Architecture(n_in=8, n_out=3, hidden=(4,)), [0])
+    member = jax.tree.map(lambda a: a[0], params)
+    u = jnp.asarray(np.random.default_rng(0).uniform(size=(5, 8)))
+    z, jz = jnp.zeros((5, 3)), jnp.asarray(np.random.default_rng(1).normal(size=(5, 3, 8)))
+    args = (graphdef, jnp.eye(3), 1.0, 0.01, 0.05, jnp.ones(3), member, u, z)
+    plain = member_loss(*args, jz)
+    assert float(member_loss(*args, jz, jnp.ones(5))[0]) == float(plain[0])
+    mask = jnp.asarray([1.0, 1.0, 0.0, 1.0, 0.0])
+    changed = jz.at[2].set(1e3).at[4].set(7.0)
+    assert float(member_loss(*args, jz, mask)[0]) == float(member_loss(*args, changed, mask)[0])
+    assert float(member_loss(*args, jz, mask)[0]) != float(plain[0])
