@@ -319,12 +319,13 @@ class SobolevEmulator:
 
             unit = np.asarray(self.prior.to_unit(self.training_theta), np.float64)
             spacing = float(np.median(cKDTree(unit).query(unit, k=2)[0][:, 1])) if unit.shape[0] > 1 else 1.0
+            # numpy, not jnp: the first call may come inside a trace, whose arrays must not be kept
             self._stderr_model = (
-                jnp.asarray(unit),
-                jnp.asarray(np.log(np.maximum(self.training_stderr, 1e-300))),
+                unit,
+                np.log(np.maximum(self.training_stderr, 1e-300)),
                 max(spacing, 1e-6),
-                jnp.asarray(self.prior.low, jnp.float64),
-                jnp.asarray(self.prior.width, jnp.float64),
+                np.asarray(self.prior.low, np.float64),
+                np.asarray(self.prior.width, np.float64),
             )
         unit, log_stderr, h, low, width = self._stderr_model
         u = (jnp.asarray(theta, jnp.float64) - low) / width
