@@ -86,7 +86,7 @@ SCALES: dict[str, Scale] = {
         exact_hmc=(2, 150, 250),
         exact_budget_s=360.0,
         max_exact_draws=3000,
-        refine_waves=2,
+        refine_waves=3,
         refine_points=128,
         refine_hmc=(4, 300, 500),
     ),
@@ -405,7 +405,13 @@ def run_quickstart(
     )
 
     def refine_stage() -> str:
-        source = {"train": train.fingerprint, "emulator": emu.store_fingerprint, "mock": mock.fingerprint()}
+        source = {
+            "train": train.fingerprint,
+            "emulator": emu.store_fingerprint,
+            "mock": mock.fingerprint(),
+            # a refinement with other settings (other than more waves, which continue) starts afresh
+            "settings": {k: v for k, v in refine_settings.to_dict().items() if k != "waves"},
+        }
         marker = refine_dir / "source.json"
         if refine_dir.exists() and (not marker.exists() or json.loads(marker.read_text()) != source):
             log(f"[quickstart] {refine_dir} was refined from another store, emulator or mock: starting it afresh")

@@ -493,7 +493,8 @@ def refine(
     free_names, free_index, fixed_full = fm0.free_names, fm0.free_index, np.asarray(fm0.fixed)
     train_kwargs = dict(training_options(emu0), **settings.train)
     identity = {
-        "settings": settings.to_dict(),
+        # ``waves`` is a limit, not part of what a wave computes: a rerun with more continues
+        "settings": {k: v for k, v in settings.to_dict().items() if k != "waves"},
         "train": train_kwargs,
         "free": list(free_names),
         "fixed": fixed_full.tolist(),
@@ -513,6 +514,10 @@ def refine(
                 f"({state_path}); choose another --out"
             )
         state = saved
+        if state["stopped"] == "waves" and settings.waves > len(state["waves"]):
+            state["stopped"], state["missing"] = None, []  # more waves allowed now: continue
+        elif state["stopped"] is None and state["waves"] and len(state["waves"]) >= settings.waves:
+            state["stopped"], state["missing"] = "waves", state["waves"][-1]["missing"]
     model = model_from_attrs(ts.attrs)
     halos = ts.halos()
     expected = store_identity(model, halos, ts.observations, ts.chunk, bool(ts.attrs.get("save_states", False)))
