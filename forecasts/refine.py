@@ -139,7 +139,13 @@ def _gaussian_log_likelihood(mean, variance, y, sigma) -> np.ndarray:
     return np.sum(-0.5 * ((mean - y) ** 2 / var + np.log(2.0 * np.pi * var)), axis=-1)
 
 
-def score_points(emu, rows: dict[str, np.ndarray], observations, free_index: Sequence[int] | None = None) -> dict:
+def score_points(
+    emu,
+    rows: dict[str, np.ndarray],
+    observations,
+    free_index: Sequence[int] | None = None,
+    posterior: np.ndarray | None = None,
+) -> dict:
     """How well ``emu`` predicts exact rows it was not trained on.
 
     ``rows``: theta (n, 8), summaries (n, S), summary_stderr (n, S), summary_jacobian (n, S, 8)
@@ -153,7 +159,12 @@ def score_points(emu, rows: dict[str, np.ndarray], observations, free_index: Seq
     ``dlogl`` (n,): ln L_emu - ln L_exact, the emulator's with its error^2 (plus its estimate of
     the exact standard error^2, ``emu.model_stderr``, when it has one: the likelihood
     ``EmulatorForward`` evaluates) as model variance, the exact model's with its standard
-    error^2, both plus sigma_obs^2) and ``stats``, their summaries (JSON-ready)."""
+    error^2, both plus sigma_obs^2) and ``stats``, their summaries (JSON-ready).
+
+    ``posterior`` (n_draws, n_free) draws of the free parameters (``free_index``): also the
+    ``dlogl_tilt_shift`` (n_free,), the shift of the posterior mean, in posterior sds, that the
+    linear trend of Delta ln L over the points would cause (Delta ln L ~ c + b . theta tilts a
+    Gaussian posterior's mean by Sigma b): a systematic error that |Delta ln L| alone hides."""
     theta = np.atleast_2d(np.asarray(rows["theta"], np.float64))
     exact = np.asarray(rows["summaries"], np.float64)
     stderr = np.asarray(rows["summary_stderr"], np.float64)
@@ -204,6 +215,12 @@ def score_points(emu, rows: dict[str, np.ndarray], observations, free_index: Seq
         "dlogl_mean": float(np.mean(dlogl)),
         "inside_2_error": float(np.mean(np.abs(mean - exact) <= 2.0 * error)),
     }
+    if posterior is not None and free_index is not None and theta.shape[0] > len(free_index) + 1:
+        draws = np.atleast_2d(np.asarray(posterior, np.float64))
+        x = theta[:, list(free_index)] - draws.mean(axis=0)
+        slope = np.linalg.lstsq(np.column_stack([np.ones(x.shape[0]), x]), dlogl, rcond=None)[0][1:]
+        cov = np.atleast_2d(np.cov(draws, rowvar=False))
+        stats["dlogl_tilt_shift"] = ((cov @ slope) / np.sqrt(np.diag(cov))).tolist()
     return {
         "value_error": value_error,
         "jacobian_error": jac_error,
@@ -628,7 +645,7 @@ def refine(
         rows = np.arange(start, stop)
         valid = np.asarray(ts.valid_mask())[rows]
         loaded = ts.load(rows[valid])
-        scored = score_points(current, loaded, observations, free_index=free_index)
+        scored = score_points(current, loaded, observations, free_index=free_index, posterior=post.flat)
         np.savez(
             wave_dir / "scores.npz",
             **{k: v for k, v in scored.items() if k != "stats"},
@@ -708,18 +725,20 @@ def write_refine_report(out: Path, state: dict, store: Path) -> Path:
         "likelihood (its error in the variance) and the exact one.",
         "",
         "| wave | points | value error median / p95 | worst summary median / p95 | Jacobian median (free) | "
-        "\\|dlnL\\| median / p95 | inside 2 err | posterior shift (max, sigma) | width ratios | exact s | train s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "\\|dlnL\\| median / p95 | shift from the dlnL trend [sd] | inside 2 err | posterior shift (max, sigma) | "
+        "width ratios | exact s | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for w in waves:
         s, c = w["scores"], w.get("posterior_change")
         shift_text = "-" if c is None else f"{c['max_abs_shift']:.3f}"
         width_text = "-" if c is None else ", ".join(f"{r:.2f}" for r in c["width_ratio"])
+        tilt_text = ", ".join(f"{t:+.2f}" for t in s.get("dlogl_tilt_shift") or []) or "-"
         lines.append(
             f"| {w['wave']} | {w['n_points']} | {_fmt(s['value_error_median'])} / {_fmt(s['value_error_p95'])} | "
             f"{_fmt(s['worst_summary_median'])} / {_fmt(s['worst_summary_p95'])} | "
             f"{_fmt(s['jacobian_error_median'])} ({_fmt(s['jacobian_error_median_free'])}) | "
-            f"{_fmt(s['dlogl_abs_median'])} / {_fmt(s['dlogl_abs_p95'])} | {100 * s['inside_2_error']:.0f}% | "
+            f"{_fmt(s['dlogl_abs_median'])} / {_fmt(s['dlogl_abs_p95'])} | {tilt_text} | {100 * s['inside_2_error']:.0f}% | "
             f"{shift_text} | {width_text} | "
             f"{w['seconds'].get('exact', 0):.0f} | {w['seconds'].get('train', 0):.0f} |"
         )

@@ -82,7 +82,9 @@ def test_planted_perfect_emulator_scores_zero_and_a_biased_one_its_bias(base_sto
     ts = T.open_training_set(base_store)
     rows = ts.load()
     obs = ts.observations
-    perfect = score_points(Planted(rows, obs.sigma), rows, obs)["stats"]
+    draws = np.random.default_rng(0).normal(rows["theta"][:, [0, 3]].mean(axis=0), 0.1, size=(200, 2))
+    perfect = score_points(Planted(rows, obs.sigma), rows, obs, free_index=[0, 3], posterior=draws)["stats"]
+    assert perfect["dlogl_tilt_shift"] == [0.0, 0.0]
     assert perfect["value_error_median"] == 0 and perfect["value_error_p95"] == 0
     assert perfect["jacobian_error_median"] == 0 and perfect["dlogl_abs_p95"] == 0
     bias = 0.3
