@@ -190,7 +190,10 @@ def test_refine_waves_append_score_before_retraining_and_resume(base_store, tiny
     assert store_digest(reference) == store_digest(store)
     # wave 1 was scored with the starting emulator, before retraining on its points
     emu0 = SobolevEmulator.load(tiny_emulator)
-    again = score_points(emu0, ts.load(np.arange(8, 12)), mock, free_index=free_index)["stats"]
+    from forecasts.hmc import HmcResult
+
+    posterior = HmcResult.load(out / "wave_1" / "posterior.npz").flat
+    again = score_points(emu0, ts.load(np.arange(8, 12)), mock, free_index=free_index, posterior=posterior)["stats"]
     assert json.loads(json.dumps(again)) == result.waves[0]["scores"]
     # the refined emulator: trained on all 12 points, its refined region recorded and checked
     emu = SobolevEmulator.load(out / "emulator")
