@@ -88,8 +88,11 @@ class SobolevEmulator:
         sapphire_version: str | None = None,
         precision: str = "float32",
         training_theta: np.ndarray | None = None,
+        refined_region: list[dict] | None = None,
+        training_stderr: np.ndarray | None = None,
     ) -> None:
         self.architecture = architecture
+        self.refined_region = None if refined_region is None else [dict(r) for r in refined_region]
         self.params = params
         self.scalings = scalings
         self.prior = prior
@@ -105,6 +108,12 @@ class SobolevEmulator:
             None if training_theta is None else np.array(training_theta, np.float64).reshape(-1, prior.ndim)
         )
         self._coverage = None  # (KD tree of the training design in the unit cube, design spacing), built on first use
+        self.training_stderr = (
+            None
+            if training_stderr is None or self.training_theta is None
+            else np.array(training_stderr, np.float64).reshape(self.training_theta.shape[0], -1)
+        )
+        self._stderr_model = None
         self.sapphire_version = sapphire_version or sapphire.__version__
         if len(self.summary_names) != scalings.summary_mean.shape[0]:
             raise ValueError(
@@ -281,11 +290,71 @@ class SobolevEmulator:
 
             unit = self.prior.to_unit(self.training_theta)
             tree = cKDTree(unit)
-            spacing = float(np.median(tree.query(unit, k=2)[0][:, 1]))
+            # the spacing of the prior-wide design: points added where the emulator was refined
+            # (in_refined_region) are far denser and would make the rest of the box look like gaps
+            refined = self.in_refined_region(self.training_theta)
+            wide = unit if refined is None or np.all(refined) else unit[~np.asarray(refined, bool)]
+            spacing = float(np.median(tree.query(wide, k=2)[0][:, 1]))
             self._coverage = (tree, spacing if spacing > 0 else 1.0)
         tree, spacing = self._coverage
         distance = tree.query(self.prior.to_unit(arr.reshape(-1, arr.shape[-1])))[0] / spacing
         return float(distance[0]) if arr.ndim == 1 else distance.reshape(arr.shape[:-1])
+
+    @property
+    def has_model_stderr(self) -> bool:
+        """True when the artifact holds its training points' standard errors (:meth:`model_stderr`)."""
+        return self.training_stderr is not None and self.training_stderr.shape[1] == self.n_summary
+
+    def model_stderr(self, theta) -> jax.Array:
+        """The exact model's standard error of the summaries (the kernel regression's, which the
+        exact likelihood adds to its variance) at theta (8,) -> (S,) or (n, 8) -> (n, S):
+        Nadaraya-Watson regression of log stderr over the training points, Gaussian kernel in
+        the unit cube of the prior box with bandwidth the median nearest-neighbour distance of
+        the training design.  Pure jnp (traceable, differentiable); needs
+        :attr:`has_model_stderr`.  The stderr changes slowly with theta (it is the halos'
+        scatter over sqrt(effective number)), so this smooth interpolation suffices where the
+        design is dense."""
+        if self._stderr_model is None:
+            from scipy.spatial import cKDTree
+
+            unit = np.asarray(self.prior.to_unit(self.training_theta), np.float64)
+            spacing = float(np.median(cKDTree(unit).query(unit, k=2)[0][:, 1])) if unit.shape[0] > 1 else 1.0
+            # numpy, not jnp: the first call may come inside a trace, whose arrays must not be kept
+            self._stderr_model = (
+                unit,
+                np.log(np.maximum(self.training_stderr, 1e-300)),
+                max(spacing, 1e-6),
+                np.asarray(self.prior.low, np.float64),
+                np.asarray(self.prior.width, np.float64),
+            )
+        unit, log_stderr, h, low, width = self._stderr_model
+        u = (jnp.asarray(theta, jnp.float64) - low) / width
+        d2 = jnp.sum((u[..., None, :] - unit) ** 2, axis=-1)  # (..., N)
+        logw = -0.5 * d2 / h**2
+        w = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True))
+        return jnp.exp((w @ log_stderr) / jnp.sum(w, axis=-1, keepdims=True))
+
+    def in_refined_region(self, theta) -> np.ndarray | bool | None:
+        """True where theta (8,) / (n, 8) lies inside a region where this emulator was refined on
+        posterior-local points (``sapphire refine``; ``refined_region``: one ellipsoid per wave,
+        of the broadened posterior of that wave's free parameters, the others within 1% of the
+        prior width of their fixed values).  None if the emulator was never refined."""
+        if not self.refined_region:
+            return None
+        arr = np.asarray(theta, np.float64)
+        flat = arr.reshape(-1, arr.shape[-1])
+        width = np.asarray(self.prior.width, np.float64)
+        inside = np.zeros(flat.shape[0], bool)
+        for region in self.refined_region:
+            free = list(region["free_index"])
+            held = [i for i in range(flat.shape[1]) if i not in free]
+            fixed = np.asarray(region["fixed"], np.float64)
+            near = np.all(np.abs(flat[:, held] - fixed[held]) <= 0.01 * width[held], axis=1)
+            diff = flat[:, free] - np.asarray(region["mean"], np.float64)
+            cov = np.atleast_2d(np.asarray(region["covariance"], np.float64))
+            d2 = np.einsum("ni,ni->n", diff, np.linalg.solve(cov, diff.T).T)
+            inside |= near & (d2 <= float(region["radius"]) ** 2)
+        return bool(inside[0]) if arr.ndim == 1 else inside.reshape(arr.shape[:-1])
 
     def check_observations(self, observations: Observations) -> None:
         """``ValueError`` unless ``observations`` has the training relations at the same kernel
@@ -310,6 +379,7 @@ class SobolevEmulator:
             "calibration_factor": self.calibration_factor,
             "theta_range": [list(map(float, self.theta_range[0])), list(map(float, self.theta_range[1]))],
             "training": json_ready(self.training),
+            "refined_region": json_ready(self.refined_region),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -320,6 +390,8 @@ class SobolevEmulator:
         arrays.update(self.scalings.to_arrays())
         if self.training_theta is not None:
             arrays["training_theta"] = self.training_theta
+        if self.training_stderr is not None:
+            arrays["training_stderr"] = self.training_stderr
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         try:
             np.savez(tmp / ARRAYS_FILE, **arrays)
@@ -398,6 +470,8 @@ class SobolevEmulator:
             sapphire_version=meta.get("sapphire_version"),
             precision=precision,
             training_theta=arrays.get("training_theta"),
+            refined_region=meta.get("refined_region"),
+            training_stderr=arrays.get("training_stderr"),
         )
 
 

@@ -39,7 +39,8 @@ class InMemoryTrainingSet:
 
     Arrays: ``theta`` (N, 8) [physical units], ``summaries`` (N, S), ``summary_stderr`` (N, S),
     ``summary_jacobian`` (N, S, 8) [d summary / d theta], ``n_failed`` (N,) int (default 0),
-    ``done`` (N,) bool (default True).  ``prior`` (default ``DEFAULT_PRIOR``),
+    ``done`` (N,) bool (default True), ``has_jacobian`` (N,) bool (default True; False: a
+    value-only point, whose Jacobian row is ignored, NaN allowed).  ``prior`` (default ``DEFAULT_PRIOR``),
     ``observations`` (default ``Observations.default()``), ``attrs`` (free metadata).
     ``fingerprint``: sha256 of the arrays (16 hex digits).
     """
@@ -54,6 +55,7 @@ class InMemoryTrainingSet:
         summary_jacobian,
         n_failed=None,
         done=None,
+        has_jacobian=None,
         *,
         prior: Prior = DEFAULT_PRIOR,
         observations: Observations | None = None,
@@ -66,6 +68,7 @@ class InMemoryTrainingSet:
         n = self.theta.shape[0]
         self.n_failed = np.zeros(n, np.int64) if n_failed is None else np.asarray(n_failed, np.int64)
         self.done = np.ones(n, bool) if done is None else np.asarray(done, bool)
+        self.has_jacobian = np.ones(n, bool) if has_jacobian is None else np.asarray(has_jacobian, bool)
         self.prior = prior
         self.observations = observations if observations is not None else Observations.default()
         self.summary_names = summary_names(self.observations)
@@ -78,6 +81,7 @@ class InMemoryTrainingSet:
             "summary_jacobian": (n, s, d),
             "n_failed": (n,),
             "done": (n,),
+            "has_jacobian": (n,),
         }
         for name, shape in expected.items():
             if getattr(self, name).shape != shape:
@@ -94,7 +98,15 @@ class InMemoryTrainingSet:
         with np.load(path) as npz:
             arrays = {
                 k: npz[k]
-                for k in ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed", "done")
+                for k in (
+                    "theta",
+                    "summaries",
+                    "summary_stderr",
+                    "summary_jacobian",
+                    "n_failed",
+                    "done",
+                    "has_jacobian",
+                )
                 if k in npz.files
             }
         return cls(**arrays, **kwargs)
@@ -104,18 +116,19 @@ class InMemoryTrainingSet:
         return int(self.theta.shape[0])
 
     def valid_mask(self) -> np.ndarray:
-        """(N,) bool: done, no failed halo, every summary, stderr and Jacobian entry finite."""
+        """(N,) bool: done, no failed halo, every summary, stderr and (where it has one) Jacobian
+        entry finite."""
         finite = (
             np.isfinite(self.summaries).all(axis=1)
             & np.isfinite(self.summary_stderr).all(axis=1)
-            & np.isfinite(self.summary_jacobian).all(axis=(1, 2))
+            & (np.isfinite(self.summary_jacobian).all(axis=(1, 2)) | ~self.has_jacobian)
         )
         return self.done & (self.n_failed == 0) & finite
 
     def load(self, indices=None) -> dict[str, np.ndarray]:
         """Rows at ``indices`` (sorted, like the store), as a dict of numpy arrays."""
         idx = np.arange(self.n_points) if indices is None else np.sort(np.asarray(indices, np.int64))
-        return {name: getattr(self, name)[idx] for name in (*DATA_KEYS, "n_failed")}
+        return {name: getattr(self, name)[idx] for name in (*DATA_KEYS, "n_failed", "has_jacobian")}
 
     def batches(
         self, batch_size: int, indices=None, seed: int = 0, buffer_chunks: int = 8
@@ -127,7 +140,7 @@ class InMemoryTrainingSet:
         idx = np.random.default_rng(seed).permutation(idx)
         for start in range(0, idx.size, batch_size):
             rows = idx[start : start + batch_size]
-            yield {name: getattr(self, name)[rows] for name in (*DATA_KEYS, "n_failed")}
+            yield {name: getattr(self, name)[rows] for name in (*DATA_KEYS, "n_failed", "has_jacobian")}
 
 
 def as_training_set(source):
@@ -192,12 +205,20 @@ def split_design(
     return {"train": idx[:n_train], "val": idx[n_train : n_train + n_val], "test": idx[n_train + n_val :]}
 
 
-def to_network_space(batch: Mapping[str, np.ndarray], scalings: Scalings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u (n, 8), z (n, S), dz/du (n, S, 8)) from a batch of store rows."""
+def to_network_space(
+    batch: Mapping[str, np.ndarray], scalings: Scalings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(u (n, 8), z (n, S), dz/du (n, S, 8), has_jacobian (n,) as 0/1) from a batch of store
+    rows; the Jacobian rows of value-only points (``has_jacobian`` False, default all True) are
+    set to 0 and masked out of the loss."""
     u = scalings.to_unit(batch["theta"])
     z = scalings.standardise(batch["summaries"])
-    jz = scalings.jacobian_to_network(batch["summary_jacobian"])
-    return u, z, jz
+    has = np.asarray(batch.get("has_jacobian", np.ones(u.shape[0], bool)), bool)
+    jac = np.asarray(batch["summary_jacobian"], np.float64)
+    if not has.all():
+        jac = np.where(has[:, None, None], jac, 0.0)
+    jz = scalings.jacobian_to_network(jac)
+    return u, z, jz, has.astype(np.float64)
 
 
 #: A training split up to this size is read from the store once and shuffled in memory; a

@@ -52,9 +52,13 @@ def _penalty(residual, huber_delta):
     return 2.0 * jnp.mean(optax.huber_loss(residual, delta=huber_delta))
 
 
-def member_loss(graphdef, decoder, gradient_weight, huber_delta, value_huber_delta, weights, params, u, z, jz):
+def member_loss(
+    graphdef, decoder, gradient_weight, huber_delta, value_huber_delta, weights, params, u, z, jz, jmask=None
+):
     """Sobolev loss of one member on (u (B, 8), z (B, S), jz (B, S, 8)):
-    (total, (value mse, jacobian penalty))."""
+    (total, (value mse, jacobian penalty)).  ``jmask`` (B,) 0/1: rows with an exact Jacobian
+    (value-only points: 0); the Jacobian penalty is the mean over the rows that have one (with
+    every row 1 it is bitwise the unmasked penalty)."""
     from flax import nnx
 
     net = nnx.merge(graphdef, params)
@@ -65,5 +69,11 @@ def member_loss(graphdef, decoder, gradient_weight, huber_delta, value_huber_del
 
     jac, value = jax.vmap(jax.jacfwd(out, has_aux=True))(u)
     value_penalty = _penalty(weights * (value - z), value_huber_delta)
-    jac_penalty = _penalty(weights[:, None] * (jac - jz), huber_delta)
+    residual = weights[:, None] * (jac - jz)
+    if jmask is None:
+        jac_penalty = _penalty(residual, huber_delta)
+    else:
+        # masked rows contribute 0 to the mean over all rows, which is rescaled to their count
+        scale = jmask.shape[0] / jnp.maximum(jnp.sum(jmask), 1.0)
+        jac_penalty = _penalty(residual * jmask[:, None, None], huber_delta) * scale
     return value_penalty + gradient_weight * jac_penalty, (value_penalty, jac_penalty)

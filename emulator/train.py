@@ -66,7 +66,7 @@ class TrainingSettings:
 
 def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
     decoder, weights = jnp.asarray(decoder), jnp.asarray(weights)
-    loss = lambda p, u, z, jz: member_loss(
+    loss = lambda p, u, z, jz, jm: member_loss(
         graphdef,
         decoder,
         settings.gradient_weight,
@@ -77,18 +77,20 @@ def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
         u,
         z,
         jz,
+        jm,
     )
     grad_fn = jax.vmap(jax.value_and_grad(loss, has_aux=True))
 
     @jax.jit
-    def run_block(params, opt_state, u, z, jz, batch_index, active):
+    def run_block(params, opt_state, u, z, jz, jm, batch_index, active):
         """lax.scan over the block's steps; batch_index (n_steps, K, B) rows of the block,
-        active (n_steps,) False for padding steps (no update)."""
+        active (n_steps,) False for padding steps (no update); jm (rows,) 1 where a row has an
+        exact Jacobian."""
 
         def step(carry, xs):
             params, opt_state = carry
             index, is_active = xs
-            (total, (value_penalty, jac_penalty)), grads = grad_fn(params, u[index], z[index], jz[index])
+            (total, (value_penalty, jac_penalty)), grads = grad_fn(params, u[index], z[index], jz[index], jm[index])
             updates, new_opt_state = jax.vmap(tx.update)(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             keep = lambda new, old: jnp.where(is_active, new, old)
@@ -100,9 +102,9 @@ def _make_steps(graphdef, decoder, settings: TrainingSettings, weights, tx):
         return params, opt_state, losses
 
     @jax.jit
-    def evaluate(params, u, z, jz):
+    def evaluate(params, u, z, jz, jm):
         """Per-member (total, value_penalty, jac_penalty) on a whole split."""
-        total, (value_penalty, jac_penalty) = jax.vmap(loss, in_axes=(0, None, None, None))(params, u, z, jz)
+        total, (value_penalty, jac_penalty) = jax.vmap(loss, in_axes=(0, None, None, None, None))(params, u, z, jz, jm)
         return total, value_penalty, jac_penalty
 
     @jax.jit
@@ -269,7 +271,7 @@ def train_emulator(
     weights = summary_weights(settings.summary_weighting, scalings, ts.observations)
     run_block, evaluate, keep_best = _make_steps(graphdef, scalings.decoder, settings, weights, tx)
 
-    val_u, val_z, val_jz = (jnp.asarray(a) for a in to_network_space(ts.load(splits["val"]), scalings))
+    val_u, val_z, val_jz, val_jm = (jnp.asarray(a) for a in to_network_space(ts.load(splits["val"]), scalings))
     source, batch_idx = batch_source(ts, train_idx)
     best_params = params
     best_val = np.full(settings.ensemble, np.inf)
@@ -282,7 +284,7 @@ def train_emulator(
             epoch_losses = []
             blocks = source.batches(n_block, indices=batch_idx, seed=_seed(settings.seed, epoch))
             for block_no, block in enumerate(blocks):
-                u, z, jz = to_network_space(block, scalings)
+                u, z, jz, jm = to_network_space(block, scalings)
                 n_rows = u.shape[0]
                 index, active = _block_schedule(
                     n_rows,
@@ -297,11 +299,12 @@ def train_emulator(
                     jnp.asarray(_pad_rows(u, n_block)),
                     jnp.asarray(_pad_rows(z, n_block)),
                     jnp.asarray(_pad_rows(jz, n_block)),
+                    jnp.asarray(_pad_rows(jm, n_block)),
                     jnp.asarray(index),
                     jnp.asarray(active),
                 )
                 epoch_losses.append(np.asarray(losses[0])[active])
-            val_total, val_value, val_jac = (np.asarray(a) for a in evaluate(params, val_u, val_z, val_jz))
+            val_total, val_value, val_jac = (np.asarray(a) for a in evaluate(params, val_u, val_z, val_jz, val_jm))
             improved = val_total < best_val
             best_val = np.where(improved, val_total, best_val)
             best_epoch = np.where(improved, epoch, best_epoch)
@@ -333,6 +336,7 @@ def train_emulator(
         store_identity=_store_identity(ts),
         theta_range=_theta_range(ts, train_idx),
         training_theta=np.asarray(ts.theta[train_idx]),
+        training_stderr=np.asarray(ts.summary_stderr[train_idx]),
     )
     calibration = calibrate_spread(emu, ts.load(splits["val"]))
     emu.calibration_factor = calibration["factor"]

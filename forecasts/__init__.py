@@ -11,7 +11,7 @@ their cross-validation (issue 6).
 
 Modules: ``forward`` (forward models), ``optimize`` (MAP), ``fisher`` (Laplace, Gauss-Newton),
 ``hmc`` (NUTS, checkpointed), ``modes`` (tempered SMC: mode weights, evidence; NUTS per mode), ``crossval`` (posterior comparison), ``campaigns`` (mock recovery,
-error scaling), ``plots`` (figures).
+error scaling), ``refine`` (posterior-focused refinement of an emulator), ``plots`` (figures).
 """
 
 import sapphire  # noqa: F401  (enables float64 before any array is made)
@@ -48,6 +48,7 @@ from .modes import (
     weigh_modes,
 )
 from .optimize import MapOptions, MapResult, find_map
+from .refine import RefineResult, RefineSettings, Targets, refine, score_points
 
 __all__ = [
     "ALL_RELATION_SETS",
@@ -63,6 +64,9 @@ __all__ = [
     "MapOptions",
     "MapResult",
     "RecoveryReport",
+    "RefineResult",
+    "RefineSettings",
+    "Targets",
     "Thresholds",
     "ValueAndGrad",
     "classifier_two_sample_auc",
@@ -78,6 +82,8 @@ __all__ = [
     "laplace",
     "mock_observations",
     "mock_recovery",
+    "refine",
+    "score_points",
     "run_hmc",
     # posteriors with several modes (issue 19)
     "ChainGroups",

@@ -792,7 +792,10 @@ def _add_modes_options(p: argparse.ArgumentParser, *, default_text: str) -> None
 
 
 def register(sub) -> None:
-    """Add the ``forecast``, ``validate`` and ``recover`` subcommands to the ``sapphire`` parser."""
+    """Add the ``forecast``, ``validate``, ``recover`` and ``refine`` subcommands to the ``sapphire`` parser."""
+    from .refine_cli import register_refine
+
+    register_refine(sub)
     p = sub.add_parser(
         "forecast",
         help="MAP, Fisher (Laplace) and optionally HMC with the emulator or the exact model",

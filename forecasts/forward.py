@@ -565,7 +565,12 @@ class EmulatorForward(ForwardModel):
     ``obs`` (default ``emu.observations``) may differ from the emulator's in y and sigma (a mock,
     another data set) but each of its relations must be emulated at the same x (``ValueError``
     naming the mismatch); it may hold fewer relations.  ``predict`` gives the emulator mean
-    and, if ``include_emulator_error``, the emulator error squared as model variance (else 0).
+    and, if ``include_emulator_error``, the emulator error squared as model variance (else 0);
+    with ``include_model_stderr`` (default) and an emulator that knows the exact model's standard
+    error (``emu.has_model_stderr``, ``emu.model_stderr(theta)``: artifacts trained since issue
+    21) that is added too, as ``ExactForward`` adds it: without it the emulator likelihood is
+    narrower than the exact one wherever the kernel regression's error is comparable to sigma_obs
+    (median 0.33 sigma_obs, gas ratio 0.79, at the small quickstart's 32 halos; docs/design.md s.17).
     """
 
     def __init__(
@@ -578,6 +583,7 @@ class EmulatorForward(ForwardModel):
         fixed=None,
         relations=None,
         sigma_scale=1.0,
+        include_model_stderr: bool = True,
     ) -> None:
         for attr in ("observations", "prior", "predict", "jacobian"):
             if not hasattr(emu, attr):
@@ -589,6 +595,7 @@ class EmulatorForward(ForwardModel):
         _match_emulator_observations(emu_obs, obs)
         selected = _select_observations(obs, relations, _check_sigma_scale(sigma_scale))
         index = np.concatenate([np.arange(emu_obs.slices[n].start, emu_obs.slices[n].stop) for n in selected.names])
+        with_stderr = bool(include_model_stderr) and bool(getattr(emu, "has_model_stderr", False))
         prior = emu.prior
         if tuple(prior.names) != sapphire.PARAMETER_NAMES:
             raise ValueError(
@@ -601,12 +608,13 @@ class EmulatorForward(ForwardModel):
             fixed=fixed,
             sigma_scale=sigma_scale,
             **_observation_fields(selected),
-            extra_spec=(_ByIdentity(emu), tuple(int(i) for i in index), bool(include_emulator_error)),
+            extra_spec=(_ByIdentity(emu), tuple(int(i) for i in index), bool(include_emulator_error), with_stderr),
             extra_data={},
             description={
                 "emulator": _emulator_identity(emu),
                 "include_emulator_error": bool(include_emulator_error),
                 "observations": selected.fingerprint(),
+                **({"include_model_stderr": True} if with_stderr else {}),
             },
         )
         object.__setattr__(self, "emulator", emu)
@@ -614,11 +622,13 @@ class EmulatorForward(ForwardModel):
 
     @staticmethod
     def _predict_full(extra, data, theta_full):
-        emu, index, with_error = extra
+        emu, index, with_error, with_stderr = extra
         mean, error = emu.obj.predict(theta_full)
         index = np.asarray(index)
         mean = jnp.asarray(mean)[index]
         variance = safe_square(jnp.asarray(error)[index]) if with_error else jnp.zeros_like(mean)
+        if with_stderr:  # the exact model's kernel-regression standard error, as ExactForward adds it
+            variance = variance + safe_square(jnp.asarray(emu.obj.model_stderr(theta_full))[index])
         return mean, variance, jnp.zeros((), jnp.int32)
 
     def training_coverage(self, theta_free) -> dict | None:
@@ -641,11 +651,15 @@ class EmulatorForward(ForwardModel):
             else np.full(arr.shape[0], np.nan)
         )
         outside = ~in_box | (np.isfinite(distance) & (distance > COVERAGE_GAP))
-        return {"in_box": in_box, "distance": distance, "outside": outside}
+        refined = emu.in_refined_region(full) if hasattr(emu, "in_refined_region") else None
+        out = {"in_box": in_box, "distance": distance, "outside": outside}
+        if refined is not None:
+            out["outside_refined"] = ~np.asarray(refined, bool).reshape(-1)
+        return out
 
     @staticmethod
     def _jacobian_full(extra, data, theta_full):
-        emu, index, _ = extra
+        emu, index, _, _ = extra
         return jnp.asarray(emu.obj.jacobian(theta_full))[np.asarray(index)]
 
 
@@ -756,6 +770,18 @@ def check_training_coverage(fm: ForwardModel, theta_free, where: str, what: str 
         "max_distance": float(finite.max()) if finite.size else None,
         "gap": COVERAGE_GAP,
     }
+    if "outside_refined" in cov:
+        out["n_outside_refined"] = int(cov["outside_refined"].sum())
+        if out["n_outside_refined"]:
+            import warnings
+
+            warnings.warn(
+                f"{where}: {out['n_outside_refined']} of {out['n']} {what} lie outside the region where the emulator "
+                "was refined on posterior-local points (sapphire refine; emu.refined_region): its accuracy there is "
+                "that of its prior-wide design; refine for this problem (sapphire refine ... --free ...)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     if out["n_outside"]:
         import warnings
 

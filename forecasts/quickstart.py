@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,11 @@ class Scale:
     cross-validation names (exact up to ``max_exact_draws`` per chain, the reduced emulator up to
     8x its first draws) until the verdict is PASS or FAIL or ``exact_budget_s`` wall-clock seconds
     (first round included) are spent.
+
+    ``refine_waves`` waves of ``refine_points`` posterior-local exact points each
+    (``forecasts.refine``) run between the emulator and the forecasts, on the decisive check's
+    problem (``exact_free`` free, the others at the mock truth); ``refine_hmc``: their NUTS
+    (chains, warmup, draws).  0 waves: no refinement.
     """
 
     n_halos: int
@@ -57,6 +63,9 @@ class Scale:
     exact_hmc: tuple[int, int, int]
     exact_budget_s: float
     max_exact_draws: int
+    refine_waves: int = 0
+    refine_points: int = 0
+    refine_hmc: tuple[int, int, int] = (4, 300, 500)
 
 
 SCALES: dict[str, Scale] = {
@@ -77,6 +86,9 @@ SCALES: dict[str, Scale] = {
         exact_hmc=(2, 150, 250),
         exact_budget_s=360.0,
         max_exact_draws=3000,
+        refine_waves=3,
+        refine_points=128,
+        refine_hmc=(4, 300, 500),
     ),
     # Tests and CI notebooks: every stage, minutes on 2 cores, numbers meaningless.
     "tiny": Scale(
@@ -94,6 +106,9 @@ SCALES: dict[str, Scale] = {
         exact_hmc=(2, 10, 20),
         exact_budget_s=120.0,
         max_exact_draws=40,
+        refine_waves=1,
+        refine_points=8,
+        refine_hmc=(2, 20, 20),
     ),
     # The original analysis's sizes, for GPU nodes.
     "paper": Scale(
@@ -111,6 +126,9 @@ SCALES: dict[str, Scale] = {
         exact_hmc=(4, 500, 1000),
         exact_budget_s=7200.0,
         max_exact_draws=20000,
+        refine_waves=3,
+        refine_points=512,
+        refine_hmc=(4, 500, 1000),
     ),
 }
 
@@ -265,6 +283,7 @@ def run_quickstart(
     from .forward import EmulatorForward, ExactForward
     from .hmc import HmcResult
     from .optimize import find_map
+    from .refine import REFINE_STATE, RefineSettings, refine
     from .steps import fisher_from_dict
 
     if scale not in SCALES:
@@ -372,6 +391,67 @@ def run_quickstart(
     stages.run("mock and CGM regime", mock_stage, mock_load, after=("training sets",))
     mock = state["mock"]
 
+    # 3b. Refinement: waves of exact points where the posterior of the decisive check's problem
+    #     lives, each scored held-out before the emulator is retrained on it (forecasts.refine).
+    refine_dir = out / "refine"
+    refine_settings = RefineSettings(
+        waves=max(sizes.refine_waves, 1),
+        points_per_wave=max(sizes.refine_points, 1),
+        chains=sizes.refine_hmc[0],
+        warmup=sizes.refine_hmc[1],
+        draws=sizes.refine_hmc[2],
+        map_starts=sizes.map_starts,
+        seed=seed,
+    )
+
+    def refine_stage() -> str:
+        source = {
+            "train": train.fingerprint,
+            "emulator": emu.store_fingerprint,
+            "mock": mock.fingerprint(),
+            # a refinement with other settings (other than more waves, which continue) starts afresh
+            "settings": {k: v for k, v in refine_settings.to_dict().items() if k != "waves"},
+        }
+        marker = refine_dir / "source.json"
+        if refine_dir.exists() and (not marker.exists() or json.loads(marker.read_text()) != source):
+            log(f"[quickstart] {refine_dir} was refined from another store, emulator or mock: starting it afresh")
+            shutil.rmtree(refine_dir)
+        if not refine_dir.exists():
+            refine_dir.mkdir(parents=True)
+            # the waves append to a copy, so train.zarr stays the prior-wide design it was
+            shutil.copytree(out / "train.zarr", refine_dir / "store.zarr")
+            write_json(marker, source)
+        result = refine(
+            refine_dir / "store.zarr",
+            emu,
+            refine_dir,
+            mock,
+            free=list(sizes.exact_free),
+            fixed=truth,
+            settings=refine_settings,
+            progress=progress,
+            log=log,
+        )
+        state["emu"], state["refine"] = result.emulator, _refine_summary(refine_dir)
+        return result.summary_line()
+
+    def refine_load() -> None:
+        saved = json.loads((refine_dir / REFINE_STATE).read_text())
+        if saved.get("stopped") is None:
+            raise ValueError("the refinement did not finish")
+        state["emu"], state["refine"] = SobolevEmulator.load(refine_dir / "emulator"), _refine_summary(refine_dir)
+
+    refine_title = f"refine ({sizes.refine_waves} wave(s) x {sizes.refine_points} points)"
+    if sizes.refine_waves > 0:
+        stages.run(
+            refine_title,
+            refine_stage,
+            refine_load,
+            extra=refine_settings.to_dict(),
+            after=("emulator", "mock and CGM regime"),
+        )
+        emu = state["emu"]
+
     # 4. Emulator forecast with every parameter free.
     def emulator_forecast_stage() -> str:
         from .plots import corner_overlay
@@ -420,7 +500,7 @@ def run_quickstart(
         "emulator forecast (8 free)",
         emulator_forecast_stage,
         emulator_forecast_load,
-        after=("emulator", "mock and CGM regime"),
+        after=("emulator", "mock and CGM regime", refine_title),
     )
 
     # 5. The decisive check: exact-model HMC on a reduced problem against the emulator's on the
@@ -543,7 +623,7 @@ def run_quickstart(
         decisive_stage,
         decisive_load,
         extra={"exact_budget_s": budget},
-        after=("emulator", "mock and CGM regime"),
+        after=("emulator", "mock and CGM regime", refine_title),
     )
 
     report = state["crossval"]
@@ -575,6 +655,7 @@ def run_quickstart(
             "line": _emulator_report_line(state["emulator_report"]),
         },
         "emulator_forecast": state["emulator_forecast"]["hmc"],
+        "refine": state.get("refine"),
     }
     write_json(out / "summary.json", summary)
     _write_report(out, summary, state)
@@ -585,6 +666,30 @@ def run_quickstart(
         + f"; report {out / 'report.md'}"
     )
     return summary
+
+
+def _refine_summary(refine_dir: Path) -> dict:
+    """The refinement's waves for the summary and report: held-out scores, posterior change,
+    points and seconds per wave, why it stopped and what is missing."""
+    from .refine import REFINE_STATE
+
+    saved = json.loads((refine_dir / REFINE_STATE).read_text())
+    return {
+        "stopped": saved.get("stopped"),
+        "missing": saved.get("missing", []),
+        "waves": [
+            {
+                "wave": w["wave"],
+                "n_points": w["n_points"],
+                "scores": w["scores"],
+                "posterior": w["posterior"],
+                "posterior_change": w.get("posterior_change"),
+                "seconds": w["seconds"],
+            }
+            for w in saved["waves"]
+        ],
+        "report": str(refine_dir / "refine_report.md"),
+    }
 
 
 def _keep_crossval(state: dict, out: Path, report, truths) -> None:
@@ -653,6 +758,39 @@ def _summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _refine_lines(refine: dict | None) -> list[str]:
+    """The report's refinement section (empty without refinement)."""
+    if not refine:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "## Refinement waves (held-out scores, before retraining)",
+        "",
+        "Each wave drew exact points from the broadened posterior of the decisive check's problem under the "
+        "emulator of the time, scored that emulator on them, then retrained on everything "
+        "(`refine/refine_report.md`).",
+        "",
+        "| wave | points | value error median / p95 [sigma_obs] | Jacobian median | \\|dlnL\\| median / p95 | posterior shift (max) | exact s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for w in refine["waves"]:
+        s, c = w["scores"], w.get("posterior_change")
+        shift = "-" if c is None else f"{c['max_abs_shift']:.3f}"
+        lines.append(
+            f"| {w['wave']} | {w['n_points']} | {fmt(s['value_error_median'])} / {fmt(s['value_error_p95'])} | "
+            f"{fmt(s['jacobian_error_median'])} | {fmt(s['dlogl_abs_median'])} / {fmt(s['dlogl_abs_p95'])} | {shift} | "
+            f"{w['seconds'].get('exact', 0):.0f} |"
+        )
+    lines += [
+        "",
+        f"Stopped: {refine['stopped']}"
+        + (f"; missing: {'; '.join(refine['missing'])}" if refine["missing"] else "")
+        + ".",
+        "",
+    ]
+    return lines
+
+
 def _write_report(out: Path, summary: dict, state: dict) -> None:
     report = state["crossval"]
     check = summary["decisive_check"]
@@ -680,6 +818,7 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
         "",
         summary["cgm_regime"]["line"][0].upper() + summary["cgm_regime"]["line"][1:] + ".",
         "",
+        *_refine_lines(summary.get("refine")),
         "## Stages",
         "",
         "| stage | seconds | outcome |",

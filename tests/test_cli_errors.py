@@ -335,6 +335,7 @@ def test_one_vocabulary():
         "forecast": ["--hmc-draws", "--draws"],
         "validate": ["--hmc-draws", "--draws"],
         "recover": ["--hmc-draws", "--draws"],
+        "refine": ["--hmc-draws", "--draws"],
     }
     chains = {_options(p)["--chains"].default for p in commands.values() if "--chains" in _options(p)}
     assert chains == {4}

@@ -55,6 +55,17 @@ def test_tiny_quickstart_end_to_end(quickstart_tiny):
     for text in ("ESS", "exit status", "cooling CGM", "A_etaM =", "The decisive check", "starts converged"):
         assert text in report, text
     # where the truth lies: the regime fractions of the solved halos, A_etaM's place in its range
+    # refinement waves between the emulator and the forecasts: held-out scores, counts that add up,
+    # the training store left as it was
+    import training_sets
+
+    refine = summary["refine"]
+    assert len(refine["waves"]) == sizes.refine_waves and refine["stopped"] in ("waves", "targets met")
+    assert all(w["n_points"] == sizes.refine_points and w["scores"]["value_error_median"] >= 0 for w in refine["waves"])
+    refined = training_sets.open_training_set(out / "refine" / "store.zarr")
+    assert refined.n_points == sizes.n_train + sizes.refine_waves * sizes.refine_points
+    assert training_sets.open_training_set(out / "train.zarr").n_points == sizes.n_train
+    assert "Refinement waves" in report and (out / "refine" / "refine_report.md").exists()
     regime = summary["cgm_regime"]
     assert 0 <= regime["fraction_cooling"] <= 1 and regime["n_solved"] <= sizes.n_halos
     assert (
@@ -139,7 +150,9 @@ def test_real_emulator_through_the_forecast_path(quickstart_tiny):
 
     out, sizes = quickstart_tiny.out, quickstart.SCALES["tiny"]
     mock = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
-    emu = SobolevEmulator.load(out / "emulator.emu", observations=mock)
+    # the forecasts ran on the refined emulator (the refine stage's)
+    emu_path = out / "refine" / "emulator" if sizes.refine_waves else out / "emulator.emu"
+    emu = SobolevEmulator.load(emu_path, observations=mock)
     train = training_sets.open_training_set(out / "train.zarr")
     truth = sapphire.DEFAULT_PRIOR.from_unit(quickstart.TRUTH_UNIT)
     free = list(sizes.exact_free)

@@ -8,7 +8,7 @@ exact summary Jacobians) into a resumable Zarr v3 store.
 """
 
 from .design import extend_design, latin_hypercube_design, read_design_table
-from .generate import GenerationReport, extend_store, generate
+from .generate import GenerationReport, append_design, extend_store, generate
 from .store import SCHEMA_VERSION, StoreError, TrainingSet, open_training_set, store_digest
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "GenerationReport",
     "StoreError",
     "TrainingSet",
+    "append_design",
     "extend_design",
     "extend_store",
     "generate",

@@ -21,7 +21,7 @@ from sapphire.config import ModelConfig
 from sapphire.halos import HaloPopulation
 from sapphire.model import Model
 from sapphire.observations import Observations
-from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states
+from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states, summaries_from_states
 from sapphire.prior import Prior
 
 from .store import writable
@@ -29,10 +29,17 @@ from .store import writable
 ROW_ARRAYS = ("summaries", "summary_stderr", "summary_jacobian", "n_failed")
 
 
-@functools.partial(jax.jit, static_argnames=("settings", "config", "observations", "save_states"))
-def point_outputs(theta, forcing, settings, config, observations, save_states):
+@functools.partial(jax.jit, static_argnames=("settings", "config", "observations", "save_states", "with_jacobian"))
+def point_outputs(theta, forcing, settings, config, observations, save_states, with_jacobian=True):
     """One design point: (mean (S,), stderr (S,), d mean/d theta (S, 8), n_failed, z = 0 log
-    states (H, 7) or None)."""
+    states (H, 7) or None).  ``with_jacobian=False``: a value-only point, the plain solve (no
+    sensitivities) and a NaN Jacobian."""
+    if not with_jacobian:
+        log_mhalo, log_state, success, _ = solve_z0(theta, forcing, settings, config, False)
+        mean, stderr = summaries_from_states(log_mhalo, log_state, success, observations, config)
+        jac_mean = jnp.full(mean.shape + theta.shape[-1:], jnp.nan)
+        n_failed = jnp.sum(~success).astype(jnp.int32)
+        return mean, stderr, jac_mean, n_failed, (log_state if save_states else None)
     log_mhalo, log_state, success, state_jacobian = solve_z0(theta, forcing, settings, config, True)
     mean, stderr, jac_mean, _ = summaries_and_jacobian_from_states(
         log_mhalo, log_state, success, state_jacobian, observations, config
@@ -85,16 +92,23 @@ class Evaluator:
         forcing = self.halos.forcing()
         self._forcing = {d: jax.device_put(forcing, d) for d in self.devices}
 
-    def dispatch(self, theta_block: np.ndarray, device) -> list:
+    def dispatch(self, theta_block: np.ndarray, device, with_jacobian: bool = True) -> list:
+        """Queue a block; ``with_jacobian=False``: value-only points (plain solves, NaN Jacobians;
+        one point at a time even with ``batch_points``)."""
         forcing = self._forcing[device]
         static = (self.model.settings, self.model.config, self.observations, self.save_states)
+        if not with_jacobian:
+            return [
+                point_outputs(jax.device_put(jnp.asarray(theta), device), forcing, *static, with_jacobian=False)
+                for theta in theta_block
+            ]
         if self.batch_points:
             return [block_outputs(jax.device_put(jnp.asarray(theta_block), device), forcing, *static)]
         return [point_outputs(jax.device_put(jnp.asarray(theta), device), forcing, *static) for theta in theta_block]
 
     def collect(self, pending: list) -> dict[str, np.ndarray]:
         """Rows of one block from ``dispatch``'s per-point results (or its one batched result)."""
-        if self.batch_points:
+        if len(pending) == 1 and pending[0][0].ndim == 2:  # block_outputs' one batched result
             mean, stderr, jac, n_failed, states = pending[0]
         else:
             mean, stderr, jac, n_failed, states = (

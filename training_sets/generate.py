@@ -44,6 +44,7 @@ from .evaluate import ROW_ARRAYS, Evaluator, block_theta, model_from_attrs, writ
 __all__ = [
     "ROW_ARRAYS",
     "Evaluator",
+    "append_design",
     "GenerationReport",
     "extend_store",
     "generate",
@@ -109,6 +110,8 @@ def recorded_design(attrs: dict[str, Any]) -> np.ndarray | None:
             new = latin_hypercube_design(prior, int(batch["n_points"]), batch["seed"])
         elif batch["kind"] == "latin_hypercube_extension":
             new = extend_design(prior, theta, int(batch["n_points"]), batch["seed"])
+        elif "theta" in batch:  # a block appended with its rows recorded (append_design)
+            new = np.asarray(batch["theta"], np.float64).reshape(-1, len(prior.names))
         else:
             return None
         theta = np.concatenate([theta, new])
@@ -174,6 +177,7 @@ def prepare_store(
     save_states: bool = False,
     design_table: np.ndarray | None = None,
     resume: bool = False,
+    jacobian: bool = True,
 ) -> tuple[Path, list[store_module.ChunkDamage]]:
     """Create the store (design drawn from ``seed``, or ``design_table``), or with ``resume``
     reopen an existing one after checking it was made with the same settings and, when a
@@ -181,6 +185,7 @@ def prepare_store(
     store's own design is continued (``sapphire generate ts.zarr --resume``, ``--extend``).
     Resuming reads every chunk (:func:`~training_sets.store.scan_chunks`) and, once every
     check has passed, :func:`repair_store` s the damage, whose rows the run then recomputes.
+    ``jacobian=False``: a new store's design block is recorded as value-only (no Jacobians).
     Returns the path and the damaged chunks found."""
     path = Path(path)
     theta = design = None
@@ -194,6 +199,8 @@ def prepare_store(
     elif not (resume and path.exists()):
         raise ValueError("give the number of design points (--points) or a design table")
     if not path.exists():
+        if not jacobian:
+            design = dict(design, jacobian=False)
         store_module.create_store(
             path, theta, model, halos, observations, design=design, chunk=chunk, save_states=save_states
         )
@@ -222,13 +229,15 @@ def prepare_store(
     return path, damage
 
 
-def extend_store(path: str | os.PathLike, n_new: int, seed: int, *, expected: dict[str, Any] | None = None) -> int:
+def extend_store(
+    path: str | os.PathLike, n_new: int, seed: int, *, expected: dict[str, Any] | None = None, jacobian: bool = True
+) -> int:
     """Append ``n_new`` design points (a Latin hypercube that avoids the existing points,
     :func:`~training_sets.design.extend_design`) to a store, not yet computed; returns the new
     number of points.  Run ``generate(..., resume=True)`` afterwards to compute them.
     ``expected`` (:func:`~training_sets.store.store_identity` of the run that will compute
     them): checked, like the design, before anything is written, so a refused extension
-    leaves the store as it was."""
+    leaves the store as it was.  ``jacobian=False``: the new points are value-only."""
     if isinstance(n_new, bool) or int(n_new) != n_new or n_new < 1:
         raise ValueError(f"the number of points to add (--extend) must be a positive integer, got {n_new!r}")
     root = store_module.open_group(path)
@@ -244,11 +253,57 @@ def extend_store(path: str | os.PathLike, n_new: int, seed: int, *, expected: di
         arr = root[name]
         arr.resize((n,) + arr.shape[1:])
     store_module.writable(root, "theta")[old.shape[0] :] = new
-    batches = list(attrs["design"]["batches"]) + [
-        {"kind": "latin_hypercube_extension", "seed": int(seed), "n_points": int(n_new)}
-    ]
+    extension = {"kind": "latin_hypercube_extension", "seed": int(seed), "n_points": int(n_new)}
+    if not jacobian:
+        extension["jacobian"] = False  # value-only points
+    batches = list(attrs["design"]["batches"]) + [extension]
     root.attrs["design"] = {"batches": batches}
     return n
+
+
+def append_design(
+    path: str | os.PathLike, theta: np.ndarray, batch: dict[str, Any], *, expected: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """Append the design points ``theta`` (n, 8) to a store as a block of their own, not yet
+    computed; returns the rows ``(start, stop)`` they occupy.  Run ``generate(..., resume=True)``
+    afterwards to compute them.
+
+    ``batch`` describes the block (JSON-ready: e.g. ``{"kind": "refine", "wave": 2, "seed": 7,
+    "proposal": {...}}``); it is recorded in the store's ``design`` attribute together with
+    ``n_points`` and the rows themselves (``theta``), so a damaged ``theta`` chunk can be
+    redrawn (:func:`recorded_design`).  Idempotent, for resumable callers: if the store's last
+    block is already this one (same ``batch`` and rows) nothing is written and its rows are
+    returned.  A store whose arrays are longer than its recorded blocks (an append killed
+    between the resize and the attribute write) is cut back to its recorded rows first.
+    ``expected`` (:func:`~training_sets.store.store_identity`): checked before anything is
+    written."""
+    from sapphire.jsonio import json_ready
+
+    root = store_module.open_group(path)
+    attrs = dict(root.attrs)
+    if expected is not None:
+        store_module.check_identity(path, attrs, expected)
+    prior = Prior(**{k: tuple(v) for k, v in attrs["prior"].items()})
+    theta = prior.validate(np.atleast_2d(np.asarray(theta, np.float64)))
+    if theta.shape[0] < 1:
+        raise ValueError("append_design: no design points to append")
+    record = json_ready(dict(batch, n_points=int(theta.shape[0]), theta=theta.tolist()))
+    batches = list(attrs["design"]["batches"])
+    recorded = sum(int(b["n_points"]) for b in batches)
+    if batches and json_ready(batches[-1]) == record:
+        return recorded - theta.shape[0], recorded
+    root = store_module.open_group(path, mode="r+")  # every check passed: only now write
+    n_old = root["theta"].shape[0]
+    if n_old != recorded:  # an interrupted append: forget its rows
+        for name in root.array_keys():
+            root[name].resize((recorded,) + root[name].shape[1:])
+    n = recorded + theta.shape[0]
+    for name in root.array_keys():
+        arr = root[name]
+        arr.resize((n,) + arr.shape[1:])
+    store_module.writable(root, "theta")[recorded:] = theta
+    root.attrs["design"] = {"batches": batches + [record]}
+    return recorded, n
 
 
 def _progress(total: int, description: str, enabled: bool):
@@ -281,6 +336,7 @@ def generate(
     batch_points: bool = False,
     progress: bool = True,
     on_block: Callable[[int], None] | None = None,
+    jacobian: bool = True,
 ) -> GenerationReport:
     """Build (or, with ``resume``, finish) the training set at ``path``.
 
@@ -292,7 +348,11 @@ def generate(
     flat batch of (point, halo) lanes (:func:`~training_sets.evaluate.block_outputs`; for GPUs,
     speed in docs/training_sets.md), agreeing with the default
     evaluation to the solver tolerance, not bit for bit (recorded in the store's history).
-    ``on_block(block)`` is called after each block is written (tests use it).  With ``resume``,
+    ``on_block(block)`` is called after each block is written (tests use it).  ``jacobian=False``:
+    a new store's points are value-only (summaries and standard errors from the plain solve,
+    Jacobian rows NaN; a Jacobian costs ~6x a solve on a CPU); in any store a block is evaluated
+    value-only when every row of it belongs to a design block recorded so
+    (:func:`~training_sets.store.jacobian_rows`).  With ``resume``,
     damaged or missing chunks are found first and their rows recomputed (:func:`prepare_store`),
     so the finished store is bit-identical to an uninterrupted run.  Returns a
     :class:`GenerationReport`.
@@ -312,9 +372,11 @@ def generate(
         save_states=save_states,
         design_table=design_table,
         resume=resume,
+        jacobian=jacobian,
     )
     root = store_module.open_group(path, mode="r+")
     todo = pending_blocks(root)
+    with_jacobian = store_module.jacobian_rows(dict(root.attrs), root["theta"].shape[0])
     n_total = root["theta"].shape[0]
     todo_points = sum(min(chunk, n_total - b * chunk) for b in todo)
     started = time.perf_counter()
@@ -332,13 +394,17 @@ def generate(
         entry["repaired"] = [d.describe() for d in damage]
     _record_history(root, dict(entry, finished=None))  # a killed run leaves its trace
     if scheduler is not None:
+        if not with_jacobian.all():
+            raise ValueError("value-only design points (--no-jacobian) are computed locally, not by Dask workers")
         bar = _progress(todo_points, "design points", progress)
         entry["backend"], workers = "dask", run_on_dask(path, todo, scheduler, bar, on_block, batch_points)
     else:
         device_list = resolve_devices(devices)
         entry["backend"], workers = f"{device_list[0].platform} x{len(device_list)}", len(device_list)
         evaluator = Evaluator(model, halos, observations, save_states, device_list, batch_points)
-        _run_local(root, evaluator, todo, _progress(todo_points, "design points", progress), on_block)
+        chunk_rows = int(root.attrs["chunk"])
+        block_jacobian = {b: bool(with_jacobian[b * chunk_rows : (b + 1) * chunk_rows].any()) for b in todo}
+        _run_local(root, evaluator, todo, _progress(todo_points, "design points", progress), on_block, block_jacobian)
     seconds = time.perf_counter() - started
     n_failed = store_module.read_rows(root, "n_failed")
     entry.update(
@@ -361,8 +427,10 @@ def generate(
     )
 
 
-def _run_local(root, evaluator: Evaluator, todo: list[int], bar, on_block) -> None:
-    """Round robin: queue one block per device, then collect and write them in order."""
+def _run_local(root, evaluator: Evaluator, todo: list[int], bar, on_block, block_jacobian=None) -> None:
+    """Round robin: queue one block per device, then collect and write them in order.
+    ``block_jacobian``: block -> evaluate with Jacobians (default all)."""
+    block_jacobian = block_jacobian or {}
     from concurrent.futures import ThreadPoolExecutor
 
     devices = evaluator.devices
@@ -371,7 +439,10 @@ def _run_local(root, evaluator: Evaluator, todo: list[int], bar, on_block) -> No
             wave = todo[start : start + len(devices)]
             # Dispatching from one thread per device lets the first wave's per-device
             # compilations run concurrently; later dispatches return at once.
-            futures = [pool.submit(evaluator.dispatch, block_theta(root, b), d) for b, d in zip(wave, devices)]
+            futures = [
+                pool.submit(evaluator.dispatch, block_theta(root, b), d, block_jacobian.get(b, True))
+                for b, d in zip(wave, devices)
+            ]
             queued = [(b, f.result()) for b, f in zip(wave, futures)]
             for block, pending in queued:
                 rows = evaluator.collect(pending)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import TrainingSet, open_group, open_training_set, read_rows, scan_chunks
+from .store import TrainingSet, jacobian_rows, open_group, open_training_set, read_rows, scan_chunks
 
 #: Physical bounds that :func:`verify_store` checks on every done row whose halos all solved:
 #: summaries are log10 masses, mass ratios and 12 + log10(O/H) (a few dex to ~12), so |value|
@@ -43,6 +43,7 @@ def summarise(ts: TrainingSet) -> dict[str, Any]:
         "failed_halos_total": int(np.sum(np.maximum(n_failed, 0))),
         "done_but_not_finite": int(np.sum(done & (n_failed == 0) & ~valid)),
         "valid_points": int(valid.sum()),
+        "value_only_points": int(np.sum(~ts.has_jacobian)),
         "halos": ts.attrs["halos"]["n_halos"],
         "halo_fingerprint": ts.attrs["halos"]["fingerprint"],
         "design": ts.attrs["design"]["batches"],
@@ -120,6 +121,7 @@ def _out_of_bounds(root, skip: set[tuple[str, int]]) -> list[dict[str, Any]]:
     low, high = np.asarray(attrs["prior"]["low"], float), np.asarray(attrs["prior"]["high"], float)
     n_halos = int(attrs["halos"]["n_halos"])
     n, chunk = root["theta"].shape[0], int(attrs["chunk"])
+    has_jacobian = jacobian_rows(attrs, n)  # value-only rows hold NaN Jacobians by design
     flagged: list[dict[str, Any]] = []
 
     def flag(name: str, start: int, values: np.ndarray, bad: np.ndarray, rows: np.ndarray, allowed: str) -> None:
@@ -154,7 +156,7 @@ def _out_of_bounds(root, skip: set[tuple[str, int]]) -> list[dict[str, Any]]:
                     start,
                     values,
                     ~np.isfinite(values) | (values < lo) | (values > hi),
-                    solved,
+                    solved & has_jacobian[block] if name == "summary_jacobian" else solved,
                     f"finite, in [{lo:g}, {hi:g}]",
                 )
     return flagged

@@ -176,6 +176,19 @@ def halo_arrays(halos: HaloPopulation) -> dict[str, np.ndarray]:
     }
 
 
+def jacobian_rows(attrs: Mapping[str, Any], n_points: int | None = None) -> np.ndarray:
+    """(N,) bool: rows of the store's design blocks evaluated with exact Jacobians (a block
+    recorded with ``"jacobian": false`` holds value-only points: ``sapphire generate
+    --no-jacobian``, ``append_design(..., {"jacobian": False})``; their Jacobian rows are NaN)."""
+    parts = [
+        np.full(int(b["n_points"]), bool(b.get("jacobian", True))) for b in attrs.get("design", {}).get("batches", [])
+    ]
+    rows = np.concatenate(parts) if parts else np.zeros(0, bool)
+    if n_points is not None and rows.size != n_points:  # an unrecorded tail: as written, with Jacobians
+        rows = np.concatenate([rows, np.ones(max(n_points - rows.size, 0), bool)])[:n_points]
+    return rows
+
+
 def open_group(path: str | os.PathLike, mode: str = "r"):
     """The store's Zarr group, after checking it exists and carries this schema's attributes."""
     import zarr
@@ -467,6 +480,8 @@ class TrainingSet:
         if self.summary_names != summary_names(self.observations):
             raise StoreError(f"{self.path}: summary_names disagree with the stored observations: corrupt store")
         self.schema_version: int = int(self.attrs["schema_version"])
+        #: (N,) bool: rows with an exact Jacobian (False: value-only points, :func:`jacobian_rows`)
+        self.has_jacobian: np.ndarray = jacobian_rows(self.attrs, self.n_points)
 
     def __repr__(self) -> str:
         return (
@@ -508,15 +523,17 @@ class TrainingSet:
                 for name in DATA_ARRAYS:
                     check_present(self._root, name, rows)
             ok = done & (read_rows(self._root, "n_failed", rows) == 0)
-            for name, axes in (("summaries", (1,)), ("summary_stderr", (1,)), ("summary_jacobian", (1, 2))):
+            for name, axes in (("summaries", (1,)), ("summary_stderr", (1,))):
                 ok &= np.isfinite(read_rows(self._root, name, rows)).all(axis=axes)
+            jac_ok = np.isfinite(read_rows(self._root, "summary_jacobian", rows)).all(axis=(1, 2))
+            ok &= jac_ok | ~self.has_jacobian[rows]  # value-only rows need no Jacobian
             parts.append(ok)
         return np.concatenate(parts) if parts else np.zeros(0, bool)
 
     def load(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The rows at ``indices`` (default: all; returned in increasing order) as numpy
-        arrays: theta, summaries, summary_stderr, summary_jacobian, n_failed.  Reads only
-        the chunks that hold them."""
+        arrays: theta, summaries, summary_stderr, summary_jacobian, n_failed, has_jacobian.
+        Reads only the chunks that hold them."""
         idx = np.arange(self.n_points) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
         if idx.size and (idx[0] < 0 or idx[-1] >= self.n_points):
             raise IndexError(f"row indices must lie in [0, {self.n_points}), got {idx[0]}..{idx[-1]}")
@@ -528,12 +545,14 @@ class TrainingSet:
             stop = start + int(local[-1]) + 1
             for name in DATA_ARRAYS:
                 out[name].append(read_rows(self._root, name, slice(start, stop))[local])
-        return {
+        loaded = {
             name: np.concatenate(parts)
             if parts
             else np.zeros((0,) + self._root[name].shape[1:], self._root[name].dtype)
             for name, parts in out.items()
         }
+        loaded["has_jacobian"] = self.has_jacobian[idx]
+        return loaded
 
     def batches(
         self,
