@@ -86,6 +86,24 @@ def _settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
+def _run_record(args, started: float) -> dict:
+    """The tail of every JSON record this module writes: the settings, the wall-clock seconds
+    since ``started`` and the version."""
+    import sapphire
+
+    return {
+        "settings": _settings(args),
+        "seconds": time.perf_counter() - started,
+        "sapphire_version": sapphire.__version__,
+    }
+
+
+def _print_map_line(fit: dict | None) -> None:
+    """One line on the MAP search (nothing when there was none)."""
+    if fit is not None:
+        print(f"MAP: -ln L = {fit['best_loss']:.4f}, {sum(fit['converged'])}/{len(fit['converged'])} starts converged")
+
+
 def _header(args, fm, problem: Problem) -> None:
     data = "mock at --mock-theta" if problem.truth is not None else problem.info["observations"]["source"]
     print(
@@ -99,7 +117,6 @@ def _header(args, fm, problem: Problem) -> None:
 # ------------------------------------------------------------------------------------------------
 def cmd_forecast(args: argparse.Namespace) -> int:
     """MAP, Laplace (Fisher) at the MAP and optionally HMC for one forward model."""
-    import sapphire
 
     from .plots import corner_overlay, fisher_ellipses
 
@@ -155,15 +172,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
         "hmc": None if post is None else post.summary(),
         "chain_groups": None if groups is None else _groups_dict(groups),
-        "settings": _settings(args),
-        "seconds": time.perf_counter() - started,
-        "sapphire_version": sapphire.__version__,
-    }
+    } | _run_record(args, started)
     write_json(out / "forecast.json", payload)
 
     # table
-    if fit is not None:
-        print(f"MAP: -ln L = {fit['best_loss']:.4f}, {sum(fit['converged'])}/{len(fit['converged'])} starts converged")
+    _print_map_line(fit)
     print(
         f"Fisher ({fisher.kind}): "
         + (
@@ -224,7 +237,6 @@ def _groups_dict(groups) -> dict:
 def _forecast_modes(args, fm, problem: Problem, out: Path, point, fit, fisher, started: float) -> int:
     """``forecast`` with modes: tempered SMC weighs them, each mode's MAP, NUTS per mode (--hmc),
     the mode table, the modes corner, the evidence."""
-    import sapphire
 
     from .modes import mode_table, modes_summary
     from .plots import modes_corner
@@ -285,14 +297,10 @@ def _forecast_modes(args, fm, problem: Problem, out: Path, point, fit, fisher, s
         else hmc.summary() | {"note": "all modes' chains together: use modes[k].r_hat, not this R-hat"},
         "chain_groups": None if groups is None else _groups_dict(groups),
         "converged_in_modes": None if refined is None else not bad,
-        "settings": _settings(args),
-        "seconds": time.perf_counter() - started,
-        "sapphire_version": sapphire.__version__,
-    }
+    } | _run_record(args, started)
     write_json(out / "forecast.json", payload)
 
-    if fit is not None:
-        print(f"MAP: -ln L = {fit['best_loss']:.4f}, {sum(fit['converged'])}/{len(fit['converged'])} starts converged")
+    _print_map_line(fit)
     print(
         f"tempered SMC: {result.n_modes} mode(s), {len(result.log_evidence_runs)} runs x {result.settings['num_particles']} "
         f"particles, {result.times['total']:.1f} s; ln Z = {result.log_evidence:.3f} +- {_fmt(result.log_evidence_error, '.3f')}"
@@ -322,7 +330,6 @@ def _forecast_modes(args, fm, problem: Problem, out: Path, point, fit, fisher, s
 # ------------------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
     """Emulator-versus-exact posterior cross-check on the same problem."""
-    import sapphire
 
     from .crossval import Thresholds, cross_validate
 
@@ -400,24 +407,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise option_error(args, f"cross-validation: {err}") from None
     truth = problem.free_truth(exact["fm"])
-    payload = report.to_dict() | {
-        "problem": problem.info,
-        "truth": truth,
-        "runs": {
-            label: {
-                "forward": r["fm"].describe(),
-                "fingerprint": r["fm"].fingerprint(),
-                "point": r["point"],
-                "map": r["map"],
-                "fisher": r["fisher"].to_dict(),
-                "hmc": r["post"].summary(),
-            }
-            for label, r in results.items()
-        },
-        "settings": _settings(args),
-        "seconds": time.perf_counter() - started,
-        "sapphire_version": sapphire.__version__,
-    }
+    payload = (
+        report.to_dict()
+        | {
+            "problem": problem.info,
+            "truth": truth,
+            "runs": {
+                label: {
+                    "forward": r["fm"].describe(),
+                    "fingerprint": r["fm"].fingerprint(),
+                    "point": r["point"],
+                    "map": r["map"],
+                    "fisher": r["fisher"].to_dict(),
+                    "hmc": r["post"].summary(),
+                }
+                for label, r in results.items()
+            },
+        }
+        | _run_record(args, started)
+    )
     write_json(out / "crossval.json", payload)
     fm = exact["fm"]
     intro = (
@@ -450,7 +458,6 @@ def _validate_modes(args, problem: Problem, forwards: dict, out: Path, started: 
     """``validate --modes``: the emulator's modes (tempered SMC), NUTS in each mode with both
     models (the exact chains started in the emulator's modes), per-mode verdicts, and the mode
     weights (emulator: SMC; exact: importance sampling around its NUTS draws) with their errors."""
-    import sapphire
 
     from .crossval import Thresholds
     from .modes import cross_validate_modes, mode_table, mode_weights_from_chains, modes_summary, refine_modes
@@ -538,10 +545,8 @@ def _validate_modes(args, problem: Problem, forwards: dict, out: Path, started: 
             "runs": {
                 label: {"forward": fm.describe(), "fingerprint": fm.fingerprint()} for label, fm in forwards.items()
             },
-            "settings": _settings(args),
-            "seconds": time.perf_counter() - started,
-            "sapphire_version": sapphire.__version__,
         }
+        | _run_record(args, started)
     )
     write_json(out / "crossval.json", payload)
     intro = (
