@@ -103,7 +103,7 @@ def mock_observations(model: sapphire.Model, halos: sapphire.HaloPopulation, obs
             name=rel.name, x=rel.x, y=mean[sl], sigma=rel.sigma, x_label=rel.x_label, y_label=rel.y_label,
             source=f"mock: exact model at theta = ({theta_text}), {halos.n_halos} halos ({halos.fingerprint()}), "
                    f"{'noise seed ' + str(noise_seed) if noise_seed is not None else 'no noise'}; sigma of: {rel.source}",
-            note=rel.note, detection_limit=rel.detection_limit,
+            note=rel.note, detection_limit=rel.detection_limit, bandwidth=rel.bandwidth,
         ))
     return Observations(tuple(relations))
 

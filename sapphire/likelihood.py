@@ -163,7 +163,8 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
     obs = check_observations(obs)
     halos = model.check_halos(halos)
     geometry = Observations(tuple(
-        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size), detection_limit=rel.detection_limit)
+        type(rel)(name=rel.name, x=rel.x, y=np.zeros(rel.size), sigma=np.ones(rel.size), detection_limit=rel.detection_limit,
+                  bandwidth=rel.bandwidth)
         for rel in obs.relations
     ))
     return jax.tree_util.Partial(SummaryKernel(model.settings, model.config, geometry), model.device_forcing(halos))
