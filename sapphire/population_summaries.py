@@ -51,7 +51,8 @@ class Summaries(NamedTuple):
     Attributes:
         mean: (n_summary,) kernel-regression means [dex, or 12 + log(O/H)], in the order of
             ``names`` (module docstring).
-        stderr: (n_summary,) their standard errors (local scatter / sqrt(n_eff)).
+        stderr: (n_summary,) their standard errors (statistical, plus a term that grows as the
+            support vanishes; :func:`sapphire.summaries.kernel_regression`).
         n_failed: number of halos whose solve failed (excluded from the regressions).
         names: (n_summary,) ``"<relation>@<x>"``, e.g. ``"smhm@10.25"``, ``"mzr@8.5"``.
         success: (n_halo,) bool, per halo.

@@ -1,9 +1,11 @@
 """Summary statistics of a simulated halo population: kernel regression at fixed centres.
 
 The model predicts, for each halo, its z = 0 state; the data are mean relations y(x) at a few x.
-The summary of a population is the Nadaraya-Watson (Gaussian kernel) regression of the halos'
-y on their x, evaluated at the observed x of each relation, together with the local scatter and
-the standard error of that local mean.  Everything here is pure ``jax.numpy``: differentiable in
+The summary of a population is the local-linear Gaussian-kernel regression of the halos' y on
+their x, with a bandwidth fixed per relation (``Relation.bandwidth``, not a function of the
+model's x), evaluated at the observed x of each relation, together with the local scatter, the
+support (effective number of halos at the centre) and a standard error that grows smoothly as
+that support vanishes (summary definition 2, issue 16; docs/design.md).  Everything here is pure ``jax.numpy``: differentiable in
 the halo values, ``jit``- and ``vmap``-friendly, and safe for failed halos (``valid = False``) whose
 values may be NaN.
 """
