@@ -26,6 +26,7 @@ __all__ = [
     "Relation",
     "check_scale",
     "default_bandwidth",
+    "BANDWIDTH_PER_SPACING",
     "relations_digest",
 ]
 
@@ -48,12 +49,18 @@ X_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+#: Default bandwidth in units of the median spacing of a relation's observed centres.  1x (0.25
+#: dex) was measured rougher than Scott's rule at 128 halos (docs/design_notes_smooth.md); 2x
+#: (0.5 dex for SMHM and MZR, 0.6 for xGASS) is wider than Scott's bandwidth at >= 128 halos.
+BANDWIDTH_PER_SPACING: float = 2.0
+
+
 def default_bandwidth(x: np.ndarray) -> float:
-    """The default kernel bandwidth of a relation [units of x]: the median spacing of its
-    observed centres (0.25 dex for the default SMHM and MZR, 0.30 dex for xGASS), so that
-    neighbouring summaries overlap by about one kernel width and the bandwidth does not depend on
-    the model (summary definition 2, docs/design.md).  Needs >= 2 centres."""
-    return float(np.median(np.diff(np.asarray(x, dtype=np.float64))))
+    """The default kernel bandwidth of a relation [units of x]: ``BANDWIDTH_PER_SPACING`` x the
+    median spacing of its observed centres (0.5 dex for the default SMHM and MZR, 0.6 dex for
+    xGASS); it does not depend on the model (summary definition 2, docs/design.md).  Needs >= 2
+    centres."""
+    return BANDWIDTH_PER_SPACING * float(np.median(np.diff(np.asarray(x, dtype=np.float64))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,8 +143,8 @@ class Relation:
             every model halo before the regression; ``None`` (default for a user's CSV): the
             model's y as it is.
         bandwidth: the Gaussian kernel's bandwidth h of the summaries [units of x], > 0 and
-            finite; None (default): :func:`default_bandwidth` (median spacing of ``x``; a
-            one-point relation must give it).  ``x`` must lie in the name's ``X_RANGES``.
+            finite; None (default): :func:`default_bandwidth` (twice the median spacing of ``x``;
+            a one-point relation must give it).  ``x`` must lie in the name's ``X_RANGES``.
 
     ``x``, ``y`` and ``sigma`` are stored as read-only float64 copies.  Equality compares every
     field; the hash uses the numbers and the name, so a ``Relation`` may be a static jit argument.

@@ -190,8 +190,8 @@ def test_load_errors(emu, tmp_path):
     (old / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="summary definition 1; this sapphire computes 2 .*fixed bandwidth.*retrain"):
         SobolevEmulator.load(old)
-    wider = sapphire.Observations((dataclasses.replace(OBS["mzr"], bandwidth=0.5),))
-    with pytest.raises(ValueError, match="relation 'mzr' was trained with bandwidth 0.25"):
+    wider = sapphire.Observations((dataclasses.replace(OBS["mzr"], bandwidth=0.7),))
+    with pytest.raises(ValueError, match="relation 'mzr' was trained with bandwidth 0.5"):
         SobolevEmulator.load(path, observations=wider)
     corrupt = tmp_path / "corrupt.emu"
     shutil.copytree(path, corrupt)

@@ -133,11 +133,11 @@ def test_relation_validation(kwargs, match):
 
 
 def test_bandwidth_default_explicit_and_fingerprint(default):
-    """Default bandwidth: the median spacing of the centres; it enters equality and fingerprint."""
-    assert default["smhm"].bandwidth == pytest.approx(0.25) and default["mzr"].bandwidth == pytest.approx(0.25)
-    assert default["gas_ratio"].bandwidth == pytest.approx(np.median(np.diff(default["gas_ratio"].x)))
-    wider = dataclasses.replace(default["mzr"], bandwidth=0.4)
-    assert wider.bandwidth == 0.4 and wider != default["mzr"]
+    """Default bandwidth: twice the median spacing of the centres; it enters equality and fingerprint."""
+    assert default["smhm"].bandwidth == pytest.approx(0.5) and default["mzr"].bandwidth == pytest.approx(0.5)
+    assert default["gas_ratio"].bandwidth == pytest.approx(2 * np.median(np.diff(default["gas_ratio"].x)))
+    wider = dataclasses.replace(default["mzr"], bandwidth=0.7)
+    assert wider.bandwidth == 0.7 and wider != default["mzr"]
     assert wider.fingerprint() != default["mzr"].fingerprint()
     assert Relation.from_dict(wider.to_dict()) == wider
     one = Relation("mzr", [9.0], [8.5], [0.1], bandwidth=0.3)
