@@ -23,6 +23,7 @@ sapphire.set_host_device_count()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
 from sapphire.evolution import batch_stiffness  # noqa: E402
 from sapphire.solve import SolverSettings, solve_population  # noqa: E402
 

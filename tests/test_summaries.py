@@ -8,22 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _numpy_reference import MIN_SUPPORT, SUPPORT_ERROR, SUPPORT_FLOOR, numpy_kernel_regression, numpy_observed_y
 
 import sapphire  # noqa: F401  (enables float64)
-from _numpy_reference import MIN_SUPPORT, SUPPORT_ERROR, SUPPORT_FLOOR, numpy_kernel_regression, numpy_observed_y
 from sapphire.config import DEFAULT_CONFIG
 from sapphire.observations import Observations
 from sapphire.summaries import (
     RELATION_NAMES,
     KernelRegression,
+    count_poorly_supported,
     kernel_regression,
     relation_coordinates,
-    count_poorly_supported,
     scott_bandwidth,
     summary_statistics,
     summary_support,
 )
-
 
 H = 0.25  # bandwidth of the tests [units of x]
 
