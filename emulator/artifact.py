@@ -34,6 +34,7 @@ from sapphire.jsonio import json_ready
 from sapphire.observations import Observations
 from sapphire.population_summaries import summary_names
 from sapphire.prior import Prior
+from sapphire.summaries import SUMMARY_DEFINITION, SUMMARY_DEFINITION_TEXT
 
 from .network import Architecture, Scalings, abstract_graphdef, ensemble_apply
 
@@ -368,6 +369,7 @@ class SobolevEmulator:
         return {
             "format": "sapphire-emulator",
             "format_version": FORMAT_VERSION,
+            "summary_definition": SUMMARY_DEFINITION,
             "sapphire_version": self.sapphire_version,
             "architecture": self.architecture.to_dict(),
             "ensemble_size": self.ensemble_size,
@@ -433,6 +435,13 @@ class SobolevEmulator:
                 f"({sapphire.__version__}) reads versions 1..{FORMAT_VERSION}: "
                 + ("upgrade sapphire" if isinstance(version, int) and version > FORMAT_VERSION else "unknown format")
             )
+        definition = meta.get("summary_definition", 1)
+        if definition != SUMMARY_DEFINITION:
+            raise ValueError(
+                f"emulator artifact {str(path)!r} was trained on summaries of summary definition "
+                f"{definition}; this sapphire computes {SUMMARY_DEFINITION} ({SUMMARY_DEFINITION_TEXT}): "
+                "retrain it on a store generated with this sapphire"
+            )
         try:
             with np.load(arrays_path) as npz:
                 arrays = {k: np.asarray(npz[k]) for k in npz.files}
@@ -494,7 +503,7 @@ def _as_input(theta):
 
 def check_compatible_observations(trained: Observations, given: Observations, what: str = "emulator") -> None:
     """``ValueError`` unless ``given`` has the same relations, in the same order, at the same
-    kernel centres x as ``trained`` (y and sigma may differ)."""
+    kernel centres x and bandwidths as ``trained`` (y and sigma may differ)."""
     if not isinstance(given, Observations):
         raise ValueError(f"observations must be a sapphire.Observations, got {type(given).__name__}")
     if given.names != trained.names:
@@ -508,6 +517,12 @@ def check_compatible_observations(trained: Observations, given: Observations, wh
                 f"{what}: relation {rel_t.name!r} was trained at x = {np.round(rel_t.x, 4).tolist()}; "
                 f"the observations given have x = {np.round(rel_g.x, 4).tolist()}: the summaries "
                 "differ, retrain on a store made with these observations"
+            )
+        if rel_t.bandwidth != rel_g.bandwidth:
+            raise ValueError(
+                f"{what}: relation {rel_t.name!r} was trained with bandwidth {rel_t.bandwidth:g}; the "
+                f"observations given have {rel_g.bandwidth:g}: the summaries differ, retrain on a store "
+                "made with these observations"
             )
 
 

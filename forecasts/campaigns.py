@@ -133,6 +133,7 @@ def mock_observations(
                 f"{'noise seed ' + str(noise_seed) if noise_seed is not None else 'no noise'}; sigma of: {rel.source}",
                 note=rel.note,
                 detection_limit=rel.detection_limit,
+                bandwidth=rel.bandwidth,
             )
         )
     return Observations(tuple(relations))

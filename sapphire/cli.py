@@ -280,19 +280,23 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         thetas = np.vstack([thetas, prior.corners()])
         kinds += ["corner"] * (2**prior.ndim)
 
-    means, stderrs, failed = [], [], []
+    means, stderrs, failed, supports = [], [], [], []
     started = time.perf_counter()
     progress = tqdm(thetas, desc="prior predictive", unit="draw", disable=args.quiet)
     for theta in progress:
         s = model.summaries(theta, halos, obs)
         means.append(np.asarray(s.mean))
         stderrs.append(np.asarray(s.stderr))
+        supports.append(np.asarray(s.support))
         failed.append(s.n_failed)
         progress.set_postfix(failed=int(np.sum(failed)))
     elapsed = time.perf_counter() - started
-    means, stderrs, failed = np.stack(means), np.stack(stderrs), np.asarray(failed)
+    means, stderrs, failed, supports = np.stack(means), np.stack(stderrs), np.asarray(failed), np.stack(supports)
+    poor = ~(supports >= sapphire.summaries.MIN_SUPPORT)  # (n_draw, S)
 
     coverage = predictive_coverage(obs, means)
+    for point, fraction in zip(coverage["points"], poor.mean(axis=0)):
+        point["fraction_poorly_supported"] = float(fraction)
     n_draw = len(thetas)
     plots.prior_predictive_bands(
         obs,
@@ -312,6 +316,9 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         "failed_per_draw": failed,
         "draws_with_failures": int(np.sum(failed > 0)),
         "failed_halos_total": int(failed.sum()),
+        "min_support": sapphire.summaries.MIN_SUPPORT,
+        "poorly_supported_per_draw": poor.sum(axis=1).tolist(),
+        "draws_with_poorly_supported": int(np.sum(poor.any(axis=1))),
         "seconds": elapsed,
         "solver": model.settings.to_dict(),
         "observations": obs.fingerprint(),
@@ -325,6 +332,7 @@ def cmd_ppc(args: argparse.Namespace) -> int:
         kind=np.array(kinds),
         mean=means,
         stderr=stderrs,
+        support=supports,
         n_failed=failed,
         names=np.array(sapphire.population_summaries.summary_names(obs)),
     )
@@ -336,6 +344,15 @@ def cmd_ppc(args: argparse.Namespace) -> int:
     print(f"{'relation':>10} {'points':>6} {'in envelope':>12} {'in 2.5-97.5':>12}")
     for name, frac in coverage["fractions"].items():
         print(f"{name:>10} {frac['n_points']:6d} {frac['inside_envelope']:12.2f} {frac['inside_band']:12.2f}")
+    print(
+        f"draws with poorly supported summaries (support < {sapphire.summaries.MIN_SUPPORT:g} halos): "
+        f"{payload['draws_with_poorly_supported']} of {n_draw} ({int(poor.sum())} summaries in total)"
+    )
+    for p in coverage["points"]:
+        if p["fraction_poorly_supported"] > 0:
+            print(
+                f"  poorly supported: {p['relation']} x = {p['x']:.2f} in {p['fraction_poorly_supported']:.0%} of draws"
+            )
     outside = [p for p in coverage["points"] if not p["inside_envelope"]]
     for p in outside:
         lo, hi = p["envelope"]

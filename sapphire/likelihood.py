@@ -13,7 +13,7 @@ Order of the summary vector
 Relations in ``obs.relations`` order (canonical: ``smhm``, ``gas_ratio``, ``mzr``, those
 present), each evaluated at its observed x in the file's order; ``obs.slices[name]`` is the
 slice of relation ``name``, and ``Summaries.names[i]`` reads e.g. ``"smhm@10.25"``.  Entry i is
-the Gaussian-kernel (Nadaraya-Watson) regression of the halos' z = 0 y on x at x_i
+the local-linear Gaussian-kernel regression (fixed bandwidth per relation) of the halos' z = 0 y on x at x_i
 (:func:`sapphire.summaries.summary_statistics`), ``stderr`` its standard error.
 
 Failed halos
@@ -180,6 +180,7 @@ def summary_function(model, halos: HaloPopulation, obs: Observations | None = No
                 y=np.zeros(rel.size),
                 sigma=np.ones(rel.size),
                 detection_limit=rel.detection_limit,
+                bandwidth=rel.bandwidth,
             )
             for rel in obs.relations
         )

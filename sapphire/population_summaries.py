@@ -23,7 +23,7 @@ from .evolution import at_z0, evolve_population
 from .halos import HaloPopulation
 from .observations import Observations
 from .solve import SolverSettings
-from .summaries import summary_statistics
+from .summaries import MIN_SUPPORT, count_poorly_supported, summary_statistics, summary_support
 
 __all__ = [
     "Summaries",
@@ -51,10 +51,14 @@ class Summaries(NamedTuple):
     Attributes:
         mean: (n_summary,) kernel-regression means [dex, or 12 + log(O/H)], in the order of
             ``names`` (module docstring).
-        stderr: (n_summary,) their standard errors (local scatter / sqrt(n_eff)).
+        stderr: (n_summary,) their standard errors (statistical, plus a term that grows as the
+            support vanishes; :func:`sapphire.summaries.kernel_regression`).
         n_failed: number of halos whose solve failed (excluded from the regressions).
         names: (n_summary,) ``"<relation>@<x>"``, e.g. ``"smhm@10.25"``, ``"mzr@8.5"``.
         success: (n_halo,) bool, per halo.
+        support: (n_summary,) effective number of halos at each centre
+            (:attr:`sapphire.summaries.KernelRegression.support`); below ``MIN_SUPPORT`` a
+            summary is poorly supported and its stderr is inflated.
     """
 
     mean: jax.Array
@@ -62,6 +66,20 @@ class Summaries(NamedTuple):
     n_failed: int
     names: tuple[str, ...]
     success: jax.Array
+    support: jax.Array | None = None
+
+    @property
+    def poorly_supported(self) -> tuple[str, ...]:
+        """Names of the summaries whose support is below ``MIN_SUPPORT``."""
+        if self.support is None:
+            return ()
+        support = np.asarray(self.support)
+        return tuple(name for name, value in zip(self.names, support) if not value >= MIN_SUPPORT)
+
+    @property
+    def n_poorly_supported(self) -> int:
+        """How many summaries have support below ``MIN_SUPPORT``."""
+        return 0 if self.support is None else int(count_poorly_supported(self.support))
 
 
 def summary_names(obs: Observations) -> tuple[str, ...]:
@@ -190,13 +208,15 @@ def model_summaries(model, theta, halos, obs) -> Summaries:
     obs = check_observations(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    mean, stderr, success = placed_summaries(model, theta, halos, obs)
+    log_mhalo, log_state, success, _ = solve_placed(model, theta, halos, False)
+    mean, stderr = summaries_from_states(log_mhalo, log_state, success, obs, model.config)
     return Summaries(
         mean=mean,
         stderr=stderr,
         n_failed=int(np.sum(~np.asarray(success))),
         names=summary_names(obs),
         success=success,
+        support=summary_support(log_mhalo, log_state, success, obs, model.config),
     )
 
 
@@ -205,9 +225,15 @@ def model_summaries_with_jacobian(model, theta, halos, obs) -> tuple[Summaries, 
     obs = check_observations(obs)
     theta = model.check_theta(theta)
     halos = model.check_halos(halos)
-    mean, stderr, success, jac_mean, _ = placed_summaries_and_jacobian(model, theta, halos, obs)
+    solved = solve_placed(model, theta, halos, True)
+    mean, stderr, success, jac_mean, _ = summaries_and_jacobian_from_solve(solved, obs, model.config)
     summaries = Summaries(
-        mean=mean, stderr=stderr, n_failed=int(np.sum(~np.asarray(success))), names=summary_names(obs), success=success
+        mean=mean,
+        stderr=stderr,
+        n_failed=int(np.sum(~np.asarray(success))),
+        names=summary_names(obs),
+        success=success,
+        support=summary_support(solved[0], solved[1], success, obs, model.config),
     )
     return summaries, jac_mean
 

@@ -18,7 +18,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["RELATION_NAMES", "DEFAULT_LABELS", "DetectionLimit", "Relation", "check_scale", "relations_digest"]
+__all__ = [
+    "RELATION_NAMES",
+    "DEFAULT_LABELS",
+    "X_RANGES",
+    "DetectionLimit",
+    "Relation",
+    "check_scale",
+    "default_bandwidth",
+    "BANDWIDTH_PER_SPACING",
+    "relations_digest",
+]
 
 #: Canonical order of the relations (also the order of the stacked summary vector).
 RELATION_NAMES: tuple[str, ...] = ("smhm", "gas_ratio", "mzr")
@@ -29,6 +39,28 @@ DEFAULT_LABELS: dict[str, tuple[str, str]] = {
     "gas_ratio": ("log10 M_* [Msun]", "log10(M_ISM / M_*)"),
     "mzr": ("log10 M_* [Msun]", "12 + log10(O/H) (ISM)"),
 }
+
+#: Declared range of each relation's x [log10 Msun]: where its summaries may be evaluated (halo
+#: masses of the model's populations for ``smhm``, stellar masses of galaxies for the others).
+X_RANGES: dict[str, tuple[float, float]] = {
+    "smhm": (9.0, 15.0),
+    "gas_ratio": (6.0, 12.5),
+    "mzr": (6.0, 12.5),
+}
+
+
+#: Default bandwidth in units of the median spacing of a relation's observed centres.  1x (0.25
+#: dex) was measured rougher than Scott's rule at 128 halos (docs/design_notes_smooth.md); 2x
+#: (0.5 dex for SMHM and MZR, 0.6 for xGASS) is wider than Scott's bandwidth at >= 128 halos.
+BANDWIDTH_PER_SPACING: float = 2.0
+
+
+def default_bandwidth(x: np.ndarray) -> float:
+    """The default kernel bandwidth of a relation [units of x]: ``BANDWIDTH_PER_SPACING`` x the
+    median spacing of its observed centres (0.5 dex for the default SMHM and MZR, 0.6 dex for
+    xGASS); it does not depend on the model (summary definition 2, docs/design.md).  Needs >= 2
+    centres."""
+    return BANDWIDTH_PER_SPACING * float(np.median(np.diff(np.asarray(x, dtype=np.float64))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,6 +141,9 @@ class Relation:
         detection_limit: the survey's lower limit on y (:class:`DetectionLimit`), applied to
             every model halo before the regression; ``None`` (default for a user's CSV): the
             model's y as it is.
+        bandwidth: the Gaussian kernel's bandwidth h of the summaries [units of x], > 0 and
+            finite; None (default): :func:`default_bandwidth` (twice the median spacing of ``x``;
+            a one-point relation must give it).  ``x`` must lie in the name's ``X_RANGES``.
 
     ``x``, ``y`` and ``sigma`` are stored as read-only float64 copies.  Equality compares every
     field; the hash uses the numbers and the name, so a ``Relation`` may be a static jit argument.
@@ -123,6 +158,7 @@ class Relation:
     source: str = ""
     note: str = ""
     detection_limit: DetectionLimit | None = None
+    bandwidth: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.detection_limit, Mapping):
@@ -156,11 +192,34 @@ class Relation:
                 f"Relation {self.name!r}: x is not strictly increasing: "
                 f"x[{i}] = {arrays['x'][i]} <= x[{i - 1}] = {arrays['x'][i - 1]}"
             )
+        low, high = X_RANGES[self.name]
+        bad = np.flatnonzero((arrays["x"] < low) | (arrays["x"] > high))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"Relation {self.name!r}: centre x[{i}] = {arrays['x'][i]} is outside the relation's "
+                f"declared range [{low}, {high}]"
+            )
+        self._check_bandwidth(arrays["x"])
         for field in ("x_label", "y_label", "source", "note"):
             if not isinstance(getattr(self, field), str):
                 raise ValueError(f"Relation {self.name!r}: {field} must be a string")
         for field, arr in arrays.items():
             object.__setattr__(self, field, arr)
+
+    def _check_bandwidth(self, x: np.ndarray) -> None:
+        value = self.bandwidth
+        if value is None:
+            if x.size < 2:
+                raise ValueError(f"Relation {self.name!r}: one centre; give its bandwidth (> 0, units of x)")
+            value = default_bandwidth(x)
+        try:
+            h = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"Relation {self.name!r}: bandwidth = {value!r} is not a number") from None
+        if not (math.isfinite(h) and h > 0.0):
+            raise ValueError(f"Relation {self.name!r}: bandwidth = {value!r} must be finite and > 0 (units of x)")
+        object.__setattr__(self, "bandwidth", h)
 
     @property
     def size(self) -> int:
@@ -188,6 +247,7 @@ class Relation:
             "source": self.source,
             "note": self.note,
             "detection_limit": None if self.detection_limit is None else self.detection_limit.to_dict(),
+            "bandwidth": self.bandwidth,
         }
 
     @classmethod
@@ -201,8 +261,8 @@ class Relation:
         return (
             self.name == other.name
             and all(np.array_equal(getattr(self, f), getattr(other, f)) for f in ("x", "y", "sigma"))
-            and (self.x_label, self.y_label, self.source, self.note, self.detection_limit)
-            == (other.x_label, other.y_label, other.source, other.note, other.detection_limit)
+            and (self.x_label, self.y_label, self.source, self.note, self.detection_limit, self.bandwidth)
+            == (other.x_label, other.y_label, other.source, other.note, other.detection_limit, other.bandwidth)
         )
 
     def __hash__(self) -> int:
@@ -211,7 +271,8 @@ class Relation:
     def __repr__(self) -> str:
         return (
             f"Relation(name={self.name!r}, n={self.size}, "
-            f"x=[{self.x[0]:.3g}..{self.x[-1]:.3g}], fingerprint={self.fingerprint()!r})"
+            f"x=[{self.x[0]:.3g}..{self.x[-1]:.3g}], bandwidth={self.bandwidth:g}, "
+            f"fingerprint={self.fingerprint()!r})"
         )
 
 
@@ -227,7 +288,8 @@ def check_scale(sigma_scale: Any, name: str) -> float:
 
 
 def relations_digest(relations: Iterable[Relation]) -> str:
-    """16-hex sha256 of the relations' names, numbers and detection limits (fingerprints)."""
+    """16-hex sha256 of the relations' names, numbers, detection limits and kernel bandwidths
+    (fingerprints)."""
     h = hashlib.sha256()
     for rel in relations:
         h.update(rel.name.encode())
@@ -236,4 +298,5 @@ def relations_digest(relations: Iterable[Relation]) -> str:
             h.update(np.ascontiguousarray(getattr(rel, field), dtype="<f8").tobytes())
         if rel.detection_limit is not None:  # (absent: the digest of earlier versions)
             h.update(json.dumps(rel.detection_limit.to_dict(), sort_keys=True).encode())
+        h.update(np.float64(rel.bandwidth).astype("<f8").tobytes())  # summary definition 2
     return h.hexdigest()[:16]

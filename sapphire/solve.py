@@ -4,13 +4,15 @@ Strategy (measurements in docs/design.md):
 
 * Each halo is one diffrax solve of the 7 log10 states from its start time to t0; a batch
   is a ``vmap`` of those solves.
-* ``solver="auto"`` (default) groups halos by a cheap stiffness estimate: the largest ISM
-  depletion rate (1 - R + eta_M) / t_dep over the halo's history, which is known before
-  solving because eta_M and t_dep are power laws of V_vir(t) and z(t).  Halos are sorted
-  by it and cut into fixed-size groups; each group runs the explicit solver (Tsit5) unless
-  one of its members is stiff, in which case the whole group runs the implicit one
-  (Kvaerno3).  ``lax.cond`` picks per group, so an ordinary batch never pays for the
-  implicit solver and the shapes stay static (jit, grad, vmap all work).
+* ``solver="auto"`` (default) picks each halo's solver from a cheap stiffness estimate of
+  that halo alone: the largest ISM depletion rate (1 - R + eta_M) / t_dep over its history,
+  known before solving because eta_M and t_dep are power laws of V_vir(t) and z(t).  A halo
+  above ``stiffness_threshold`` runs the implicit solver (Kvaerno3), every other halo the
+  explicit one (Tsit5), whatever the rest of the batch (issue 16: a halo's result is the same
+  alone or in any batch, on any device).  For speed, halos are sorted by stiffness and cut
+  into fixed-size groups; ``lax.cond`` runs one solver per uniform group, and the one group
+  that mixes both kinds runs both (each on lanes of its own kind), so an ordinary batch never
+  pays for the implicit solver and the shapes stay static (jit, grad, vmap all work).
 * Jacobians are forward-mode (``jax.jacfwd`` through ``diffrax.ForwardMode``): 8 tangents
   ride along the primal solve; they are the exact derivatives of the computed solution.
   ``free=`` carries only k of them (a log-likelihood gradient in k < 8 free parameters).
@@ -298,30 +300,50 @@ def _solve_population(
     n_groups = -(-n_halo // group)
     padded = n_groups * group
     stiffness = jax.vmap(stiffness_estimate, in_axes=(theta_axis(theta), 0, None))(theta, forcings, config)
+    # Each halo's solver is fixed by its own stiffness alone (issue 16): never by its group.
+    stiff = stiffness > settings.stiffness_threshold
     # Sort by stiffness, then by start time (a proxy for cost); pad with copies of the last.
     order = jnp.lexsort((forcings.t_start, stiffness))
     order = jnp.concatenate([order, jnp.full((padded - n_halo,), order[-1])])
+    stiff_sorted = stiff[order].reshape(n_groups, group)
+    # Sorted by stiffness, at most one group mixes stiff and non-stiff halos.  It runs both
+    # solvers, each on a copy of the group whose other-kind lanes are replaced by a lane of the
+    # right kind (so neither solve pays for lanes it does not keep); every halo keeps the
+    # result of its own solver.  Lanes of a vmapped solve are independent (own steps), so a
+    # halo's result does not depend on the rest of the batch.
+    positions = jnp.arange(group)
+    first_stiff = jnp.argmax(stiff_sorted, axis=1)  # per group: a stiff lane, if any
+    last_plain = group - 1 - jnp.argmax(~stiff_sorted[:, ::-1], axis=1)  # a non-stiff lane, if any
+    plain_lanes = jnp.where(stiff_sorted, last_plain[:, None], positions[None, :])
+    stiff_lanes = jnp.where(stiff_sorted, positions[None, :], first_stiff[:, None])
     regroup = lambda a: a[order].reshape((n_groups, group) + a.shape[1:])
     grouped = jax.tree.map(regroup, forcings)
     # One theta per halo travels with its halo; a shared theta is the same for every group.
-    grouped_theta = regroup(theta) if theta_axis(theta) == 0 else jnp.broadcast_to(theta, (n_groups,) + theta.shape)
-    stiff_groups = (stiffness[order] > settings.stiffness_threshold).reshape(n_groups, group).any(axis=1)
+    per_halo_theta = theta_axis(theta) == 0
+    grouped_theta = regroup(theta) if per_halo_theta else jnp.broadcast_to(theta, (n_groups,) + theta.shape)
 
     def solve_group(args):
-        theta_group, forcing_group, is_stiff = args
-        return jax.lax.cond(
-            is_stiff,
-            lambda f: _solve_batch(
-                theta_group, f, save_times, settings.implicit_solver, settings, config, table, with_sensitivity, free
-            ),
-            lambda f: _solve_batch(
-                theta_group, f, save_times, "tsit5", settings, config, table, with_sensitivity, free
-            ),
-            forcing_group,
-        )
+        theta_group, forcing_group, stiff_group, plain_idx, stiff_idx = args
+        take = lambda idx: lambda a: a[idx]
+
+        def run(solver_name, idx):
+            f = jax.tree.map(take(idx), forcing_group)
+            th = theta_group[idx] if per_halo_theta else theta_group
+            return _solve_batch(th, f, save_times, solver_name, settings, config, table, with_sensitivity, free)
+
+        explicit = lambda _: run("tsit5", plain_idx)
+        implicit = lambda _: run(settings.implicit_solver, stiff_idx)
+        any_stiff, all_stiff = stiff_group.any(), stiff_group.all()
+        # A uniform group runs one solver; the mixed group runs both and selects per halo.
+        shape = jax.eval_shape(explicit, None)
+        nan_like = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+        plain = jax.lax.cond(all_stiff, nan_like, explicit, None)
+        stiff_result = jax.lax.cond(any_stiff, implicit, nan_like, None)
+        pick = lambda a, b: jnp.where(stiff_group.reshape(stiff_group.shape + (1,) * (a.ndim - 1)), b, a)
+        return jax.tree.map(pick, plain, stiff_result)
 
     def grouped_solve(_):
-        solved = jax.lax.map(solve_group, (grouped_theta, grouped, stiff_groups))
+        solved = jax.lax.map(solve_group, (grouped_theta, grouped, stiff_sorted, plain_lanes, stiff_lanes))
         flat = jax.tree.map(lambda a: a.reshape((padded,) + a.shape[2:]), solved)
         inverse = jnp.argsort(order[:n_halo])
         return jax.tree.map(lambda a: a[:n_halo][inverse], flat)
@@ -329,7 +351,7 @@ def _solve_population(
     # Ordinary batches (no stiff halo): one plain vmap of the explicit solver, faster than the
     # grouped path when nothing needs the implicit one.
     return jax.lax.cond(
-        stiff_groups.any(),
+        stiff.any(),
         grouped_solve,
         lambda _: _solve_batch(theta, forcings, save_times, "tsit5", settings, config, table, with_sensitivity, free),
         None,

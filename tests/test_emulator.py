@@ -7,6 +7,7 @@ once per module and shared; compilation dominates the cost.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -199,6 +200,16 @@ def test_load_errors(emu, tmp_path):
     (newer / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="format version .*upgrade sapphire"):
         SobolevEmulator.load(newer)
+    old = tmp_path / "old_definition.emu"  # trained before issue 16: no summary_definition
+    shutil.copytree(path, old)
+    meta = json.loads((old / "metadata.json").read_text())
+    assert meta.pop("summary_definition") == 2
+    (old / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="summary definition 1; this sapphire computes 2 .*fixed bandwidth.*retrain"):
+        SobolevEmulator.load(old)
+    wider = sapphire.Observations((dataclasses.replace(OBS["mzr"], bandwidth=0.7),))
+    with pytest.raises(ValueError, match="relation 'mzr' was trained with bandwidth 0.5"):
+        SobolevEmulator.load(path, observations=wider)
     corrupt = tmp_path / "corrupt.emu"
     shutil.copytree(path, corrupt)
     (corrupt / "arrays.npz").write_bytes(b"not an npz")

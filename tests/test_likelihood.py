@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _numpy_reference import numpy_observed_y
+from _numpy_reference import numpy_kernel_regression, numpy_observed_y
 
 import sapphire
 from sapphire import cosmology
@@ -27,27 +27,13 @@ TIGHT = dict(solver="tsit5", rtol=1e-10, atol=1e-10)
 THETA = np.array([0.6, -1.2, -1.1, -1.4, -0.9, -1.6, 0.4, -1.3])
 
 
-def numpy_kernel_means(x, y, centres, valid):
-    """Plain NumPy Nadaraya-Watson (Scott bandwidth over the valid points): mean and stderr."""
-    x, y = np.asarray(x)[valid], np.asarray(y)[valid]
-    h = np.std(x, ddof=1) * x.size ** (-0.2)
-    mean, err = [], []
-    for c in centres:
-        w = np.exp(-0.5 * ((c - x) / h) ** 2)
-        w /= w.sum()
-        m = np.sum(w * y)
-        mean.append(m)
-        err.append(np.sqrt(np.sum(w * (y - m) ** 2) * np.sum(w**2)))
-    return np.array(mean), np.array(err)
-
-
 def numpy_summaries(log_mhalo, log_state, success, obs):
     coords = relation_coordinates(np.asarray(log_mhalo), np.asarray(log_state))
     parts = []
     for rel in obs.relations:
         x, y = map(np.asarray, coords[rel.name])
-        parts.append(numpy_kernel_means(x, numpy_observed_y(rel, x, y), rel.x, np.asarray(success)))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        parts.append(numpy_kernel_regression(x, numpy_observed_y(rel, x, y), rel.x, rel.bandwidth, np.asarray(success)))
+    return np.concatenate([p["mean"] for p in parts]), np.concatenate([p["stderr"] for p in parts])
 
 
 def numpy_log_likelihood(mean, stderr, obs, sigma_scale=1.0, relations=None):
@@ -119,8 +105,9 @@ def test_summaries_match_numpy_kernel_regression_of_evolve(model, halos, obs, su
     np.testing.assert_allclose(summaries.mean, mean, rtol=0, atol=1e-10)
     np.testing.assert_allclose(summaries.stderr, err, rtol=1e-8, atol=1e-12)
     # and the SMHM entries sit at the observed halo masses, in order: the model's SMHM rises
+    # (on average: with 10 halos and a fixed bandwidth the local-linear fit may follow single halos)
     smhm = np.asarray(summaries.mean)[obs.slices["smhm"]]
-    assert np.all(np.diff(smhm) > 0)
+    assert np.polyfit(obs["smhm"].x, smhm, 1)[0] > 0.2 and smhm[-1] - smhm[0] > 0.5
 
 
 def test_summary_jacobian_matches_finite_differences(jacobians, finite_differences, obs):

@@ -93,10 +93,10 @@ def test_default_mzr(default):
 def test_arrays_are_read_only(default):
     with pytest.raises(ValueError):
         default["smhm"].y[0] = 0.0
-    source = np.array([1.0, 2.0])
+    source = np.array([9.0, 10.0])
     rel = Relation("mzr", source, source, source)
     source[0] = 5.0  # a copy was stored
-    assert rel.x[0] == 1.0
+    assert rel.x[0] == 9.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,21 +107,44 @@ def test_arrays_are_read_only(default):
     [
         (dict(name="sfr"), "'sfr'"),
         (dict(y=[1.0, 2.0]), "lengths differ"),
-        (dict(x=[1.0, np.nan, 3.0]), r"x\[1\] = nan"),
+        (dict(x=[8.0, np.nan, 10.0]), r"x\[1\] = nan"),
         (dict(y=[1.0, 2.0, np.inf]), r"y\[2\] = inf"),
         (dict(sigma=[0.1, -0.2, 0.1]), r"sigma\[1\] = -0.2"),
         (dict(sigma=[0.1, 0.0, 0.1]), r"sigma\[1\] = 0.0"),
-        (dict(x=[1.0, 3.0, 3.0]), r"x\[2\] = 3.0"),
-        (dict(x=[[1.0, 2.0, 3.0]]), "1-D"),
+        (dict(x=[8.0, 10.0, 10.0]), r"x\[2\] = 10.0"),
+        (dict(x=[[8.0, 9.0, 10.0]]), "1-D"),
+        (
+            dict(x=[8.0, 9.0, 13.0]),
+            r"'mzr': centre x\[2\] = 13.0 is outside the relation's declared range \[6.0, 12.5\]",
+        ),
+        (dict(name="smhm", x=[8.5, 9.0, 10.0]), r"'smhm': centre x\[0\] = 8.5 is outside .* \[9.0, 15.0\]"),
+        (dict(bandwidth=0.0), r"'mzr': bandwidth = 0.0 must be finite and > 0"),
+        (dict(bandwidth=-0.2), r"'mzr': bandwidth = -0.2 must be"),
+        (dict(bandwidth=np.nan), r"'mzr': bandwidth = nan must be"),
+        (dict(bandwidth=np.inf), r"'mzr': bandwidth = inf must be"),
+        (dict(bandwidth="wide"), r"'mzr': bandwidth = 'wide' is not a number"),
+        (dict(x=[9.0], y=[8.0], sigma=[0.1]), r"'mzr': one centre; give its bandwidth"),
         (dict(x=[], y=[], sigma=[]), "no points"),
         (dict(x=["a", "b", "c"]), "not numeric"),
     ],
 )
 def test_relation_validation(kwargs, match):
-    base = dict(name="mzr", x=[1.0, 2.0, 3.0], y=[8.0, 8.1, 8.2], sigma=[0.1, 0.1, 0.1])
+    base = dict(name="mzr", x=[8.0, 9.0, 10.0], y=[8.0, 8.1, 8.2], sigma=[0.1, 0.1, 0.1])
     base.update(kwargs)
     with pytest.raises(ValueError, match=match):
         Relation(**base)
+
+
+def test_bandwidth_default_explicit_and_fingerprint(default):
+    """Default bandwidth: twice the median spacing of the centres; it enters equality and fingerprint."""
+    assert default["smhm"].bandwidth == pytest.approx(0.5) and default["mzr"].bandwidth == pytest.approx(0.5)
+    assert default["gas_ratio"].bandwidth == pytest.approx(2 * np.median(np.diff(default["gas_ratio"].x)))
+    wider = dataclasses.replace(default["mzr"], bandwidth=0.7)
+    assert wider.bandwidth == 0.7 and wider != default["mzr"]
+    assert wider.fingerprint() != default["mzr"].fingerprint()
+    assert Relation.from_dict(wider.to_dict()) == wider
+    one = Relation("mzr", [9.0], [8.5], [0.1], bandwidth=0.3)
+    assert one.bandwidth == 0.3
 
 
 def test_observations_canonical_order_and_duplicates(default):
@@ -276,9 +299,9 @@ def test_from_csv_bad_input(tmp_path, body, match):
 
 def test_from_csv_tolerates_blank_lines_and_spaces(tmp_path):
     path = tmp_path / "ok.csv"
-    path.write_text("# c\n\n x , y , sigma \n1, 2, 0.1\n\n2 ,3 ,0.2\n")
+    path.write_text("# c\n\n x , y , sigma \n9, 2, 0.1\n\n10 ,3 ,0.2\n")
     rel = Observations.from_csv(mzr=path)["mzr"]
-    np.testing.assert_array_equal(rel.x, [1.0, 2.0])
+    np.testing.assert_array_equal(rel.x, [9.0, 10.0])
     np.testing.assert_array_equal(rel.sigma, [0.1, 0.2])
 
 

@@ -124,6 +124,12 @@ def test_cli_ppc(tmp_path):
     model = sapphire.Model(solver="tsit5", rtol=1e-10, atol=1e-10)
     again = model.summaries(draws["thetas"][1], sapphire.HaloPopulation.from_diffmah(10, seed=1), obs)
     np.testing.assert_allclose(draws["mean"][1], again.mean, rtol=0, atol=1e-12)
+    # poorly supported summaries (10 halos cannot cover every centre) are counted and recorded
+    np.testing.assert_allclose(draws["support"][1], again.support, rtol=1e-12)
+    poor = draws["support"] < sapphire.summaries.MIN_SUPPORT
+    assert report["poorly_supported_per_draw"] == poor.sum(axis=1).tolist() and poor.any()
+    assert again.n_poorly_supported == poor[1].sum() == len(again.poorly_supported)
+    np.testing.assert_allclose([p["fraction_poorly_supported"] for p in report["points"]], poor.mean(axis=0))
     lo, hi = draws["mean"].min(axis=0), draws["mean"].max(axis=0)
     inside = []
     for i, point in enumerate(report["points"]):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _numpy_reference import numpy_observed_y
+from _numpy_reference import MIN_SUPPORT, SUPPORT_ERROR, SUPPORT_FLOOR, numpy_kernel_regression, numpy_observed_y
 
 import sapphire  # noqa: F401  (enables float64)
 from sapphire.config import DEFAULT_CONFIG
@@ -16,33 +16,15 @@ from sapphire.observations import Observations
 from sapphire.summaries import (
     RELATION_NAMES,
     KernelRegression,
+    count_poorly_supported,
     kernel_regression,
     relation_coordinates,
     scott_bandwidth,
     summary_statistics,
+    summary_support,
 )
 
-
-def numpy_kernel_regression(x, y, centres, valid=None):
-    """Plain NumPy reference: drop invalid points, Scott bandwidth (ddof=1), Gaussian NW."""
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    if valid is not None:
-        x, y = x[valid], y[valid]
-    n = x.size
-    h = np.std(x, ddof=1) * n ** (-0.2)
-    out = {k: [] for k in ("mean", "scatter", "n_eff", "stderr")}
-    for c in np.asarray(centres, float):
-        k = np.exp(-0.5 * ((c - x) / h) ** 2)
-        w = k / k.sum()
-        mean = np.sum(w * y)
-        scatter = np.sqrt(np.sum(w * (y - mean) ** 2))
-        n_eff = 1.0 / np.sum(w**2)
-        out["mean"].append(mean)
-        out["scatter"].append(scatter)
-        out["n_eff"].append(n_eff)
-        out["stderr"].append(scatter / np.sqrt(n_eff))
-    return {k: np.array(v) for k, v in out.items()}
+H = 0.25  # bandwidth of the tests [units of x]
 
 
 def _random_data(seed, n=300):
@@ -55,10 +37,10 @@ def _random_data(seed, n=300):
 def test_matches_numpy_reference():
     x, y = _random_data(1)
     centres = np.linspace(9.0, 12.0, 9)
-    got = kernel_regression(x, y, centres, np.ones(x.size, bool))
+    got = kernel_regression(x, y, centres, np.ones(x.size, bool), bandwidth=H)
     assert isinstance(got, KernelRegression)
-    ref = numpy_kernel_regression(x, y, centres)
-    for field in ("mean", "scatter", "n_eff", "stderr"):
+    ref = numpy_kernel_regression(x, y, centres, H)
+    for field in ("mean", "scatter", "n_eff", "stderr", "support"):
         np.testing.assert_allclose(getattr(got, field), ref[field], rtol=1e-11, err_msg=field)
         assert getattr(got, field).shape == centres.shape
 
@@ -67,9 +49,9 @@ def test_matches_numpy_reference_with_mask():
     x, y = _random_data(2)
     valid = np.random.default_rng(3).uniform(size=x.size) > 0.3
     centres = np.linspace(9.2, 11.8, 9)
-    got = kernel_regression(x, y, centres, valid)
-    ref = numpy_kernel_regression(x, y, centres, valid)
-    for field in ("mean", "scatter", "n_eff", "stderr"):
+    got = kernel_regression(x, y, centres, valid, bandwidth=H)
+    ref = numpy_kernel_regression(x, y, centres, H, valid)
+    for field in ("mean", "scatter", "n_eff", "stderr", "support"):
         np.testing.assert_allclose(getattr(got, field), ref[field], rtol=1e-11, err_msg=field)
 
 
@@ -86,7 +68,7 @@ def test_exact_line_symmetric_about_centre():
     offsets = np.array([0.05, 0.2, 0.3, 0.7, 1.1, 1.5])
     x = np.concatenate([c - offsets, c + offsets])
     y = a + b * x
-    got = kernel_regression(x, y, np.array([c]), np.ones(x.size, bool))
+    got = kernel_regression(x, y, np.array([c]), np.ones(x.size, bool), bandwidth=H)
     np.testing.assert_allclose(got.mean, a + b * c, rtol=0, atol=1e-13)
 
 
@@ -94,15 +76,20 @@ def test_constant_y_gives_zero_scatter_and_finite_gradient():
     x, _ = _random_data(5)
     y = np.full(x.size, 1.7)
     centres = np.linspace(9.5, 11.5, 9)
-    got = kernel_regression(x, y, centres, np.ones(x.size, bool))
+    got = kernel_regression(x, y, centres, np.ones(x.size, bool), bandwidth=H)
     np.testing.assert_allclose(got.mean, 1.7, rtol=1e-14)
     np.testing.assert_allclose(got.scatter, 0.0, atol=1e-14)
-    np.testing.assert_allclose(got.stderr, 0.0, atol=1e-14)
+    # no scatter: the error is the support term alone, S = sum_j exp(-(c - x_j)^2 / 2h^2)
+    support = np.exp(-0.5 * ((centres[:, None] - x[None, :]) / H) ** 2).sum(axis=1)
+    np.testing.assert_allclose(got.support, support, rtol=1e-12)
+    np.testing.assert_allclose(
+        got.stderr, SUPPORT_ERROR * MIN_SUPPORT / (support + SUPPORT_FLOOR * MIN_SUPPORT), rtol=1e-12
+    )
     # y = 0 exactly: the scatter is exactly zero and its gradient must stay finite (safe sqrt)
     zero = jnp.zeros(x.size)
     valid = np.ones(x.size, bool)
-    assert np.all(kernel_regression(x, zero, centres, valid).scatter == 0.0)
-    grad = jax.jit(jax.grad(lambda yy: jnp.sum(kernel_regression(x, yy, centres, valid).scatter)))(zero)
+    assert np.all(kernel_regression(x, zero, centres, valid, bandwidth=H).scatter == 0.0)
+    grad = jax.jit(jax.grad(lambda yy: jnp.sum(kernel_regression(x, yy, centres, valid, bandwidth=H).scatter)))(zero)
     assert np.all(np.isfinite(grad))
 
 
@@ -112,23 +99,52 @@ def test_gaussian_noise_recovers_sigma():
     x = rng.uniform(0.0, 1.0, n)
     y = 2.0 + rng.normal(0.0, sigma, n)
     centres = np.array([0.3, 0.5, 0.7])
-    got = kernel_regression(x, y, centres, np.ones(n, bool))
+    got = kernel_regression(x, y, centres, np.ones(n, bool), bandwidth=0.05)
     n_eff = np.asarray(got.n_eff)
     assert np.all(n_eff > 1000)
     # standard error of a standard deviation estimate ~ sigma / sqrt(2 n_eff); allow 5 of them
     assert np.all(np.abs(got.scatter - sigma) < 5 * sigma / np.sqrt(2 * n_eff))
     assert np.all(np.abs(got.mean - 2.0) < 5 * sigma / np.sqrt(n_eff))
-    np.testing.assert_allclose(got.stderr, got.scatter / np.sqrt(n_eff), rtol=1e-12)
+    support_term = SUPPORT_ERROR * MIN_SUPPORT / (np.asarray(got.support) + SUPPORT_FLOOR * MIN_SUPPORT)
+    np.testing.assert_allclose(got.stderr**2, got.scatter**2 / n_eff + support_term**2, rtol=1e-12)
 
 
 def test_far_away_centre_is_finite():
     x = np.array([0.0, 1.0, 2.0, 3.0])
     y = np.array([5.0, 6.0, 7.0, 8.0])
-    got = kernel_regression(x, y, np.array([-1e3, 1e3]), np.ones(4, bool))
+    got = kernel_regression(x, y, np.array([-1e3, 1e3]), np.ones(4, bool), bandwidth=H)
     for field in got:
         assert np.all(np.isfinite(field))
-    np.testing.assert_allclose(got.mean, [5.0, 8.0])
-    np.testing.assert_allclose(got.n_eff, [1.0, 1.0])
+    np.testing.assert_allclose(got.mean, [5.0, 8.0])  # one point left in view: no slope to follow
+    np.testing.assert_allclose(got.support, [0.0, 0.0])
+    np.testing.assert_allclose(got.stderr, SUPPORT_ERROR / SUPPORT_FLOOR, rtol=1e-12)  # capped, finite
+
+
+def test_edge_extrapolates_a_line_not_the_nearest_point():
+    """Dense points on y = a + b x over [0, 1]: beyond the edge (by D), local-linear follows the
+    line to within the ridge's bias (< 10% of b D); Nadaraya-Watson sits near y(1), off by > b D."""
+    x = np.linspace(0.0, 1.0, 2001)
+    a, b, h = 0.3, 2.0, 0.1
+    centres = np.array([0.5, 1.0, 1.1, 1.2])
+    got = kernel_regression(x, a + b * x, centres, np.ones(x.size, bool), bandwidth=h)
+    np.testing.assert_allclose(got.mean[0], a + b * centres[0], atol=1e-6)
+    beyond = np.clip(centres - 1.0, 0.0, None)
+    assert np.all(np.abs(got.mean - (a + b * centres)) <= 0.1 * b * beyond + 0.005)
+
+
+def test_support_vanishes_smoothly_and_error_grows():
+    """Moving a centre out of the population: support falls and stderr rises monotonically, with
+    no jump (second differences along a fine grid are small next to the changes)."""
+    x, y = _random_data(12, n=200)  # x in [9, 12]
+    centres = np.linspace(11.0, 13.5, 251)
+    got = kernel_regression(x, y, centres, np.ones(x.size, bool), bandwidth=H)
+    support, stderr, mean = map(np.asarray, (got.support, got.stderr, got.mean))
+    assert np.all(np.diff(support[50:]) < 0) and np.all(np.diff(stderr[100:]) > 0)
+    assert support[0] > 10 and support[-1] < 1e-3 and stderr[-1] > 10 * stderr[0]
+    assert count_poorly_supported(support) == np.sum(support < MIN_SUPPORT) > 0
+    step = np.abs(np.diff(mean))
+    assert np.max(np.abs(np.diff(mean, n=2))) < 0.05 * np.max(step) + 1e-12
+    assert np.all(np.isfinite(mean))
 
 
 def test_masked_points_have_no_influence_even_if_nan():
@@ -139,13 +155,13 @@ def test_masked_points_have_no_influence_even_if_nan():
     y_bad = np.where(valid, y, np.nan)
     y_bad[1::8] = np.where(valid[1::8], y_bad[1::8], np.inf)
     centres = np.linspace(9.5, 11.5, 5)
-    got = kernel_regression(x_bad, y_bad, centres, valid)
-    ref = kernel_regression(x[valid], y[valid], centres, np.ones(valid.sum(), bool))
+    got = kernel_regression(x_bad, y_bad, centres, valid, bandwidth=H)
+    ref = kernel_regression(x[valid], y[valid], centres, np.ones(valid.sum(), bool), bandwidth=H)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-13)
 
     def loss(xx, yy):
-        r = kernel_regression(xx, yy, centres, valid)
+        r = kernel_regression(xx, yy, centres, valid, bandwidth=H)
         return jnp.sum(r.mean) + jnp.sum(r.scatter) + jnp.sum(r.stderr) + jnp.sum(r.n_eff)
 
     gx, gy = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x_bad), jnp.asarray(y_bad))
@@ -156,7 +172,7 @@ def test_masked_points_have_no_influence_even_if_nan():
 
 def test_fewer_than_two_valid_points_gives_nan():
     x = np.array([1.0, 2.0, 3.0])
-    got = kernel_regression(x, x, np.array([2.0]), np.array([False, True, False]))
+    got = kernel_regression(x, x, np.array([2.0]), np.array([False, True, False]), bandwidth=H)
     assert np.all(np.isnan(got.mean))
 
 
@@ -180,7 +196,7 @@ def test_gradient_matches_finite_differences(wrt):
     coef = np.array([[1.0, -0.7, 0.4], [0.3, 1.2, -0.5], [2.0, 0.6, 1.1]])  # mean, scatter, stderr
 
     def scalar(xx, yy):
-        r = kernel_regression(xx, yy, centres, valid)
+        r = kernel_regression(xx, yy, centres, valid, bandwidth=H)
         return coef[0] @ r.mean + coef[1] @ r.scatter + 10.0 * coef[2] @ r.stderr
 
     if wrt == "x":
@@ -202,9 +218,9 @@ def test_jit_and_vmap():
     centres = np.linspace(9.5, 11.5, 4)
     valid = np.ones(x.size, bool)
     ys = np.stack([y, y + 1.0, 2.0 * y])
-    batched = jax.jit(jax.vmap(lambda yy: kernel_regression(x, yy, centres, valid)))(ys)
+    batched = jax.jit(jax.vmap(lambda yy: kernel_regression(x, yy, centres, valid, bandwidth=H)))(ys)
     for i in range(3):
-        single = kernel_regression(x, ys[i], centres, valid)
+        single = kernel_regression(x, ys[i], centres, valid, bandwidth=H)
         np.testing.assert_allclose(batched.mean[i], single.mean, rtol=1e-13)
         np.testing.assert_allclose(batched.stderr[i], single.stderr, rtol=1e-12)
 
@@ -247,16 +263,18 @@ def test_summary_statistics_order_and_values():
     log_mh, log_state, valid = _population()
     log_state = np.where(valid[:, None], log_state, np.nan)
     mean, stderr = summary_statistics(log_mh, log_state, valid, obs)
-    assert mean.shape == stderr.shape == (obs.n_summary,)
+    support = summary_support(log_mh, log_state, valid, obs)
+    assert mean.shape == stderr.shape == support.shape == (obs.n_summary,)
     coords = relation_coordinates(log_mh, log_state)
     for rel in obs.relations:
         x, y = coords[rel.name]
         if rel.name == "gas_ratio":  # the xGASS limit: 8.0, log10 0.02, helium, 0.1 dex
             assert (rel.detection_limit.log_mass_limit, rel.detection_limit.width) == (8.0, 0.1)
         y = numpy_observed_y(rel, x, y)
-        ref = kernel_regression(x, y, rel.x, valid)
-        np.testing.assert_allclose(mean[obs.slices[rel.name]], ref.mean, rtol=1e-14)
-        np.testing.assert_allclose(stderr[obs.slices[rel.name]], ref.stderr, rtol=1e-14)
+        ref = numpy_kernel_regression(x, y, rel.x, rel.bandwidth, valid)
+        np.testing.assert_allclose(mean[obs.slices[rel.name]], ref["mean"], rtol=1e-12)
+        np.testing.assert_allclose(stderr[obs.slices[rel.name]], ref["stderr"], rtol=1e-11)
+        np.testing.assert_allclose(support[obs.slices[rel.name]], ref["support"], rtol=1e-12)
     assert np.all(np.isfinite(mean)) and np.all(stderr > 0)
 
     sub = obs.select(["mzr", "smhm"])

@@ -309,6 +309,15 @@ def test_bad_stores_are_refused_with_clear_messages(reference_store, tmp_path):
     zarr.open_group(str(copy), mode="r+").attrs["schema_version"] = 99
     with pytest.raises(T.StoreError, match="schema version 99 \\(newer"):
         T.open_training_set(copy)
+    old = tmp_path / "old_definition.zarr"  # generated before issue 16: no summary_definition
+    shutil.copytree(reference_store, old)
+    group = zarr.open_group(str(old), mode="r+")
+    assert group.attrs["summary_definition"] == 2
+    del group.attrs["summary_definition"]
+    with pytest.raises(
+        T.StoreError, match="summary definition 1; this sapphire computes 2 .*fixed bandwidth.*regenerate"
+    ):
+        T.open_training_set(old)
     (tmp_path / "junk.zarr").mkdir()
     with pytest.raises(T.StoreError):
         T.open_training_set(tmp_path / "junk.zarr")

@@ -50,6 +50,7 @@ from sapphire.jsonio import json_ready
 from sapphire.observations import Observations
 from sapphire.population_summaries import summary_names
 from sapphire.prior import Prior
+from sapphire.summaries import SUMMARY_DEFINITION, SUMMARY_DEFINITION_TEXT
 
 SCHEMA_VERSION = 2
 # What each schema version changed, quoted when an older store is refused.
@@ -59,7 +60,17 @@ SCHEMA_CHANGES = {
 DATA_ARRAYS = ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed")
 HALO_ARRAYS = ("times", "log_mhalo", "mhalo_rate", "t_start", "coeff_d", "coeff_c", "coeff_b", "coeff_a")
 # Attributes that must agree between a store and the run that writes into it.
-IDENTITY_KEYS = ("schema_version", "model_config", "solver", "prior", "observations", "halos", "chunk", "save_states")
+IDENTITY_KEYS = (
+    "schema_version",
+    "summary_definition",
+    "model_config",
+    "solver",
+    "prior",
+    "observations",
+    "halos",
+    "chunk",
+    "save_states",
+)
 
 
 class StoreError(ValueError):
@@ -86,6 +97,7 @@ def store_identity(model, halos: HaloPopulation, obs: Observations, chunk: int, 
     return json_ready(
         {
             "schema_version": SCHEMA_VERSION,
+            "summary_definition": SUMMARY_DEFINITION,
             "model_config": model.config.to_dict(),
             "solver": model.settings.to_dict(),
             "prior": model.prior.to_dict(),
@@ -214,6 +226,7 @@ def open_group(path: str | os.PathLike, mode: str = "r"):
             f"which reads version {SCHEMA_VERSION})"
             + (f"; changed since: {changes}; regenerate the store" if changes else "")
         )
+    check_summary_definition(path, attrs)
     missing = [name for name in DATA_ARRAYS + ("done",) if name not in root]
     if missing or "halos" not in root:
         raise StoreError(f"{path} is missing arrays {missing or ['halos/']}: corrupt store")
@@ -222,6 +235,17 @@ def open_group(path: str | os.PathLike, mode: str = "r"):
         if root[name].shape[0] != n:
             raise StoreError(f"{path}: array {name} has {root[name].shape[0]} rows, theta has {n}: corrupt store")
     return root
+
+
+def check_summary_definition(path, attrs: Mapping[str, Any]) -> None:
+    """:class:`StoreError` unless the store's rows were computed with this sapphire's summary
+    definition (``summary_definition`` attribute; absent: definition 1)."""
+    stored = attrs.get("summary_definition", 1)
+    if stored != SUMMARY_DEFINITION:
+        raise StoreError(
+            f"{path} holds summaries of summary definition {stored}; this sapphire computes "
+            f"{SUMMARY_DEFINITION} ({SUMMARY_DEFINITION_TEXT}): regenerate the store"
+        )
 
 
 def check_identity(path, attrs: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
