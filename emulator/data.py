@@ -235,4 +235,5 @@ def batch_source(ts, train_idx: np.ndarray):
     if n_bytes > IN_MEMORY_LIMIT_BYTES:
         return ts, train_idx
     rows = ts.load(train_idx)  # sorted, like train_idx
-    return InMemoryTrainingSet(**rows, prior=ts.prior, observations=ts.observations), np.arange(train_idx.size)
+    kept = {name: rows[name] for name in (*DATA_KEYS, "n_failed", "has_jacobian")}
+    return InMemoryTrainingSet(**kept, prior=ts.prior, observations=ts.observations), np.arange(train_idx.size)

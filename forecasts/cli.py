@@ -160,6 +160,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     else:
         fisher_ellipses([fisher], [f"Fisher ({fisher.kind})"], out / "corner.png", title=f"{type(fm).__name__} Fisher")
 
+    poor = fm.poorly_supported(point)
     payload = {
         "command": "forecast",
         "forward": fm.describe(),
@@ -169,6 +170,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         "point": point,
         "fisher_at": args.fisher_at,
         "map": fit,
+        "poorly_supported_at_point": poor,
         "fisher": fisher.to_dict() | {"correlation": fisher.correlation},
         "hmc": None if post is None else post.summary(),
         "chain_groups": None if groups is None else _groups_dict(groups),
@@ -177,6 +179,8 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     # table
     _print_map_line(fit)
+    if poor:
+        print(f"poorly supported summaries at the point (support < 3 halos, stderr inflated): {', '.join(poor)}")
     print(
         f"Fisher ({fisher.kind}): "
         + (

@@ -373,6 +373,12 @@ class ForwardModel:
             "finite": bool(np.all(np.isfinite(mean)) and np.all(np.isfinite(variance))),
         }
 
+    def poorly_supported(self, theta_free) -> list[str] | None:
+        """Names of the summaries whose kernel regression sees fewer than
+        ``sapphire.summaries.MIN_SUPPORT`` halos at ``theta_free`` (their stderr is inflated), or
+        None for models that do not know their halos (emulator, toy)."""
+        return None
+
     def training_coverage(self, theta_free) -> dict | None:
         """Where ``theta_free`` (n_free,) / (n, n_free) lies relative to the region the model was
         trained on: None for models that are not trained (exact model, toy); see
@@ -501,6 +507,10 @@ class ExactForward(ForwardModel):
         # Model.summaries runs the compiled solve that Model.evolve uses (no new compilation).
         s = self.model.summaries(np.asarray(self.full_theta(theta)), self.halos, self.observations)
         return np.asarray(s.mean), np.asarray(s.stderr) ** 2, int(s.n_failed)
+
+    def poorly_supported(self, theta_free):
+        s = self.model.summaries(np.asarray(self.full_theta(theta_free)), self.halos, self.observations)
+        return list(s.poorly_supported)
 
     def summary_jacobian_numpy(self, theta):
         # Model.summary_jacobian: the compiled sensitivity solve of Model.jacobian.

@@ -92,6 +92,9 @@ def test_store_contents_match_the_model(reference_store):
     # Stored means come out of the sensitivity solve (consistent with the stored Jacobian);
     # Model.summaries uses the plain solve: equal to the solver tolerance (rtol 1e-5 on ~1-10 dex).
     np.testing.assert_allclose(ts.summaries[1].compute(), direct.mean, rtol=0, atol=2e-4)
+    # Support: the effective number of halos at each centre, a smooth function of the states.
+    np.testing.assert_allclose(ts.summary_support[1].compute(), direct.support, rtol=1e-3, atol=0)
+    assert np.all(np.asarray(ts.summary_support.compute()) <= N_HALOS)
     np.testing.assert_allclose(
         ts.summary_jacobian[1].compute(), model.summary_jacobian(theta, halos), rtol=0, atol=1e-9
     )
@@ -181,7 +184,7 @@ def test_batched_points_agree_with_point_by_point(reference_store, tmp_path):
     )
     assert report.computed == N_POINTS
     batched, reference = T.open_training_set(path), T.open_training_set(reference_store)
-    for name in ("summaries", "summary_stderr", "summary_jacobian"):
+    for name in ("summaries", "summary_stderr", "summary_support", "summary_jacobian"):
         a, b = np.asarray(getattr(batched, name).compute()), np.asarray(getattr(reference, name).compute())
         _assert_within_solver_tolerance(a, b, name)
     assert np.array_equal(np.asarray(batched.n_failed.compute()), np.asarray(reference.n_failed.compute()))
@@ -203,7 +206,7 @@ def test_batched_points_pick_the_solver_per_point():
     batched = block_outputs(thetas, forcing, *static)
     for i in range(2):
         alone = point_outputs(thetas[i], forcing, *static)
-        for a, b in zip(batched[:4], alone[:4]):
+        for a, b in zip(batched[:5], alone[:5]):
             _assert_within_solver_tolerance(np.asarray(a[i]), np.asarray(b), f"point {i}")
 
 
@@ -437,6 +440,7 @@ def test_inspect_cli_prints_summary_and_figure(reference_store, tmp_path, capsys
     assert main(["inspect", str(reference_store), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     assert f"{N_POINTS}/{N_POINTS} done" in out and figure.stat().st_size > 10_000
+    assert "poorly supported (support < 3 halos)" in out
 
 
 def test_a_10000_point_store_streams_in_minibatches_without_loading_whole(tmp_path):

@@ -120,6 +120,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     )
     for name, rng in summary["summary_ranges"].items():
         print(f"  {name:>10}: " + ("no rows yet" if rng is None else f"[{rng[0]:.3f}, {rng[1]:.3f}]"))
+    poor = summary["poorly_supported"]
+    print(
+        f"  poorly supported (support < {poor['min_support']:g} halos): {poor['valid_points_with_any']} valid points "
+        f"with any; per summary: " + (", ".join(f"{k} {v}" for k, v in poor["per_summary"].items()) or "none")
+    )
     if "figure" in summary:
         print(f"  wrote {summary['figure']}")
     return 0

@@ -23,29 +23,32 @@ from sapphire.model import Model
 from sapphire.observations import Observations
 from sapphire.population_summaries import solve_z0, summaries_and_jacobian_from_states, summaries_from_states
 from sapphire.prior import Prior
+from sapphire.summaries import summary_support
 
 from .store import writable
 
-ROW_ARRAYS = ("summaries", "summary_stderr", "summary_jacobian", "n_failed")
+ROW_ARRAYS = ("summaries", "summary_stderr", "summary_support", "summary_jacobian", "n_failed")
 
 
 @functools.partial(jax.jit, static_argnames=("settings", "config", "observations", "save_states", "with_jacobian"))
 def point_outputs(theta, forcing, settings, config, observations, save_states, with_jacobian=True):
-    """One design point: (mean (S,), stderr (S,), d mean/d theta (S, 8), n_failed, z = 0 log
-    states (H, 7) or None).  ``with_jacobian=False``: a value-only point, the plain solve (no
+    """One design point: (mean (S,), stderr (S,), support (S,), d mean/d theta (S, 8), n_failed,
+    z = 0 log states (H, 7) or None).  ``with_jacobian=False``: a value-only point, the plain solve (no
     sensitivities) and a NaN Jacobian."""
     if not with_jacobian:
         log_mhalo, log_state, success, _ = solve_z0(theta, forcing, settings, config, False)
         mean, stderr = summaries_from_states(log_mhalo, log_state, success, observations, config)
+        support = summary_support(log_mhalo, log_state, success, observations, config)
         jac_mean = jnp.full(mean.shape + theta.shape[-1:], jnp.nan)
         n_failed = jnp.sum(~success).astype(jnp.int32)
-        return mean, stderr, jac_mean, n_failed, (log_state if save_states else None)
+        return mean, stderr, support, jac_mean, n_failed, (log_state if save_states else None)
     log_mhalo, log_state, success, state_jacobian = solve_z0(theta, forcing, settings, config, True)
     mean, stderr, jac_mean, _ = summaries_and_jacobian_from_states(
         log_mhalo, log_state, success, state_jacobian, observations, config
     )
+    support = summary_support(log_mhalo, log_state, success, observations, config)
     n_failed = jnp.sum(~success).astype(jnp.int32)
-    return mean, stderr, jac_mean, n_failed, (log_state if save_states else None)
+    return mean, stderr, support, jac_mean, n_failed, (log_state if save_states else None)
 
 
 @functools.partial(jax.jit, static_argnames=("settings", "config", "observations", "save_states"))
@@ -58,9 +61,10 @@ def block_outputs(thetas, forcing, settings, config, observations, save_states):
     theta, so the population solver still sorts lanes by stiffness and picks the solver per
     group (vmapping the per-point function instead would turn that choice into a select that
     runs both solvers, the explicit one to its step cap at stiff points).  The summaries are
-    then vmapped over points.  Results agree with :func:`point_outputs` to the solver
-    tolerance, not bit for bit: a lane can land in a group with another solver, and round-off
-    can change an adaptive step sequence (tests/test_training_sets.py)."""
+    then vmapped over points.  Each lane's solver depends on its own stiffness only, so results
+    agree with :func:`point_outputs` to the solver tolerance; not bit for bit, since the
+    compiled programs differ and round-off can change an adaptive step sequence
+    (tests/test_training_sets.py)."""
     n_points, n_halo = thetas.shape[0], forcing.t_start.shape[0]
     lane_theta = jnp.repeat(thetas, n_halo, axis=0)
     lane_forcing = jax.tree.map(lambda a: jnp.tile(a, (n_points,) + (1,) * (a.ndim - 1)), forcing)
@@ -69,8 +73,11 @@ def block_outputs(thetas, forcing, settings, config, observations, save_states):
     mean, stderr, jac_mean, _ = jax.vmap(
         lambda *per_point: summaries_and_jacobian_from_states(*per_point, observations, config)
     )(log_mhalo, log_state, success, state_jacobian)
+    support = jax.vmap(lambda *per_point: summary_support(*per_point, observations, config))(
+        log_mhalo, log_state, success
+    )
     n_failed = jnp.sum(~success, axis=1).astype(jnp.int32)
-    return mean, stderr, jac_mean, n_failed, (log_state if save_states else None)
+    return mean, stderr, support, jac_mean, n_failed, (log_state if save_states else None)
 
 
 @dataclasses.dataclass
@@ -109,14 +116,15 @@ class Evaluator:
     def collect(self, pending: list) -> dict[str, np.ndarray]:
         """Rows of one block from ``dispatch``'s per-point results (or its one batched result)."""
         if len(pending) == 1 and pending[0][0].ndim == 2:  # block_outputs' one batched result
-            mean, stderr, jac, n_failed, states = pending[0]
+            mean, stderr, support, jac, n_failed, states = pending[0]
         else:
-            mean, stderr, jac, n_failed, states = (
+            mean, stderr, support, jac, n_failed, states = (
                 None if column[0] is None else jnp.stack(column) for column in zip(*pending)
             )
         rows = {
             "summaries": np.asarray(mean),
             "summary_stderr": np.asarray(stderr),
+            "summary_support": np.asarray(support),
             "summary_jacobian": np.asarray(jac),
             "n_failed": np.asarray(n_failed, dtype=np.int32),
         }

@@ -9,14 +9,21 @@ from typing import Any
 
 import numpy as np
 
+from sapphire.summaries import MIN_SUPPORT, count_poorly_supported
+
 from .store import TrainingSet, jacobian_rows, open_group, open_training_set, read_rows, scan_chunks
 
 #: Physical bounds that :func:`verify_store` checks on every done row whose halos all solved:
 #: summaries are log10 masses, mass ratios and 12 + log10(O/H) (a few dex to ~12), so |value|
 #: beyond 30 dex (1e30) cannot be physical; standard errors lie in [0, 30] dex; Jacobian
 #: entries (dex per unit of a parameter) finite and below 1e6 in size (1e6 would mean a 1e-6
-#: change of a parameter moves a summary by a dex).  All of them finite.  theta lies inside the stored prior box, n_failed in [0, n_halos].
-PHYSICAL_BOUNDS = {"summaries": (-30.0, 30.0), "summary_stderr": (0.0, 30.0), "summary_jacobian": (-1e6, 1e6)}
+#: change of a parameter moves a summary by a dex); supports (effective numbers of halos) >= 0.  All of them finite.  theta lies inside the stored prior box, n_failed in [0, n_halos].
+PHYSICAL_BOUNDS = {
+    "summaries": (-30.0, 30.0),
+    "summary_stderr": (0.0, 30.0),
+    "summary_support": (0.0, 1e6),
+    "summary_jacobian": (-1e6, 1e6),
+}
 
 
 def summarise(ts: TrainingSet) -> dict[str, Any]:
@@ -28,6 +35,9 @@ def summarise(ts: TrainingSet) -> dict[str, Any]:
     summaries = (
         np.asarray(ts.summaries[np.nonzero(done)[0]].compute()) if done.any() else np.zeros((0, len(ts.summary_names)))
     )
+    rows = np.nonzero(valid)[0]
+    support = np.asarray(ts.summary_support[rows].compute()) if rows.size else np.zeros((0, len(ts.summary_names)))
+    poor = ~(support >= MIN_SUPPORT)  # (valid rows, S)
     ranges = {}
     for name, sl in ts.observations.slices.items():
         block = summaries[:, sl]
@@ -48,6 +58,11 @@ def summarise(ts: TrainingSet) -> dict[str, Any]:
         "halo_fingerprint": ts.attrs["halos"]["fingerprint"],
         "design": ts.attrs["design"]["batches"],
         "summary_ranges": ranges,
+        "poorly_supported": {
+            "min_support": MIN_SUPPORT,
+            "valid_points_with_any": int(np.sum(count_poorly_supported(support) > 0)),
+            "per_summary": {name: int(n) for name, n in zip(ts.summary_names, poor.sum(axis=0)) if n},
+        },
         "sapphire_version": ts.attrs["sapphire_version"],
         "fingerprint": ts.fingerprint,
         "runs": len(ts.attrs.get("history", [])),

@@ -6,6 +6,7 @@ Layout (``SCHEMA_VERSION`` 2), every array chunked along the design axis N in bl
     theta             (N, 8)     float64   design points (physical parameter units)
     summaries         (N, S)     float64   kernel-regression means (dex / 12+log O/H)
     summary_stderr    (N, S)     float64   their standard errors
+    summary_support   (N, S)     float64   effective number of halos at each centre (< 3: poorly supported)
     summary_jacobian  (N, S, 8)  float64   d summaries / d theta (exact)
     n_failed          (N,)       int32     halos whose solve failed at that point (-1: not done)
     done              (N,)       bool      row written completely
@@ -57,7 +58,7 @@ SCHEMA_VERSION = 2
 SCHEMA_CHANGES = {
     2: "every chunk carries a crc32c checksum verified on read, and chunks equal to the fill value are written",
 }
-DATA_ARRAYS = ("theta", "summaries", "summary_stderr", "summary_jacobian", "n_failed")
+DATA_ARRAYS = ("theta", "summaries", "summary_stderr", "summary_support", "summary_jacobian", "n_failed")
 HALO_ARRAYS = ("times", "log_mhalo", "mhalo_rate", "t_start", "coeff_d", "coeff_c", "coeff_b", "coeff_a")
 # Attributes that must agree between a store and the run that writes into it.
 IDENTITY_KEYS = (
@@ -154,6 +155,7 @@ def create_store(
         "theta": ((n, theta.shape[1]), "float64", np.nan),
         "summaries": ((n, s), "float64", np.nan),
         "summary_stderr": ((n, s), "float64", np.nan),
+        "summary_support": ((n, s), "float64", np.nan),
         "summary_jacobian": ((n, s, theta.shape[1]), "float64", np.nan),
         "n_failed": ((n,), "int32", -1),
         "done": ((n,), "bool", False),
@@ -480,7 +482,7 @@ class TrainingSet:
     """Lazy, dask-backed, read-only view of a store; build with :func:`open_training_set`.
 
     Arrays (dask, chunked along N like the store): ``theta`` (N, 8), ``summaries`` (N, S),
-    ``summary_stderr`` (N, S), ``summary_jacobian`` (N, S, 8), ``n_failed`` (N,), ``done``
+    ``summary_stderr`` (N, S), ``summary_support`` (N, S), ``summary_jacobian`` (N, S, 8), ``n_failed`` (N,), ``done``
     (N,) and, if stored, ``halo_log_state`` (N, H, 7).  ``attrs``: the store's attributes.
     """
 
@@ -556,7 +558,7 @@ class TrainingSet:
 
     def load(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The rows at ``indices`` (default: all; returned in increasing order) as numpy
-        arrays: theta, summaries, summary_stderr, summary_jacobian, n_failed, has_jacobian.
+        arrays: theta, summaries, summary_stderr, summary_support, summary_jacobian, n_failed, has_jacobian.
         Reads only the chunks that hold them."""
         idx = np.arange(self.n_points) if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
         if idx.size and (idx[0] < 0 or idx[-1] >= self.n_points):
