@@ -205,6 +205,29 @@ def split_design(
     return {"train": idx[:n_train], "val": idx[n_train : n_train + n_val], "test": idx[n_train + n_val :]}
 
 
+def explicit_split(indices: Mapping[str, Sequence[int]], valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Checked ``train``/``val``/``test`` row indices given by the caller (instead of
+    :func:`split_design`'s seeded fractions): each a list of valid store rows, disjoint, ``train``
+    and ``val`` non-empty.  The train order is kept (``n_train`` takes its first n); val and test
+    are sorted."""
+    if set(indices) != {"train", "val", "test"}:
+        raise ValueError(f"split_indices must have exactly the keys train, val, test; got {sorted(indices)}")
+    out = {name: np.asarray(indices[name], np.int64).reshape(-1) for name in ("train", "val", "test")}
+    valid_set = set(np.asarray(valid, np.int64).tolist())
+    for name, rows in out.items():
+        outside = [int(r) for r in rows if int(r) not in valid_set]
+        if outside:
+            raise ValueError(f"split_indices[{name!r}] holds rows that are not valid design points: {outside[:5]}")
+        if np.unique(rows).size != rows.size:
+            raise ValueError(f"split_indices[{name!r}] repeats rows")
+    every = np.concatenate(list(out.values()))
+    if np.unique(every).size != every.size:
+        raise ValueError("split_indices' train, val and test overlap")
+    if out["train"].size == 0 or out["val"].size == 0:
+        raise ValueError("split_indices needs at least one train and one val row")
+    return {"train": out["train"], "val": np.sort(out["val"]), "test": np.sort(out["test"])}
+
+
 def to_network_space(
     batch: Mapping[str, np.ndarray], scalings: Scalings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

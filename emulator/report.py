@@ -41,7 +41,7 @@ from sapphire.jsonio import json_ready, write_json
 from sapphire.likelihood import gauss_newton_fisher_matrix
 
 from .artifact import SobolevEmulator
-from .data import as_training_set, exclusion_counts, split_design
+from .data import as_training_set, exclusion_counts, explicit_split, split_design
 from .train import train_emulator
 
 VALUE_MEDIAN_TARGET = 0.1
@@ -164,8 +164,8 @@ def summarise(metrics: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[s
 
 def error_by_parameter_half(theta, metrics, prior) -> dict[str, dict[str, float]]:
     """Where the errors are: for each parameter, the median over test points in the lower and
-    upper half of its prior range of the worst-summary value error [sigma_obs] and of the
-    Jacobian relative error."""
+    upper half of its prior range of the worst-summary value error [sigma_obs] (and its 95th
+    percentile) and of the Jacobian relative error."""
     worst = metrics["value_error"].max(axis=1)
     jac = metrics["jacobian_rel_error"]
     unit = prior.to_unit(np.asarray(theta))
@@ -173,9 +173,12 @@ def error_by_parameter_half(theta, metrics, prior) -> dict[str, dict[str, float]
     for j, name in enumerate(prior.names):
         lower = unit[:, j] < 0.5
         pick = lambda a, m: float(np.median(a[m])) if m.any() else None
+        p95 = lambda a, m: float(np.percentile(a[m], 95)) if m.any() else None
         out[name] = {
             "value_worst_lower": pick(worst, lower),
             "value_worst_upper": pick(worst, ~lower),
+            "value_worst_p95_lower": p95(worst, lower),
+            "value_worst_p95_upper": p95(worst, ~lower),
             "jacobian_lower": pick(jac, lower),
             "jacobian_upper": pick(jac, ~lower),
         }
@@ -299,6 +302,7 @@ def learning_curve(
     ensemble: int = 1,
     seed: int = 0,
     split: Sequence[float] = (0.8, 0.1, 0.1),
+    split_indices: Mapping[str, Sequence[int]] | None = None,
     progress: bool = True,
     out_dir: str | os.PathLike | None = None,
     **train_kwargs,
@@ -309,12 +313,14 @@ def learning_curve(
     ``learning_curve.json``/``.png`` to ``out_dir`` if given.  Entries per (method, n):
     worst-summary median and 95th-percentile value error [sigma_obs], median value error, median
     Jacobian relative error, median Fisher overlap and KL, train seconds, and the medians split
-    by halves of each parameter's prior range (:func:`error_by_parameter_half`)."""
+    by halves of each parameter's prior range (:func:`error_by_parameter_half`).
+    ``split_indices``: explicit train/val/test rows instead of the seeded ``split``
+    (:func:`emulator.data.explicit_split`)."""
     from .gp import GaussianProcessBaseline
 
     ts = as_training_set(source)
     valid, _ = exclusion_counts(ts)
-    splits = split_design(valid, split, seed)
+    splits = split_design(valid, split, seed) if split_indices is None else explicit_split(split_indices, valid)
     n_max = splits["train"].size
     rows = ts.load(splits["test"])
     names = tuple(ts.summary_names)
@@ -353,6 +359,7 @@ def learning_curve(
                 ensemble=ensemble,
                 seed=seed,
                 split=split,
+                split_indices=split_indices,
                 n_train=n,
                 progress=False,
                 **train_kwargs,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ import optax
 
 from .artifact import SobolevEmulator
 from .calibration import calibrate_spread
-from .data import as_training_set, batch_source, exclusion_counts, split_design, to_network_space
+from .data import as_training_set, batch_source, exclusion_counts, explicit_split, split_design, to_network_space
 from .loss import SUMMARY_WEIGHTINGS, member_loss, summary_weights
 from .network import Architecture, fit_scalings, init_ensemble
 
@@ -166,6 +166,7 @@ def train_emulator(
     n_train: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    split_indices: Mapping[str, Sequence[int]] | None = None,
 ) -> SobolevEmulator:
     """Train a Sobolev deep-ensemble emulator of the summaries on a training set.
 
@@ -198,6 +199,9 @@ def train_emulator(
         split: train / validation / test fractions of the valid design points.
         n_train: use only the first ``n_train`` points of the (seeded, random) training split
             (learning curves); validation and test splits unchanged.
+        split_indices: explicit ``train``/``val``/``test`` store rows instead of ``split`` and the
+            seed (:func:`emulator.data.explicit_split`; e.g. the same design points as another
+            store's seeded split).
         seed: seeds the split, the members' initialisation (member k: ``[seed, k]``) and the
             minibatch orders.
         progress: tqdm progress bar over epochs.
@@ -235,7 +239,11 @@ def train_emulator(
             f"(not done {excluded['not_done']}, failed halos {excluded['failed_halos']}, "
             f"non-finite {excluded['non_finite']})",
         )
-    splits = split_design(valid, settings.split, settings.seed)
+    splits = (
+        split_design(valid, settings.split, settings.seed)
+        if split_indices is None
+        else explicit_split(split_indices, valid)
+    )
     train_idx = splits["train"]
     if settings.n_train is not None:
         if not 1 <= settings.n_train <= train_idx.size:

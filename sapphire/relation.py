@@ -50,7 +50,7 @@ X_RANGES: dict[str, tuple[float, float]] = {
 
 
 #: Default bandwidth in units of the median spacing of a relation's observed centres.  1x (0.25
-#: dex) was measured rougher than Scott's rule at 128 halos (docs/design_notes_smooth.md); 2x
+#: dex) was measured rougher than Scott's rule at 128 halos (docs/design.md s.16); 2x
 #: (0.5 dex for SMHM and MZR, 0.6 for xGASS) is wider than Scott's bandwidth at >= 128 halos.
 BANDWIDTH_PER_SPACING: float = 2.0
 

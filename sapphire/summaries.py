@@ -28,7 +28,6 @@ __all__ = [
     "RELATION_NAMES",
     "KernelRegression",
     "kernel_regression",
-    "scott_bandwidth",
     "SUMMARY_DEFINITION",
     "SUMMARY_DEFINITION_TEXT",
     "SLOPE_RIDGE",
@@ -100,29 +99,6 @@ def _safe_sqrt(v: jax.Array) -> jax.Array:
     """sqrt with a zero (not infinite) gradient at v = 0 (double-where)."""
     positive = v > 0.0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
-
-
-@jax.jit
-def scott_bandwidth(x: ArrayLike, valid: ArrayLike | None = None) -> jax.Array:
-    """Scott's rule bandwidth h = sigma_x n^(-1/5) over the valid points.
-
-    Not used by the summaries since summary definition 2 (their bandwidth is fixed per relation,
-    ``Relation.bandwidth``); kept as a utility.  sigma_x is the sample standard deviation
-    (ddof = 1, as in ``scipy.stats.gaussian_kde``) of the valid x and n their number.  Invalid
-    entries (possibly NaN) are ignored in values and gradients.  Units of x.  NaN if fewer than 2
-    valid points.
-    """
-    x = jnp.asarray(x)
-    valid = jnp.ones(x.shape, bool) if valid is None else jnp.asarray(valid, bool)
-    xs = jnp.where(valid, x, 0.0)
-    n = jnp.sum(valid)
-    n_f = n.astype(xs.dtype)
-    n_safe = jnp.maximum(n_f, 2.0)
-    mean_x = jnp.sum(xs) / n_safe
-    dev = jnp.where(valid, xs - mean_x, 0.0)
-    var_x = jnp.sum(dev**2) / (n_safe - 1.0)
-    h = _safe_sqrt(var_x) * n_safe ** (-0.2)
-    return jnp.where(n >= 2, h, jnp.nan)
 
 
 @jax.jit

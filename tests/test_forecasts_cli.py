@@ -135,11 +135,16 @@ def test_forecast_with_the_exact_model(tmp_path, capsys):
     assert data["forward"]["kind"] == "ExactForward" and data["forward"]["n_halos"] == 4
     assert data["problem"]["exact"]["source"] == "diffmah" and data["map"] is None
     assert data["point"] == [PRIOR.centre[0]] and data["fisher"]["kind"] == "laplace (fd_grad)"
+    # 4 halos leave some kernel centres with < 3 halos: named in the record and printed
+    names = sapphire.population_summaries.summary_names(sapphire.Observations.default())
+    poor = data["poorly_supported_at_point"]
+    assert poor and set(poor) <= set(names)
     assert data["fisher"]["positive_definite"] and data["fisher"]["sigmas"][0] > 0
     mock = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
     assert mock.names == ("smhm", "gas_ratio", "mzr") and "mock: exact model" in mock.relations[0].source
     assert (out / "corner.png").stat().st_size > 5_000
-    assert "A_etaM" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "A_etaM" in printed and "poorly supported summaries at the point" in printed
 
 
 # ----------------------------------------------------------------------------------- emulator

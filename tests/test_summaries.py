@@ -19,7 +19,6 @@ from sapphire.summaries import (
     count_poorly_supported,
     kernel_regression,
     relation_coordinates,
-    scott_bandwidth,
     summary_statistics,
     summary_support,
 )
@@ -53,14 +52,6 @@ def test_matches_numpy_reference_with_mask():
     ref = numpy_kernel_regression(x, y, centres, H, valid)
     for field in ("mean", "scatter", "n_eff", "stderr", "support"):
         np.testing.assert_allclose(getattr(got, field), ref[field], rtol=1e-11, err_msg=field)
-
-
-def test_scott_bandwidth_uses_valid_points_only():
-    x, _ = _random_data(4)
-    valid = x < 11.0
-    expected = np.std(x[valid], ddof=1) * valid.sum() ** (-0.2)
-    x_nan = np.where(valid, x, np.nan)
-    np.testing.assert_allclose(scott_bandwidth(x_nan, valid), expected, rtol=1e-13)
 
 
 def test_exact_line_symmetric_about_centre():
