@@ -254,6 +254,32 @@ def test_split_disjoint_and_seeded():
         split_design(np.arange(2), (0.01, 0.5, 0.5))
 
 
+def test_explicit_split_trains_on_exactly_the_given_rows():
+    """split_indices (learning curves on the same design points as another store's split):
+    the given train rows (first n_train of them) and val/test rows are used as given."""
+    from emulator.data import explicit_split
+
+    ts = synthetic_set(60)
+    train, val, test = np.arange(40)[::-1], np.arange(40, 50), np.arange(50, 60)
+    model = train_emulator(
+        ts, ensemble=1, split_indices={"train": train, "val": val, "test": test}, n_train=30, **dict(TINY, epochs=2)
+    )
+    split = model.training["split"]
+    np.testing.assert_array_equal(np.sort(split["train"]), np.sort(train[:30]))
+    np.testing.assert_array_equal(split["val"], val)
+    np.testing.assert_array_equal(split["test"], test)
+    valid = np.arange(60)
+    for bad, message in (
+        ({"train": train, "val": val}, "exactly the keys"),
+        ({"train": [0, 1], "val": [1, 2], "test": []}, "overlap"),
+        ({"train": [0, 0], "val": [1], "test": []}, "repeats"),
+        ({"train": [0, 99], "val": [1], "test": []}, "not valid design points"),
+        ({"train": [0], "val": [], "test": []}, "at least one train and one val"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            explicit_split(bad, valid)
+
+
 def test_report_and_seeded_training(emu, tmp_path):
     report = emulator_report(emu, synthetic_set(120), tmp_path / "report", progress=False)
     assert report["n_test"] == len(emu.training["split"]["test"])
