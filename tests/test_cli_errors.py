@@ -56,6 +56,7 @@ def synthetic_store(path, n_points: int, halo_seed: int = 0, valid: bool = True)
     x = np.linspace(0, 1, obs.n_summary)
     root["summaries"][:] = 8.5 + 0.3 * u[:, :1] * (1 + x[None, :]) + 0.1 * u[:, 1:2]
     root["summary_stderr"][:] = 0.02
+    root["summary_support"][:] = 50.0
     jac = np.zeros((n_points, obs.n_summary, 8))
     jac[:, :, 0] = 0.3 * (1 + x[None, :]) / PRIOR.width[0]
     jac[:, :, 1] = 0.1 / PRIOR.width[1]

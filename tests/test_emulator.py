@@ -324,6 +324,7 @@ def test_trains_from_a_zarr_store(tmp_path):
     values, jac = synthetic(theta)
     root["summaries"][:] = values
     root["summary_stderr"][:] = 0.02
+    root["summary_support"][:] = 50.0
     root["summary_jacobian"][:] = jac
     n_failed = np.zeros(40, np.int32)
     n_failed[0] = 1

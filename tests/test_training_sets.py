@@ -23,6 +23,8 @@ N_POINTS, N_HALOS, CHUNK, SEED = 6, 8, 2, 3
 # devices benchmarks/bench_generate.py checks); the orchestration under test is the same.
 SOLVER = "tsit5"
 MODEL = sapphire.Model(solver=SOLVER)
+#: The keyword arguments of the tiny stores these tests generate.
+TINY_STORE = dict(n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, model=MODEL, progress=False)
 
 
 # --------------------------------------------------------------------------------- designs
@@ -72,9 +74,7 @@ def test_design_table_is_read_by_name_and_validated(tmp_path):
 def reference_store(tmp_path_factory):
     """An uninterrupted, single-device store (computed once for the module)."""
     path = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    report = T.generate(
-        path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False
-    )
+    report = T.generate(path, **TINY_STORE, devices=1)
     assert report.computed == N_POINTS and report.failed_points == 0
     return path
 
@@ -145,16 +145,7 @@ def test_two_dask_workers_give_a_bit_identical_store(reference_store, tmp_path):
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        report = T.generate(
-            path,
-            n_points=N_POINTS,
-            n_halos=N_HALOS,
-            seed=SEED,
-            chunk=CHUNK,
-            scheduler=client,
-            model=MODEL,
-            progress=False,
-        )
+        report = T.generate(path, **TINY_STORE, scheduler=client)
     assert report.backend == "dask" and report.workers == 2 and report.computed == N_POINTS
     assert T.store_digest(path) == T.store_digest(reference_store)
 
@@ -171,17 +162,7 @@ def test_batched_points_agree_with_point_by_point(reference_store, tmp_path):
     tolerance: vectorised differently, round-off can change an adaptive step sequence (measured:
     2.4e-6 dex in the summaries, 2.4e-4 of the largest Jacobian entry)."""
     path = tmp_path / "batched.zarr"
-    report = T.generate(
-        path,
-        n_points=N_POINTS,
-        n_halos=N_HALOS,
-        seed=SEED,
-        chunk=CHUNK,
-        devices=1,
-        model=MODEL,
-        batch_points=True,
-        progress=False,
-    )
+    report = T.generate(path, **TINY_STORE, devices=1, batch_points=True)
     assert report.computed == N_POINTS
     batched, reference = T.open_training_set(path), T.open_training_set(reference_store)
     for name in ("summaries", "summary_stderr", "summary_support", "summary_jacobian"):
@@ -279,22 +260,10 @@ def test_a_block_cut_between_data_and_done_is_recomputed(reference_store, tmp_pa
 
     monkeypatch.setattr(G, "write_block", crashing_write)
     with pytest.raises(KeyboardInterrupt):
-        T.generate(
-            path, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, devices=1, model=MODEL, progress=False
-        )
+        T.generate(path, **TINY_STORE, devices=1)
     monkeypatch.setattr(G, "write_block", write_block)
     assert int(T.open_training_set(path).done.sum().compute()) == CHUNK
-    report = T.generate(
-        path,
-        n_points=N_POINTS,
-        n_halos=N_HALOS,
-        seed=SEED,
-        chunk=CHUNK,
-        devices=1,
-        model=MODEL,
-        progress=False,
-        resume=True,
-    )
+    report = T.generate(path, **TINY_STORE, devices=1, resume=True)
     assert report.computed == N_POINTS - CHUNK
     assert T.store_digest(path) == T.store_digest(reference_store)
 
@@ -337,17 +306,7 @@ def test_bad_stores_are_refused_with_clear_messages(reference_store, tmp_path):
             progress=False,
         )
     with pytest.raises(T.StoreError, match="halos"):
-        T.generate(
-            reference_store,
-            n_points=N_POINTS,
-            n_halos=N_HALOS,
-            seed=SEED,
-            chunk=CHUNK,
-            resume=True,
-            halo_seed=1,
-            model=MODEL,
-            progress=False,
-        )
+        T.generate(reference_store, **TINY_STORE, resume=True, halo_seed=1)
     with pytest.raises(T.StoreError, match="another design"):
         T.generate(
             reference_store,
@@ -360,9 +319,7 @@ def test_bad_stores_are_refused_with_clear_messages(reference_store, tmp_path):
             progress=False,
         )
     with pytest.raises(FileExistsError, match="--resume"):
-        T.generate(
-            reference_store, n_points=N_POINTS, n_halos=N_HALOS, seed=SEED, chunk=CHUNK, model=MODEL, progress=False
-        )
+        T.generate(reference_store, **TINY_STORE)
 
 
 def test_failed_points_are_recorded_and_excluded(reference_store, tmp_path):
@@ -396,17 +353,7 @@ def test_extending_a_store_keeps_old_rows_and_computes_only_new_ones(reference_s
     assert n == N_POINTS + 2
     ts = T.open_training_set(copy)
     assert int(ts.done.sum().compute()) == N_POINTS
-    report = T.generate(
-        copy,
-        n_points=N_POINTS,
-        n_halos=N_HALOS,
-        seed=SEED,
-        chunk=CHUNK,
-        resume=True,
-        devices=1,
-        model=MODEL,
-        progress=False,
-    )
+    report = T.generate(copy, **TINY_STORE, resume=True, devices=1)
     assert report.computed == 2
     ts = T.open_training_set(copy)
     ref = T.open_training_set(reference_store)
@@ -467,10 +414,11 @@ def test_a_10000_point_store_streams_in_minibatches_without_loading_whole(tmp_pa
     rng = np.random.default_rng(0)
     root["summaries"][:] = rng.normal(size=(n, s))
     root["summary_stderr"][:] = rng.uniform(size=(n, s))
+    root["summary_support"][:] = rng.uniform(1.0, 100.0, size=(n, s))
     root["summary_jacobian"][:] = rng.normal(size=(n, s, 8))
     root["n_failed"][:] = 0
     root["done"][:] = True
-    total_bytes = n * (8 + s + s + 8 * s) * 8
+    total_bytes = n * (8 + s + s + s + 8 * s) * 8
     ts = T.open_training_set(path)
     ts.load([0])  # zarr's one-time codec buffers (~14 MB) are not data
     tracemalloc.start()
