@@ -392,8 +392,21 @@ def test_exact_forward_matches_sapphire_and_finite_differences(exact_setup):
     # compilation; the default autodiff Hessian compiles for ~40 s) and Gauss-Newton at the truth
     lap = laplace(fm, truth[[0, 6]], method="fd_grad", relative_step=1e-3)
     gn = gauss_newton_fisher(fm, truth[[0, 6]])
-    assert lap.kind == "laplace (fd_grad)" and lap.positive_definite and gn.positive_definite
-    np.testing.assert_allclose(gn.matrix, lap.matrix, rtol=0.05)  # residuals vanish at the truth
+    assert lap.kind == "laplace (fd_grad)" and gn.positive_definite
+    # Summary definition 2: 4 halos leave centres with < 3 halos, whose support-inflated stderr
+    # depends on theta, so the truth of a noise-free mock is not the likelihood's maximum and the
+    # Laplace Hessian there adds the curvature of -1/2 sum log(variance) to Gauss-Newton (it is
+    # indefinite here).  Checked against second differences of the log-likelihood's values.
+    x0, h = truth[[0, 6]], 3e-3
+    f = lambda d: -float(fm.log_likelihood(x0 + d))
+    e = np.eye(2) * h
+    fd = np.array(
+        [
+            [(f(e[i] + e[j]) - f(e[i] - e[j]) - f(e[j] - e[i]) + f(-e[i] - e[j])) / (4 * h * h) for j in range(2)]
+            for i in range(2)
+        ]
+    )
+    np.testing.assert_allclose(lap.matrix, fd, rtol=0.02, atol=0.02 * np.abs(fd).max())
     with pytest.raises(ValueError, match="A_tdep = 9.0 lies outside the prior box"):
         fm.log_likelihood(np.array([0.5, 9.0]))
 

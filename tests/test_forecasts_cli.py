@@ -114,7 +114,7 @@ def test_forecast_with_the_exact_model(tmp_path, capsys):
             "--forward",
             "exact",
             "--halos",
-            4,
+            8,
             "--solver",
             "tsit5",
             "--free",
@@ -132,10 +132,10 @@ def test_forecast_with_the_exact_model(tmp_path, capsys):
         == 0
     )
     data = json.loads((out / "forecast.json").read_text())
-    assert data["forward"]["kind"] == "ExactForward" and data["forward"]["n_halos"] == 4
+    assert data["forward"]["kind"] == "ExactForward" and data["forward"]["n_halos"] == 8
     assert data["problem"]["exact"]["source"] == "diffmah" and data["map"] is None
     assert data["point"] == [PRIOR.centre[0]] and data["fisher"]["kind"] == "laplace (fd_grad)"
-    # 4 halos leave some kernel centres with < 3 halos: named in the record and printed
+    # 8 halos leave some kernel centres with < 3 halos: named in the record and printed
     names = sapphire.population_summaries.summary_names(sapphire.Observations.default())
     poor = data["poorly_supported_at_point"]
     assert poor and set(poor) <= set(names)

@@ -63,7 +63,7 @@ def test_every_array_of_a_store_carries_a_crc32c_checksum(clean_store):
 
     root = open_group(clean_store)
     names = sorted(root.array_keys()) + [f"halos/{k}" for k in root["halos"].array_keys()]
-    assert len(names) == 6 + len(HALO_ARRAYS)
+    assert len(names) == 7 + len(HALO_ARRAYS)
     for name in names:
         assert any(isinstance(c, Crc32cCodec) for c in root[name].compressors), name
     assert root.attrs["schema_version"] == T.SCHEMA_VERSION == 2
