@@ -464,7 +464,8 @@ def _validate_modes(args, problem: Problem, forwards: dict, out: Path, started: 
     weights (emulator: SMC; exact: importance sampling around its NUTS draws) with their errors."""
 
     from .crossval import Thresholds
-    from .modes import cross_validate_modes, mode_table, mode_weights_from_chains, modes_summary, refine_modes
+    from .hmc import CheckpointMismatch
+    from .modes import check_modes, mode_table, modes_summary
     from .plots import modes_corner
 
     emu_fm, exact_fm = forwards["emulator"], forwards["exact"]
@@ -485,40 +486,33 @@ def _validate_modes(args, problem: Problem, forwards: dict, out: Path, started: 
     chains = args.exact_chains or args.chains_per_mode
     warmup, draws = args.exact_warmup or args.warmup, args.exact_draws or args.draws
     try:
-        exact_chains = refine_modes(
+        exact_chains, exact_weights, report = check_modes(
             exact_fm,
             result,
+            emu_chains,
             chains_per_mode=chains,
             num_warmup=warmup,
             num_samples=draws,
+            weight_draws=args.weight_draws,
+            thresholds=Thresholds(args.max_shift, args.max_width_ratio, args.max_auc),
             seed=args.seed,
             progress=not args.quiet,
             checkpoint=out / "hmc_exact_modes.npz",
             time_limit_s=args.time_limit,
         )
-    except ValueError as err:  # CheckpointMismatch included
-        raise option_error(args, f"{err} (or pass --restart)") from None
-    incomplete = [label for label, c in (("emulator", emu_chains), ("exact", exact_chains)) if not c[0].hmc.complete]
-    if incomplete:
+    except ValueError as err:  # CheckpointMismatch included; a cross-validation refused
+        raise option_error(
+            args, f"{err} (or pass --restart)" if isinstance(err, CheckpointMismatch) else f"cross-validation: {err}"
+        ) from None
+    if report is None:
+        incomplete = [
+            label for label, c in (("emulator", emu_chains), ("exact", exact_chains)) if not c[0].hmc.complete
+        ]
         print(
             f"HMC of {', '.join(incomplete)} stopped at --time-limit: rerun the same command to resume "
             f"(checkpoints in {out}); no cross-validation yet"
         )
         return INCOMPLETE_EXIT
-    exact_weights = mode_weights_from_chains(exact_fm, exact_chains, num_draws=args.weight_draws, seed=args.seed)
-    thresholds = Thresholds(args.max_shift, args.max_width_ratio, args.max_auc)
-    try:
-        report = cross_validate_modes(
-            exact_chains,
-            emu_chains,
-            reference_weights=exact_weights,
-            candidate_weights=result,
-            names=exact_fm.free_names,
-            thresholds=thresholds,
-            seed=args.seed,
-        )
-    except ValueError as err:
-        raise option_error(args, f"cross-validation: {err}") from None
     truth = problem.free_truth(exact_fm)
     figures = []
     for k, r in enumerate(report.reports):

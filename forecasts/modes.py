@@ -877,6 +877,77 @@ def merge_mixing_modes(result: ModesResult, refined: Sequence[ModeChains], group
     return merged, tuple(new_refined), new_maps, [list(s) for s in sets]
 
 
+def refine_and_merge(fm: ForwardModel, result: ModesResult, maps=None, **refine_options):
+    """NUTS in each mode (:func:`refine_modes`), then the modes whose chains mix merged into one
+    (:func:`group_chains`, :func:`merge_mixing_modes`).
+
+    Returns:
+        (ModesResult, refined, groups, maps, merged): as :func:`merge_mixing_modes`; ``groups``
+        is the ``ChainGroups`` of all the chains, None (and nothing merged) with fewer than 4
+        draws per chain.
+    """
+    refined = refine_modes(fm, result, **refine_options)
+    if refined[0].hmc.samples.shape[1] < 4:
+        return result, refined, None, maps, [[m] for m in range(result.n_modes)]
+    groups = group_chains(refined[0].hmc)
+    result, refined, maps, merged = merge_mixing_modes(result, refined, groups, maps)
+    return result, refined, groups, maps, merged
+
+
+def check_modes(
+    reference_fm: ForwardModel,
+    modes: ModesResult,
+    candidate: Sequence[ModeChains],
+    *,
+    chains_per_mode: int,
+    num_warmup: int,
+    num_samples: int,
+    weight_draws: int = 256,
+    thresholds=None,
+    seed: int = 0,
+    progress: bool = False,
+    **hmc_options,
+) -> tuple[tuple[ModeChains, ...], dict | None, ModesCrossValidation | None]:
+    """The candidate's posterior checked mode by mode against ``reference_fm``'s: reference NUTS
+    started in each of the candidate's modes, the reference's mode weights
+    (:func:`mode_weights_from_chains`) and :func:`cross_validate_modes`.
+
+    Args:
+        modes: the candidate's modes (after :func:`refine_and_merge`); candidate: its chains.
+        chains_per_mode, num_warmup, num_samples, seed, progress, **hmc_options: the reference's
+            NUTS (:func:`refine_modes`; ``checkpoint``, ``time_limit_s`` included).
+        weight_draws: importance draws per mode for the reference weights; thresholds: of each
+            mode's ``cross_validate``.
+
+    Returns:
+        (reference chains, reference weights, report); the last two are None when either run
+        stopped at its time limit (rerun to resume from the checkpoints).
+    """
+    reference = refine_modes(
+        reference_fm,
+        modes,
+        chains_per_mode=chains_per_mode,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        seed=seed,
+        progress=progress,
+        **hmc_options,
+    )
+    if not (reference[0].hmc.complete and candidate[0].hmc.complete):
+        return reference, None, None
+    weights = mode_weights_from_chains(reference_fm, reference, num_draws=weight_draws, seed=seed)
+    report = cross_validate_modes(
+        reference,
+        candidate,
+        reference_weights=weights,
+        candidate_weights=modes,
+        names=reference_fm.free_names,
+        thresholds=thresholds,
+        seed=seed,
+    )
+    return reference, weights, report
+
+
 def group_chains(chains, *, threshold: float = 1.01, quantiles: tuple[float, float] = (0.005, 0.995)) -> ChainGroups:
     """Sort the chains of one multi-chain run into modes, and judge convergence inside each.
 

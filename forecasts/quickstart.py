@@ -47,6 +47,10 @@ class Scale:
     (``forecasts.refine``) run between the emulator and the forecasts, on the decisive check's
     problem (``exact_free`` free, the others at the mock truth); ``refine_hmc``: their NUTS
     (chains, warmup, draws).  0 waves: no refinement.
+
+    Before the check, tempered SMC (``smc_runs`` x ``smc_particles``) weighs the modes of the
+    emulator's posterior on the check's problem (``forecasts.modes``); with more than one mode
+    (after merging modes whose NUTS chains mix) the check runs mode by mode instead.
     """
 
     n_halos: int
@@ -66,6 +70,8 @@ class Scale:
     refine_waves: int = 0
     refine_points: int = 0
     refine_hmc: tuple[int, int, int] = (4, 300, 500)
+    smc_particles: int = 1000
+    smc_runs: int = 4
 
 
 SCALES: dict[str, Scale] = {
@@ -111,6 +117,8 @@ SCALES: dict[str, Scale] = {
         refine_waves=1,
         refine_points=8,
         refine_hmc=(2, 20, 20),
+        smc_particles=200,
+        smc_runs=2,
     ),
     # The original analysis's sizes, for GPU nodes.
     "paper": Scale(
@@ -521,6 +529,9 @@ def run_quickstart(
         fit = find_map(emu_fm, n_starts=sizes.map_starts, seed=seed)
         fisher_emu = gauss_newton_fisher(emu_fm, fit.best)
         (ec, ew, ed), (cc, cw, cd) = sizes.exact_hmc, sizes.emulator_hmc
+        modes, emu_chains = weigh_check_modes(emu_fm, sizes, seed, out, progress, log)
+        if modes.n_modes > 1:
+            return decide_by_modes(exact, modes, emu_chains, start, sizes, seed, budget, out, fit, state, progress)
 
         def run_exact(n: int, limit: float | None):
             return _run_hmc_resuming(
@@ -587,6 +598,7 @@ def run_quickstart(
             {
                 "free": free,
                 "truth": start,
+                "modes": _modes_record(modes),
                 "check": result.to_dict(),
                 "map": fit.to_dict(),
                 "map_line": fit.summary_line(),
@@ -609,6 +621,13 @@ def run_quickstart(
 
     def decisive_load() -> None:
         saved = json.loads((out / "decisive.json").read_text())
+        if "modes_check" in saved:
+            state["crossval"], state["crossval_figures"] = (
+                ModesVerdict.from_dict(saved["modes_check"]),
+                saved["figures"],
+            )
+            state["decisive"] = saved
+            return
         reference, candidate = HmcResult.load(out / "exact_hmc.npz"), HmcResult.load(out / "emulator_hmc_reduced.npz")
         report = cross_validate(
             reference,
@@ -658,6 +677,7 @@ def run_quickstart(
         },
         "emulator_forecast": state["emulator_forecast"]["hmc"],
         "refine": state.get("refine"),
+        "check_modes": decisive.get("modes"),
     }
     write_json(out / "summary.json", summary)
     _write_report(out, summary, state)
@@ -692,6 +712,131 @@ def _refine_summary(refine_dir: Path) -> dict:
         ],
         "report": str(refine_dir / "refine_report.md"),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModesVerdict:
+    """The check's verdict when the emulator's posterior has several modes: the mode-by-mode
+    cross-validation (``forecasts.modes.cross_validate_modes``) as the report uses it."""
+
+    verdict: str
+    advice: str
+    markdown: str
+    payload: dict
+
+    def to_markdown(self) -> str:
+        return self.markdown
+
+    def to_dict(self) -> dict:
+        return self.payload
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModesVerdict:
+        return cls(d["verdict"], d["advice"], d["markdown"], d["payload"])
+
+
+def weigh_check_modes(emu_fm, sizes: Scale, seed: int, out: Path, progress: bool, log: Callable[[str], None]):
+    """(ModesResult, its NUTS chains or None): tempered SMC on the check's emulator posterior;
+    with several modes, NUTS in each and the modes whose chains mix merged."""
+    from .modes import refine_and_merge, weigh_modes
+
+    modes = weigh_modes(
+        emu_fm, num_particles=sizes.smc_particles, num_runs=sizes.smc_runs, seed=seed, progress=progress
+    )
+    line = f"{modes.n_modes} mode(s) by tempered SMC, ln Z {modes.log_evidence:.3f} +- {modes.log_evidence_error:.3f}"
+    chains = None
+    if modes.n_modes > 1:
+        chains_n, warmup, draws = sizes.emulator_hmc
+        modes, chains, _, _, _ = refine_and_merge(
+            emu_fm,
+            modes,
+            chains_per_mode=chains_n,
+            num_warmup=warmup,
+            num_samples=draws,
+            seed=seed,
+            progress=progress,
+            checkpoint=out / "emulator_hmc_modes.npz",
+        )
+        line += f"; {modes.n_modes} after merging the modes whose NUTS chains mix"
+    log(f"[quickstart] the check's emulator posterior: {line}")
+    return modes, chains
+
+
+def _modes_record(modes) -> dict:
+    """The JSON record of the check's emulator modes: count, evidence, per-mode weight, mean, std."""
+    return {
+        "n_modes": modes.n_modes,
+        "log_evidence": modes.log_evidence,
+        "log_evidence_error": modes.log_evidence_error,
+        "weight": [m.weight for m in modes.modes],
+        "weight_error": [m.weight_error for m in modes.modes],
+        "mean": [m.mean for m in modes.modes],
+        "std": [m.std for m in modes.modes],
+        "sampler": modes.settings,
+    }
+
+
+def decide_by_modes(
+    exact, modes, emu_chains, truth_free, sizes: Scale, seed: int, budget: float, out: Path, fit, state, progress
+) -> str:
+    """The check mode by mode (several emulator modes): exact NUTS started in each mode, each
+    mode cross-validated and the weights compared (``forecasts.modes.check_modes``); one round of
+    ``exact_hmc`` draws within ``budget`` seconds (a rerun with a larger budget resumes the
+    chains).  Writes ``decisive.json`` and sets the report's state; returns the stage's line."""
+    from .modes import check_modes
+
+    chains, warmup, draws = sizes.exact_hmc
+    started = time.perf_counter()
+    exact_chains, weights, report = check_modes(
+        exact,
+        modes,
+        emu_chains,
+        chains_per_mode=chains,
+        num_warmup=warmup,
+        num_samples=draws,
+        seed=seed,
+        progress=progress,
+        checkpoint=out / "exact_hmc_modes.npz",
+        time_limit_s=budget,
+    )
+    spent = time.perf_counter() - started
+    if report is None:
+        verdict = ModesVerdict(
+            "INCONCLUSIVE",
+            f"the exact chains in {modes.n_modes} modes stopped at the budget; rerun with a larger --exact-budget to resume them.",
+            "The exact chains stopped at the budget: no cross-validation yet.\n",
+            {"verdict": "INCONCLUSIVE", "modes": []},
+        )
+        figures = []
+    else:
+        advice = (
+            ""
+            if report.verdict != "INCONCLUSIVE"
+            else ("a mode's cross-validation or weight is undecided: run `sapphire validate --modes` with more draws.")
+        )
+        verdict = ModesVerdict(report.verdict, advice, report.to_markdown(), report.to_dict())
+        figures = [
+            str(f)
+            for k, r in enumerate(report.reports)
+            for f in r.plot(out, truths=truth_free, prefix=f"crossval_mode{k}")
+        ]
+    record = {
+        "free": list(exact.free_names),
+        "truth": np.asarray(truth_free),
+        "modes": _modes_record(modes),
+        "modes_check": dataclasses.asdict(verdict),
+        "exact_mode_weights": weights,
+        "figures": figures,
+        "check": {"rounds": [], "stopped": "mode by mode, one round", "spent_s": spent, "budget_s": budget},
+        "map": fit.to_dict(),
+        "map_line": fit.summary_line(),
+        "exact_hmc": exact_chains[0].hmc.summary(),
+        "emulator_hmc": emu_chains[0].hmc.summary(),
+    }
+    write_json(out / "decisive.json", record)
+    state["decisive"] = json.loads((out / "decisive.json").read_text())
+    state["crossval"], state["crossval_figures"] = verdict, figures
+    return f"{verdict.verdict}, mode by mode ({modes.n_modes} emulator modes), {spent:.0f} s of {budget:.0f}"
 
 
 def _keep_crossval(state: dict, out: Path, report, truths) -> None:
@@ -793,6 +938,23 @@ def _refine_lines(refine: dict | None) -> list[str]:
     return lines
 
 
+def modes_line(modes: dict | None) -> str:
+    """The report's line on the modes of the check's emulator posterior."""
+    if modes is None:
+        return "The emulator posterior's modes were not weighed (a run from before they were)."
+    weights = ", ".join(f"{w:.3f} +- {e:.3f}" for w, e in zip(modes["weight"], modes["weight_error"]))
+    how = (
+        "so the check compared the two posteriors mode by mode"
+        if modes["n_modes"] > 1
+        else "so the check is one comparison"
+    )
+    return (
+        f"Modes of the emulator posterior on the check's problem (tempered SMC, {modes['sampler']['num_runs']} x "
+        f"{modes['sampler']['num_particles']} particles): {modes['n_modes']}, weights {weights}, ln Z "
+        f"{modes['log_evidence']:.3f} +- {modes['log_evidence_error']:.3f}; {how}."
+    )
+
+
 def _write_report(out: Path, summary: dict, state: dict) -> None:
     report = state["crossval"]
     check = summary["decisive_check"]
@@ -864,6 +1026,8 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
     lines += [
         "",
         f"Emulator MAP of the reduced problem: {summary['reduced_emulator_map']['line']}.",
+        "",
+        modes_line(summary.get("check_modes")),
         "",
         "## Emulator posterior versus exact HMC",
         "",

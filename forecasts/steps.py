@@ -141,7 +141,7 @@ def modes_step(
     """
     from .forward import check_training_coverage
     from .hmc import CheckpointMismatch
-    from .modes import group_chains, merge_mixing_modes, mode_maps, refine_modes, weigh_modes
+    from .modes import mode_maps, refine_and_merge, weigh_modes
 
     try:
         result = weigh_modes(
@@ -160,9 +160,10 @@ def modes_step(
     refined = groups = None
     if refine:
         try:
-            refined = refine_modes(
+            result, refined, groups, maps, merged = refine_and_merge(
                 fm,
                 result,
+                maps,
                 chains_per_mode=chains_per_mode,
                 num_warmup=warmup,
                 num_samples=draws,
@@ -173,15 +174,12 @@ def modes_step(
             )
         except CheckpointMismatch as err:
             raise option_error(args, f"{err} (or pass --restart)" if args.command == "validate" else str(err)) from None
-        if refined[0].hmc.samples.shape[1] >= 4:
-            groups = group_chains(refined[0].hmc)
-            result, refined, maps, merged = merge_mixing_modes(result, refined, groups, maps)
-            if result.n_modes < n_smc:
-                note(
-                    args,
-                    f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
-                    f"{n_smc} SMC modes are {result.n_modes} mode(s)",
-                )
+        if result.n_modes < n_smc:
+            note(
+                args,
+                f"{label}the NUTS chains crossed between SMC modes {' + '.join(map(str, (m for m in merged if len(m) > 1)))}: "
+                f"{n_smc} SMC modes are {result.n_modes} mode(s)",
+            )
     return {
         "result": result,
         "maps": maps,

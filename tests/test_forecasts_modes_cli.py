@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,40 @@ def test_validate_mode_by_mode(tmp_path, two_modes, monkeypatch, capsys):
     assert "Mode 1" in (out / "crossval.md").read_text()
     for name in ("crossval_mode0_corner.png", "crossval_mode1_corner.png", "crossval_modes_corner.png"):
         assert (out / name).stat().st_size > 5_000, name
+
+
+def test_quickstart_check_runs_mode_by_mode_when_the_emulator_has_several_modes(tmp_path):
+    """The quickstart's exact check with two emulator modes (forecasts.quickstart): tempered SMC
+    finds both, NUTS runs in each, the "exact" side (a second forward model on the same fake, so
+    the same posterior) is started in each mode, and the per-mode verdict is PASS with weights
+    1/2 +- their errors; decisive.json carries the modes and reloads to the same verdict."""
+    import dataclasses
+
+    import sapphire
+    from forecasts.optimize import find_map
+    from forecasts.quickstart import SCALES, ModesVerdict, decide_by_modes, modes_line, weigh_check_modes
+
+    free = ["A_etaM", "A_tdep"]
+    centre = sapphire.DEFAULT_PRIOR.from_unit(np.full(8, 0.5))
+    emu_fm = forecasts.EmulatorForward(EMU, EMU.observations, free=free, fixed=centre)
+    exact_fm = forecasts.EmulatorForward(EMU, EMU.observations, free=free, fixed=centre)
+    sizes = dataclasses.replace(
+        SCALES["tiny"], emulator_hmc=(2, 100, 250), exact_hmc=(2, 100, 250), smc_particles=300, smc_runs=4
+    )
+    lines: list[str] = []
+    modes, chains = weigh_check_modes(emu_fm, sizes, 0, tmp_path, False, lines.append)
+    assert modes.n_modes == 2 and len(chains) == 2 and "2 mode(s)" in lines[0]
+    fit = find_map(emu_fm, n_starts=2, seed=0)
+    state: dict = {}
+    line = decide_by_modes(exact_fm, modes, chains, centre[[0, 6]], sizes, 0, 600.0, tmp_path, fit, state, False)
+    assert state["crossval"].verdict == "PASS" and line.startswith("PASS, mode by mode (2 emulator modes)")
+    saved = json.loads((tmp_path / "decisive.json").read_text())
+    assert saved["modes"]["n_modes"] == 2
+    assert saved["modes"]["weight"] == pytest.approx([0.5, 0.5], abs=0.05)
+    for entry in saved["modes_check"]["payload"]["modes"]:
+        assert entry["report"]["verdict"] == "PASS" and abs(entry["weights"]["z"]) < 3
+    reloaded = ModesVerdict.from_dict(saved["modes_check"])
+    assert (reloaded.verdict, reloaded.markdown) == ("PASS", state["crossval"].markdown)
+    assert "Mode 1" in reloaded.to_markdown() and len(saved["figures"]) >= 2
+    assert all(Path(p).stat().st_size > 5_000 for p in saved["figures"])
+    assert "weights 0.5" in modes_line(saved["modes"]) and "mode by mode" in modes_line(saved["modes"])
