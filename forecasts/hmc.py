@@ -303,7 +303,9 @@ def _prior_tag(prior) -> str:
     return f"{type(prior).__name__}:{hashlib.sha256(_describe(prior).encode()).hexdigest()[:12]}"
 
 
-def _init_params(prior_dist, init, num_chains: int, n_free: int):
+def _init_params(prior_dist, init, num_chains: int, n_free: int, box):
+    """Per-chain numpyro init dicts; a start on a face of the ``box`` (a MAP at a bound) is moved
+    1e-6 of the box's width inside, where the transform to the unconstrained space is finite."""
     if init is None:
         return [None] * num_chains
     values = np.asarray(init, dtype=np.float64)
@@ -312,9 +314,13 @@ def _init_params(prior_dist, init, num_chains: int, n_free: int):
     if values.shape != (num_chains, n_free):
         raise ValueError(f"init must have shape ({n_free},) or ({num_chains}, {n_free}); got {values.shape}")
     to_unconstrained = biject_to(prior_dist.support).inv
+    low, high = np.asarray(box.low, np.float64), np.asarray(box.high, np.float64)
+    eps = 1e-6 * (high - low)
     out = []
     for row in values:
         z = to_unconstrained(jnp.asarray(row))
+        if not np.all(np.isfinite(z)) and np.all((row >= low) & (row <= high)):
+            z = to_unconstrained(jnp.asarray(np.clip(row, low + eps, high - eps)))
         if not np.all(np.isfinite(z)):
             raise ValueError(f"init {row} lies outside the prior's support")
         out.append({"theta": z})
@@ -465,7 +471,8 @@ def run_hmc(
             ``fm.preferred_chain_method`` ("vectorized"; "sequential" for the exact model, whose
             solver would run both branches of its per-group choice under vmap).
         init: None (numpyro's ``init_to_uniform``, radius 2, per-chain key) or starting points
-            (n_free,) / (num_chains, n_free) inside the prior's support.
+            (n_free,) / (num_chains, n_free) inside the prior's support (a start on a face of
+            the box, such as a MAP at a bound, begins 1e-6 of the box's width inside).
         checkpoint: path of the checkpoint file (an ``.npz`` archive, module docstring; any name).  If it exists the run RESUMES from it (after checking
             that the forward model's fingerprint and the sampler settings match: otherwise
             ``CheckpointMismatch``); it is rewritten atomically after every block.
@@ -533,7 +540,7 @@ def run_hmc(
         init_strategy=init_to_uniform(radius=2.0),
     )
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
-    inits = _init_params(prior_dist, init, num_chains, n_free)
+    inits = _init_params(prior_dist, init, num_chains, n_free, fm.prior)
     # Every chain is initialised (this also builds the kernel's sample function); a resumed run
     # then replaces the states by the checkpoint's.
     states = [

@@ -82,10 +82,7 @@ def hmc_step(
 
     if chains < 1 or warmup < 0 or draws < 1:
         raise option_error(args, f"HMC needs chains >= 1, warmup >= 0, draws >= 1; got {chains}, {warmup}, {draws}")
-    init = None
-    if args.hmc_init == "map" and init_point is not None:
-        low, width = np.asarray(fm.prior.low), np.asarray(fm.prior.width)
-        init = np.clip(np.asarray(init_point, dtype=np.float64), low + 1e-6 * width, low + (1 - 1e-6) * width)
+    init = init_point if args.hmc_init == "map" else None  # run_hmc moves a start on a bound inside
     try:
         return run_hmc(
             fm,

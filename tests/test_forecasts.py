@@ -281,11 +281,23 @@ def test_hmc_recovers_the_toy_posterior_within_monte_carlo_error(toy, toy_hmc):
     print(f"\ntoy NUTS 4 x (500 + 1000): {post.times}")
 
 
+def test_hmc_starts_on_a_bound_of_the_box_and_refuses_one_outside():
+    """A MAP on a face of the box (the quickstart's 8-free emulator MAP had B_etaZ = 0, the
+    prior's upper bound) starts 1e-6 of the width inside; a start outside the box is refused."""
+    toy = toy_problem(n_params=2, n_summary=6, seed=7)
+    low, high = np.asarray(toy.prior.low), np.asarray(toy.prior.high)
+    on_bound = np.array([high[0], low[1]])
+    post = run_hmc(toy, num_chains=2, num_warmup=10, num_samples=10, seed=0, init=on_bound)
+    assert np.all(np.isfinite(post.samples)) and np.all((post.samples > low) & (post.samples < high))
+    with pytest.raises(ValueError, match="lies outside the prior's support"):
+        run_hmc(toy, num_chains=1, num_warmup=10, num_samples=10, seed=0, init=np.array([high[0] + 1.0, low[1]]))
+
+
 def test_hmc_checkpoint_resumes_bitwise(tmp_path):
     toy = toy_problem(n_params=2, n_summary=6, seed=7)
     settings = dict(num_chains=2, num_warmup=30, num_samples=40, seed=5, block_size=10)
     uninterrupted = run_hmc(toy, **settings)
-    path = tmp_path / "run.pkl"
+    path = tmp_path / "run.npz"
     partial = run_hmc(toy, checkpoint=path, max_blocks=4, **settings)  # 3 warmup blocks + 1 of draws
     assert not partial.complete and partial.samples.shape == (2, 10, 2) and path.exists()
     resumed = run_hmc(toy, checkpoint=path, **settings)
