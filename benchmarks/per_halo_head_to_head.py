@@ -244,7 +244,9 @@ def main() -> None:
         "failed_halos": {"train": int(ts.n_failed.sum().compute()), "held_out": int(test.n_failed.sum().compute())},
         "kernel_regression_of_exact_states_max_abs_diff_dex": check,
         "per_halo_fit": fit,
-        "per_halo_rms_error_dex": dict(zip(("log Mstar/Mh", "log MISM/Mstar", "log MZ,ISM/MISM"), per_halo_rms.tolist())),
+        "per_halo_rms_error_dex": dict(
+            zip(("log Mstar/Mh", "log MISM/Mstar", "log MZ,ISM/MISM"), per_halo_rms.tolist())
+        ),
         "timings_s": timings,
         "scores": results,
     }

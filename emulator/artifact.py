@@ -44,6 +44,13 @@ _PRECISIONS = {"float32": jnp.float32, "float64": jnp.float64}
 #: Version of the artifact format this code writes (and the newest it reads).
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
+#: ``model_stderr``'s bandwidth in units of the training design's median nearest-neighbour
+#: distance, and its slope penalty relative to the total kernel weight.  Chosen on the small
+#: quickstart (seed 0, benchmarks/likelihood_tilt.py): the ln L tilt along A_etaM from the
+#: interpolated stderr was -0.27 nats per posterior sd with a kernel mean at 1 spacing, -0.037
+#: with this local-linear fit (0.5 spacing, 1e-3), -0.034 at 0.35 spacing, -0.14 with 1e-1.
+STDERR_BANDWIDTH = 0.5
+STDERR_RIDGE = 1e-3
 ARRAYS_FILE = "arrays.npz"
 
 
@@ -308,13 +315,16 @@ class SobolevEmulator:
 
     def model_stderr(self, theta) -> jax.Array:
         """The exact model's standard error of the summaries (the kernel regression's, which the
-        exact likelihood adds to its variance) at theta (8,) -> (S,) or (n, 8) -> (n, S):
-        Nadaraya-Watson regression of log stderr over the training points, Gaussian kernel in
-        the unit cube of the prior box with bandwidth the median nearest-neighbour distance of
-        the training design.  Pure jnp (traceable, differentiable); needs
-        :attr:`has_model_stderr`.  The stderr changes slowly with theta (it is the halos'
-        scatter over sqrt(effective number)), so this smooth interpolation suffices where the
-        design is dense."""
+        exact likelihood adds to its variance) at theta (8,) -> (S,) or (n, 8) -> (n, S).
+
+        Local-linear regression of log stderr over the training points: Gaussian kernel in the
+        unit cube of the prior box, bandwidth :data:`STDERR_BANDWIDTH` x the median
+        nearest-neighbour distance of the training design, slopes ridge-penalised by
+        :data:`STDERR_RIDGE` x the total kernel weight (so where few points carry weight it
+        falls back to their weighted mean).  Pure jnp (traceable, differentiable); needs
+        :attr:`has_model_stderr`.  Local-linear, not a kernel mean: the stderr's slope across a
+        posterior enters ln L through its normalisation, and a kernel mean over a bandwidth much
+        wider than the posterior flattens it (docs/design.md s.14, "The emulator's stderr")."""
         if self._stderr_model is None:
             from scipy.spatial import cKDTree
 
@@ -324,16 +334,21 @@ class SobolevEmulator:
             self._stderr_model = (
                 unit,
                 np.log(np.maximum(self.training_stderr, 1e-300)),
-                max(spacing, 1e-6),
+                max(STDERR_BANDWIDTH * spacing, 1e-6),
                 np.asarray(self.prior.low, np.float64),
                 np.asarray(self.prior.width, np.float64),
             )
         unit, log_stderr, h, low, width = self._stderr_model
         u = (jnp.asarray(theta, jnp.float64) - low) / width
-        d2 = jnp.sum((u[..., None, :] - unit) ** 2, axis=-1)  # (..., N)
-        logw = -0.5 * d2 / h**2
-        w = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True))
-        return jnp.exp((w @ log_stderr) / jnp.sum(w, axis=-1, keepdims=True))
+        du = (unit - u[..., None, :]) / h  # (..., N, 8)
+        logw = -0.5 * jnp.sum(du**2, axis=-1)
+        w = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True))  # (..., N)
+        x = jnp.concatenate([jnp.ones(du.shape[:-1] + (1,)), du], axis=-1)  # (..., N, 9)
+        xtw = jnp.swapaxes(x * w[..., None], -1, -2)  # (..., 9, N)
+        penalty = np.diag(np.r_[0.0, np.ones(unit.shape[1])])
+        a = xtw @ x + STDERR_RIDGE * jnp.sum(w, axis=-1)[..., None, None] * penalty
+        beta = jnp.linalg.solve(a, xtw @ log_stderr)  # (..., 9, S)
+        return jnp.exp(beta[..., 0, :])
 
     def in_refined_region(self, theta) -> np.ndarray | bool | None:
         """True where theta (8,) / (n, 8) lies inside a region where this emulator was refined on
