@@ -285,7 +285,7 @@ def test_hmc_checkpoint_resumes_bitwise(tmp_path):
     toy = toy_problem(n_params=2, n_summary=6, seed=7)
     settings = dict(num_chains=2, num_warmup=30, num_samples=40, seed=5, block_size=10)
     uninterrupted = run_hmc(toy, **settings)
-    path = tmp_path / "run.pkl"
+    path = tmp_path / "run.npz"
     partial = run_hmc(toy, checkpoint=path, max_blocks=4, **settings)  # 3 warmup blocks + 1 of draws
     assert not partial.complete and partial.samples.shape == (2, 10, 2) and path.exists()
     resumed = run_hmc(toy, checkpoint=path, **settings)
