@@ -9,7 +9,7 @@ emulator and the cross-validation report.
     # within 1.25x, classifier AUC < 0.6)
     python benchmarks/exact_hmc.py --out runs/exact_hmc --emulator PATH
 
-Writes to --out: ``mock_observations.json``; ``exact_checkpoint.pkl`` (the resumable state);
+Writes to --out: ``mock_observations.json``; ``exact_checkpoint.npz`` (the resumable state);
 ``exact_hmc.npz`` / ``exact_hmc.json`` (draws so far, R-hat, ESS, divergences, timings; partial
 until the run completes); with --emulator: ``emulator_hmc.npz`` / ``.json``, ``crossval.json``,
 ``crossval.md``, ``crossval_corner.png``, ``crossval_fisher.png``.  Exact chains run one after
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         num_samples=args.samples,
         seed=args.seed,
         chain_method=args.chain_method,
-        checkpoint=args.out / "exact_checkpoint.pkl",
+        checkpoint=args.out / "exact_checkpoint.npz",
         block_size=args.block,
         time_limit_s=args.time_limit,
         progress=progress_printer("exact"),

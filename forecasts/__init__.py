@@ -6,7 +6,7 @@ their cross-validation (issue 6).
     # or forecasts.EmulatorForward(emu, obs, include_emulator_error=True, free=...)
     fit = forecasts.find_map(fm, n_starts=8, seed=0)          # every start; fit.best
     fisher = forecasts.laplace(fm, fit.best)                  # .covariance, .sigmas (or a saddle message)
-    post = forecasts.run_hmc(fm, num_chains=4, num_warmup=500, num_samples=1000, checkpoint="run.pkl")
+    post = forecasts.run_hmc(fm, num_chains=4, num_warmup=500, num_samples=1000, checkpoint="run.npz")
     report = forecasts.cross_validate(exact_post, emulator_post)   # .verdict, .to_markdown(), .plot(dir)
 
 Modules: ``forward`` (forward models), ``optimize`` (MAP), ``fisher`` (Laplace, Gauss-Newton),

@@ -133,9 +133,9 @@ def cmd_forecast(args: argparse.Namespace) -> int:
         return _forecast_modes(args, fm, problem, out, point, fit, fisher, started)
     post = None
     if args.hmc:
-        checkpoint = None if args.checkpoint is None else Path(args.checkpoint or out / "hmc_checkpoint.pkl")
+        checkpoint = None if args.checkpoint is None else Path(args.checkpoint or out / "hmc_checkpoint.npz")
         if checkpoint is None and args.time_limit is not None:
-            checkpoint = out / "hmc_checkpoint.pkl"  # a run cut by the time limit must be resumable
+            checkpoint = out / "hmc_checkpoint.npz"  # a run cut by the time limit must be resumable
         post = hmc_step(
             args, fm, chains=args.chains, warmup=args.warmup, draws=args.draws, checkpoint=checkpoint, init_point=point
         )
@@ -352,7 +352,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.restart:
         for label in forwards:
-            for name in (f"hmc_{label}.pkl", f"laplace_{label}.json", f"hmc_{label}_modes.npz"):
+            for name in (f"hmc_{label}.npz", f"laplace_{label}.json", f"hmc_{label}_modes.npz"):
                 (out / name).unlink(missing_ok=True)
     if problem.truth is not None:
         (out / "mock_observations.json").write_text(problem.obs.to_json())
@@ -378,7 +378,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             chains=chains,
             warmup=warmup,
             draws=draws,
-            checkpoint=out / f"hmc_{label}.pkl",
+            checkpoint=out / f"hmc_{label}.npz",
             init_point=point,
             label=f"{label} HMC",
         )
@@ -816,7 +816,7 @@ def register(sub) -> None:
         nargs="?",
         const="",
         default=None,
-        help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.pkl (.npz with --modes)",
+        help="HMC checkpoint (resumed if present); without a value: OUT/hmc_checkpoint.npz",
     )
     _add_modes_options(
         p,

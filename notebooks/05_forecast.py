@@ -162,7 +162,7 @@ show_png(path)
 # Free: the parameters below; the rest held at the truth. For the exact model each NUTS
 # leapfrog step is a population solve with forward sensitivities, and the chains run one after
 # another (`chain_method="sequential"`: vmapping the solver would run both its explicit and
-# implicit branches). The exact HMC starts at the truth and checkpoints to `exact_hmc.pkl`, so an
+# implicit branches). The exact HMC starts at the truth and checkpoints to `exact_hmc.npz`, so an
 # interrupted run continues where it stopped. Both Fisher matrices are Gauss-Newton (J^T C^-1 J),
 # computed the same way for the two models: the exact one at the truth, which is the exact MAP of
 # a noise-free mock (up to the theta dependence of the model's standard error).
@@ -172,7 +172,7 @@ exact = forecasts.ExactForward(MODEL, halos, mock, free=EXACT_FREE, fixed=TRUTH)
 start = TRUTH[list(exact.free_index)]
 exact_fisher = forecasts.gauss_newton_fisher(exact, start)
 chains, warmup, draws = EXACT_HMC
-checkpoint = OUT / "exact_hmc.pkl"
+checkpoint = OUT / "exact_hmc.npz"
 started = time.perf_counter()
 try:
     exact_post = forecasts.run_hmc(exact, num_chains=chains, num_warmup=warmup, num_samples=draws, seed=SEED,

@@ -190,7 +190,7 @@ def test_forecast_with_the_emulator_map_fisher_hmc(tmp_path, fake, capsys):
     assert data["fisher"]["positive_definite"] and all(s > 0 for s in data["fisher"]["sigmas"])
     assert np.all(np.abs(np.array(data["map"]["best"]) - truth[[0, 6]]) < 0.3 * np.array(data["fisher"]["sigmas"]))
     assert data["hmc"]["draws"] == 60 and data["hmc"]["chains"] == 2 and len(data["hmc"]["r_hat"]) == 2
-    for name in ("corner.png", "hmc_samples.npz", "hmc_checkpoint.pkl", "mock_observations.json"):
+    for name in ("corner.png", "hmc_samples.npz", "hmc_checkpoint.npz", "mock_observations.json"):
         assert (out / name).stat().st_size > 1000, name
 
 
@@ -274,13 +274,13 @@ def test_validate_resumes_and_reports_the_verdict(tmp_path, fake, monkeypatch, c
     for name in (
         "crossval_corner.png",
         "crossval_fisher.png",
-        "hmc_exact.pkl",
-        "hmc_emulator.pkl",
+        "hmc_exact.npz",
+        "hmc_emulator.npz",
         "laplace_exact.json",
     ):
         assert (out / name).stat().st_size > 1000, name
     # rerun: HMC resumes from the finished checkpoints (not rewritten), the verdict thresholds change
-    stamps = {n: (out / n).stat().st_mtime_ns for n in ("hmc_exact.pkl", "hmc_emulator.pkl", "laplace_exact.json")}
+    stamps = {n: (out / n).stat().st_mtime_ns for n in ("hmc_exact.npz", "hmc_emulator.npz", "laplace_exact.json")}
     assert run(*argv, "--max-auc", "0.3", "--strict") == 1  # AUC ~0.5 +- 0.03 < 0.3 fails beyond the MC error
     assert "verdict: FAIL" in capsys.readouterr().out
     assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps
