@@ -344,11 +344,13 @@ class SobolevEmulator:
         logw = -0.5 * jnp.sum(du**2, axis=-1)
         w = jnp.exp(logw - jnp.max(logw, axis=-1, keepdims=True))  # (..., N)
         x = jnp.concatenate([jnp.ones(du.shape[:-1] + (1,)), du], axis=-1)  # (..., N, 9)
-        xtw = jnp.swapaxes(x * w[..., None], -1, -2)  # (..., 9, N)
         penalty = np.diag(np.r_[0.0, np.ones(unit.shape[1])])
-        a = xtw @ x + STDERR_RIDGE * jnp.sum(w, axis=-1)[..., None, None] * penalty
-        beta = jnp.linalg.solve(a, xtw @ log_stderr)  # (..., 9, S)
-        return jnp.exp(beta[..., 0, :])
+        a = jnp.swapaxes(x * w[..., None], -1, -2) @ x + STDERR_RIDGE * jnp.sum(w, axis=-1)[..., None, None] * penalty
+        # only the intercept is needed: e_0' A^-1 X'W Y = (X A^-1 e_0)' W Y, with A symmetric,
+        # which avoids forming X'W Y (N x 9 x S)
+        e0 = jnp.zeros(x.shape[-1]).at[0].set(1.0)
+        c = jnp.linalg.solve(a, jnp.broadcast_to(e0, a.shape[:-1])[..., None])[..., 0]  # (..., 9)
+        return jnp.exp((w * (x @ c[..., None])[..., 0]) @ log_stderr)
 
     def in_refined_region(self, theta) -> np.ndarray | bool | None:
         """True where theta (8,) / (n, 8) lies inside a region where this emulator was refined on

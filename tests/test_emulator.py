@@ -393,6 +393,19 @@ def test_model_stderr_keeps_the_slope_across_a_dense_posterior_region(emu):
     np.testing.assert_allclose(
         np.asarray(constant.model_stderr(prior.from_unit(rng.uniform(size=(4, prior.ndim))))), 0.2, rtol=1e-9
     )
+    # against an independent weighted least-squares solve of every coefficient (numpy)
+    from scipy.spatial import cKDTree
+
+    from emulator.artifact import STDERR_BANDWIDTH, STDERR_RIDGE
+
+    h = STDERR_BANDWIDTH * np.median(cKDTree(unit).query(unit, k=2)[0][:, 1])
+    u0 = rng.uniform(0.2, 0.8, size=prior.ndim)
+    du = (unit - u0) / h
+    w = np.exp(-0.5 * np.sum(du**2, axis=1) - np.max(-0.5 * np.sum(du**2, axis=1)))
+    x = np.hstack([np.ones((len(du), 1)), du])
+    a = (x * w[:, None]).T @ x + STDERR_RIDGE * w.sum() * np.diag(np.r_[0.0, np.ones(prior.ndim)])
+    reference = np.exp(np.linalg.solve(a, (x * w[:, None]).T @ log_se)[0])
+    np.testing.assert_allclose(np.asarray(planted.model_stderr(prior.from_unit(u0))), reference, rtol=1e-9)
     theta = np.asarray(prior.from_unit(centre))
     grad = jax.grad(lambda t: jnp.log(planted.model_stderr(t)[0]))(jnp.asarray(theta))
     assert grad[0] * float(prior.width[0]) == pytest.approx(slope, rel=0.05) and np.all(np.isfinite(grad))
