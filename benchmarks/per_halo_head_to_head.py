@@ -26,6 +26,8 @@ scored on posterior draws that neither has seen:
     python benchmarks/per_halo_head_to_head.py --samples RUN/hmc_samples.npz --out DIR
 
 Writes ``DIR/head_to_head.json`` and ``DIR/head_to_head.md``; the stores stay in ``DIR``.
+
+Status (2026-12-01): written for issue 21 and NOT YET RUN; no figure in docs comes from it.
 """
 
 from __future__ import annotations
