@@ -352,7 +352,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.restart:
         for label in forwards:
-            for name in (f"hmc_{label}.npz", f"laplace_{label}.json", f"hmc_{label}_modes.npz"):
+            for name in (f"hmc_{label}.ckpt.npz", f"laplace_{label}.json", f"hmc_{label}_modes.npz"):
                 (out / name).unlink(missing_ok=True)
     if problem.truth is not None:
         (out / "mock_observations.json").write_text(problem.obs.to_json())
@@ -378,7 +378,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             chains=chains,
             warmup=warmup,
             draws=draws,
-            checkpoint=out / f"hmc_{label}.npz",
+            checkpoint=out / f"hmc_{label}.ckpt.npz",
             init_point=point,
             label=f"{label} HMC",
         )
