@@ -280,7 +280,9 @@ def test_validate_resumes_and_reports_the_verdict(tmp_path, fake, monkeypatch, c
     ):
         assert (out / name).stat().st_size > 1000, name
     # rerun: HMC resumes from the finished checkpoints (not rewritten), the verdict thresholds change
-    stamps = {n: (out / n).stat().st_mtime_ns for n in ("hmc_exact.ckpt.npz", "hmc_emulator.ckpt.npz", "laplace_exact.json")}
+    stamps = {
+        n: (out / n).stat().st_mtime_ns for n in ("hmc_exact.ckpt.npz", "hmc_emulator.ckpt.npz", "laplace_exact.json")
+    }
     assert run(*argv, "--max-auc", "0.3", "--strict") == 1  # AUC ~0.5 +- 0.03 < 0.3 fails beyond the MC error
     assert "verdict: FAIL" in capsys.readouterr().out
     assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps
