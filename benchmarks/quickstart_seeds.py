@@ -92,6 +92,7 @@ def row_from_summary(seed: int, code: int, wall: float, summary: dict) -> dict:
         "stage_seconds": {row["stage"]: row["seconds"] for row in summary["stages"]},
         "emulator_map": summary["emulator_map"]["line"],
         "cgm_fraction_cooling": summary["cgm_regime"]["fraction_cooling"],
+        "reweighting": summary["crossval"].get("reweighting"),
     }
 
 
@@ -102,8 +103,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['machine']}; {meta['date']}; install not included.",
         "",
         "| seed | verdict (exit) | shift +- MC error per parameter (sigma) | width ratio | AUC | ESS exact | ESS emulator | "
-        "rounds (stopped) | wall (min) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "reweighted shift (verdict, Pareto k) | rounds (stopped) | wall (min) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if r["verdict"] is None:
@@ -113,10 +114,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
             continue
         shifts = ", ".join(f"{n} {s:+.3f} +- {e:.3f}" for n, s, e in zip(r["parameters"], r["shift"], r["shift_se"]))
         ratios = ", ".join(f"{v:.3f} +- {e:.3f}" for v, e in zip(r["width_ratio"], r["width_ratio_se"]))
+        rw = r.get("reweighting")
+        paired = (
+            "n/a"
+            if rw is None
+            else ", ".join("n/a" if s is None else f"{s:+.3f} +- {e:.3f}" for s, e in zip(rw["shift"], rw["shift_se"]))
+            + f" ({rw['verdict']}, {'n/a' if rw['pareto_k'] is None else format(rw['pareto_k'], '.2f')})"
+        )
         lines.append(
             f"| {r['seed']} | {r['verdict']} ({r['exit_status']}) | {shifts} | {ratios} | {r['auc']:.3f} +- {r['auc_se']:.3f} | "
             f"{'/'.join(f'{v:.0f}' for v in r['exact_ess'])} | {'/'.join(f'{v:.0f}' for v in r['emulator_ess'])} | "
-            f"{r['rounds']} ({r['stopped']}) | {r['wall_s'] / 60:.1f} |"
+            f"{paired} | {r['rounds']} ({r['stopped']}) | {r['wall_s'] / 60:.1f} |"
         )
     verdicts = {r["verdict"] for r in rows}
     lines += [

@@ -8,9 +8,11 @@ their cross-validation (issue 6).
     fisher = forecasts.laplace(fm, fit.best)                  # .covariance, .sigmas (or a saddle message)
     post = forecasts.run_hmc(fm, num_chains=4, num_warmup=500, num_samples=1000, checkpoint="run.npz")
     report = forecasts.cross_validate(exact_post, emulator_post)   # .verdict, .to_markdown(), .plot(dir)
+    check = forecasts.reweighted_check(exact_fm, emulator_fm, emulator_post.samples)  # paired shift, small MC error
 
 Modules: ``forward`` (forward models), ``optimize`` (MAP), ``fisher`` (Laplace, Gauss-Newton),
-``hmc`` (NUTS, checkpointed), ``modes`` (tempered SMC: mode weights, evidence; NUTS per mode), ``crossval`` (posterior comparison), ``campaigns`` (mock recovery,
+``hmc`` (NUTS, checkpointed), ``modes`` (tempered SMC: mode weights, evidence; NUTS per mode), ``crossval`` (posterior comparison), ``reweight`` (the same comparison by
+importance reweighting, paired), ``campaigns`` (mock recovery,
 error scaling), ``refine`` (posterior-focused refinement of an emulator), ``plots`` (figures).
 """
 
@@ -49,6 +51,7 @@ from .modes import (
 )
 from .optimize import MapOptions, MapResult, find_map
 from .refine import RefineResult, RefineSettings, Targets, refine, score_points
+from .reweight import ReweightedCheck, reweighted_check
 
 __all__ = [
     "ALL_RELATION_SETS",
@@ -66,6 +69,7 @@ __all__ = [
     "RecoveryReport",
     "RefineResult",
     "RefineSettings",
+    "ReweightedCheck",
     "Targets",
     "Thresholds",
     "ValueAndGrad",
@@ -76,6 +80,7 @@ __all__ = [
     "exact_factory",
     "finite_difference_hessian",
     "find_map",
+    "reweighted_check",
     "fisher_result",
     "gauss_newton_fisher",
     "gaussian_log_likelihood",

@@ -50,6 +50,7 @@ __all__ = [
     "McMoments",
     "mc_moments",
     "extension_targets",
+    "decide_interval",
 ]
 
 
@@ -244,6 +245,7 @@ class CrossValidationReport:
     parameter_decisions: dict
     needed: list
     advice: str
+    reweighting: dict | None = None
     _samples: tuple = dataclasses.field(repr=False, compare=False, default=())
     _fishers: tuple = dataclasses.field(repr=False, compare=False, default=())
 
@@ -285,6 +287,7 @@ class CrossValidationReport:
                 for k, name in enumerate(self.names)
             ],
             "fisher": self.fisher,
+            "reweighting": self.reweighting,
         }
 
     def to_json(self, path=None, indent: int = 2) -> str:
@@ -320,6 +323,13 @@ class CrossValidationReport:
                 f"{self.width_ratio[k]:.3f} +- {self.width_ratio_se[k]:.3f}{mark[self.parameter_decisions['width_ratio'][k]]} | "
                 f"{self.reference_ess[k]:.0f} | {self.candidate_ess[k]:.0f} |"
             )
+        if self.reweighting is not None:
+            lines += [
+                "",
+                f"Paired check (forecasts.reweight): {self.reweighting['line']}.  The verdict combines it with the "
+                "two chains': FAIL if either fails; PASS if the reweighting passes and the chains' criteria do not "
+                "fail and their classifier AUC passes.",
+            ]
         if self.advice:
             lines += ["", f"**{self.verdict}**: {self.advice}"]
         if self.fisher is not None:
@@ -365,7 +375,7 @@ class CrossValidationReport:
         return paths
 
 
-def _decide(value: float, se: float, low: float, high: float, z: float) -> str:
+def decide_interval(value: float, se: float, low: float, high: float, z: float) -> str:
     """ "pass" if [value - z se, value + z se] lies inside (low, high), "fail" if it lies wholly
     outside, "undecided" otherwise."""
     if low < value - z * se and value + z * se < high:
@@ -546,16 +556,16 @@ def cross_validate(
     z_sq = [_small_sample_z(z, min(r.ess_sq[k], c.ess_sq[k])) for k in range(d)]
     per_param = {
         "shift": [
-            _decide(shift[k], shift_se[k], -thresholds.max_abs_shift, thresholds.max_abs_shift, z_mean[k])
+            decide_interval(shift[k], shift_se[k], -thresholds.max_abs_shift, thresholds.max_abs_shift, z_mean[k])
             for k in range(d)
         ],
-        "width_ratio": [_decide(log_ratio[k], log_ratio_se[k], -bound, bound, z_sq[k]) for k in range(d)],
+        "width_ratio": [decide_interval(log_ratio[k], log_ratio_se[k], -bound, bound, z_sq[k]) for k in range(d)],
     }
     combine = lambda ds: "fail" if "fail" in ds else ("pass" if all(v == "pass" for v in ds) else "undecided")  # noqa: E731
     decisions = {
         "shift": combine(per_param["shift"]),
         "width_ratio": combine(per_param["width_ratio"]),
-        "auc": _decide(c2st.auc, auc_se, -np.inf, thresholds.max_auc, _small_sample_z(z, min(ess_auc))),
+        "auc": decide_interval(c2st.auc, auc_se, -np.inf, thresholds.max_auc, _small_sample_z(z, min(ess_auc))),
     }
     verdict = (
         "FAIL"

@@ -156,6 +156,9 @@ def extend_until_decided(
                 "shift_se": report.shift_se.tolist(),
                 "auc": report.auc,
                 "auc_se": report.auc_se,
+                "reweighting": None
+                if report.reweighting is None
+                else {k: report.reweighting[k] for k in ("verdict", "shift", "shift_se", "width_ratio", "pareto_k")},
                 "spent_s": round(state["spent_s"], 1),
                 "asks": targets["ess"],
             }

@@ -36,7 +36,8 @@ from sapphire.jsonio import write_json
 class Scale:
     """Sizes of one quickstart configuration.
 
-    ``emulator_hmc``, ``exact_hmc``: (chains, warmup, draws per chain).  The emulator's draws are
+    ``emulator_hmc``, ``exact_hmc``: (chains, warmup, draws per chain); ``forecast_tree_depth``:
+    the NUTS tree-depth cap of the 8-free emulator forecast (2^depth - 1 steps per draw).  The emulator's draws are
     those of the 8-free forecast and the first round of the reduced check; ``exact_hmc``'s draws
     are the exact chains' first round.  The decisive check then extends the chains the
     cross-validation names (exact up to ``max_exact_draws`` per chain, the reduced emulator up to
@@ -51,6 +52,10 @@ class Scale:
     Before the check, tempered SMC (``smc_runs`` x ``smc_particles``) weighs the modes of the
     emulator's posterior on the check's problem (``forecasts.modes``); with more than one mode
     (after merging modes whose NUTS chains mix) the check runs mode by mode instead.
+
+    Each round of the one-mode check also reweights ``reweight_draws`` ESS-thinned draws of the
+    emulator chains by the exact likelihood (``forecasts.reweight``): a paired estimate of the
+    same shift and width ratio whose Monte-Carlo error is ~10x smaller than the exact chains'.
     """
 
     n_halos: int
@@ -72,6 +77,8 @@ class Scale:
     refine_hmc: tuple[int, int, int] = (4, 300, 500)
     smc_particles: int = 1000
     smc_runs: int = 4
+    reweight_draws: int = 400
+    forecast_tree_depth: int = 10
 
 
 SCALES: dict[str, Scale] = {
@@ -97,6 +104,8 @@ SCALES: dict[str, Scale] = {
         refine_waves=3,
         refine_points=128,
         refine_hmc=(4, 300, 500),
+        # seed 1's 8-free posterior ran trees of ~1,000 steps: 772 s of its 32 min (design.md s.14)
+        forecast_tree_depth=8,
     ),
     # Tests and CI notebooks: every stage, minutes on 2 cores, numbers meaningless.
     "tiny": Scale(
@@ -294,6 +303,7 @@ def run_quickstart(
     from .hmc import HmcResult
     from .optimize import find_map
     from .refine import REFINE_STATE, RefineSettings, refine
+    from .reweight import ReweightedCheck, combine, reweighted_check
     from .steps import fisher_from_dict
 
     if scale not in SCALES:
@@ -479,6 +489,7 @@ def run_quickstart(
             num_samples=draws,
             seed=seed,
             init=fit.best,
+            max_tree_depth=sizes.forecast_tree_depth,
             progress=_hmc_bar("emulator HMC", warmup + draws, progress),
         )
         state["emulator_forecast"] = {
@@ -561,10 +572,21 @@ def run_quickstart(
                 progress=_hmc_bar("emulator HMC (reduced)", cw + n, progress),
             )
 
+        reweighted: dict = {}
+
         def compare(reference, candidate):
-            return cross_validate(
+            report = cross_validate(
                 reference, candidate, fisher_reference=fisher_exact, fisher_candidate=fisher_emu, seed=seed
             )
+            # the paired check reweights the emulator's draws by the exact likelihood; it is
+            # redone only when the emulator chains were extended
+            if reweighted.get("draws") != candidate.samples.shape:
+                check = reweighted_check(
+                    exact, emu_fm, candidate.samples, n_draws=sizes.reweight_draws, seed=seed, progress=progress
+                )
+                reweighted.update(draws=candidate.samples.shape, check=check)
+                log(f"[decisive] {check.line()}")
+            return combine(report, reweighted["check"])
 
         key = hashlib.sha256(
             json.dumps(
@@ -574,6 +596,7 @@ def run_quickstart(
                     sizes.exact_hmc,
                     sizes.emulator_hmc,
                     sizes.max_exact_draws,
+                    sizes.reweight_draws,
                     seed,
                 ]
             ).encode()
@@ -606,6 +629,7 @@ def run_quickstart(
                 "fisher_emulator": fisher_emu.to_dict(),
                 "exact_hmc": result.reference.summary(),
                 "emulator_hmc": result.candidate.summary(),
+                "reweighting": result.report.reweighting,
             },
         )
         _keep_crossval(state, out, result.report, start)
@@ -636,6 +660,8 @@ def run_quickstart(
             fisher_candidate=fisher_from_dict(saved["fisher_emulator"]),
             seed=seed,
         )
+        if saved.get("reweighting") is not None:
+            report = combine(report, ReweightedCheck.from_dict(saved["reweighting"]))
         _keep_crossval(state, out, report, np.asarray(saved["truth"]))
         state["decisive"] = saved
 
@@ -878,6 +904,11 @@ def _hmc_line(post) -> str:
     )
 
 
+def _plus_minus(value, se) -> str:
+    """'+0.123 +- 0.045', or 'n/a' for a value JSON stored as null (not finite)."""
+    return "n/a" if value is None or se is None else f"{value:+.3f} +- {se:.3f}"
+
+
 def _hmc_bar(description: str, total: int, enabled: bool):
     """An HMC progress bar when progress is shown."""
     from .hmc import progress_bar
@@ -1011,17 +1042,25 @@ def _write_report(out: Path, summary: dict, state: dict) -> None:
         f"## The decisive check ({check['stopped']} after {len(check['rounds'])} round(s), "
         f"{check['spent_s']:.0f} s of a {check['budget_s']:.0f} s budget)",
         "",
-        "Each round runs (or extends) both chains, then cross-validates with Monte-Carlo errors; an INCONCLUSIVE "
-        "round extends the chains it names to the ESS that would decide it.",
+        "Each round runs (or extends) both chains, then cross-validates with Monte-Carlo errors, and reweights the "
+        "emulator's draws by the exact likelihood (a paired estimate of the same shifts, forecasts.reweight); an "
+        "INCONCLUSIVE round extends the chains it names to the ESS that would decide it.",
         "",
-        "| round | exact draws / chain | emulator draws / chain | shift +- MC error (sigma) | AUC | verdict | seconds so far |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| round | exact draws / chain | emulator draws / chain | shift +- MC error (sigma) | AUC | reweighted shift (verdict) "
+        "| verdict | seconds so far |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in check["rounds"]:
         shifts = ", ".join(f"{s:+.3f} +- {e:.3f}" for s, e in zip(r["shift"], r["shift_se"]))
+        rw = r.get("reweighting")
+        paired = (
+            "n/a"
+            if rw is None
+            else ", ".join(_plus_minus(s, e) for s, e in zip(rw["shift"], rw["shift_se"])) + f" ({rw['verdict']})"
+        )
         lines.append(
             f"| {r['round']} | {r['exact_draws']} | {r['emulator_draws']} | {shifts} | {r['auc']:.3f} +- {r['auc_se']:.3f} | "
-            f"{r['verdict']} | {r['spent_s']:.0f} |"
+            f"{paired} | {r['verdict']} | {r['spent_s']:.0f} |"
         )
     lines += [
         "",

@@ -54,6 +54,14 @@ def test_tiny_quickstart_end_to_end(quickstart_tiny):
     report = (out / "report.md").read_text()
     for text in ("ESS", "exit status", "cooling CGM", "A_etaM =", "The decisive check", "starts converged"):
         assert text in report, text
+    # every round also reweighted the emulator's draws by the exact likelihood (forecasts.reweight)
+    decisive = json.loads((out / "decisive.json").read_text())
+    reweighting = decisive["reweighting"]
+    assert reweighting["names"] == list(sizes.exact_free) and 2 <= reweighting["n_draws"] <= sizes.reweight_draws
+    assert reweighting["verdict"] in ("PASS", "FAIL", "INCONCLUSIVE", "UNRELIABLE")
+    assert reweighting["reliable"] == (reweighting["verdict"] != "UNRELIABLE")
+    assert all(r["reweighting"]["verdict"] == reweighting["verdict"] for r in check["rounds"][-1:])
+    assert summary["crossval"]["reweighting"]["n_draws"] == reweighting["n_draws"] and "reweighted shift" in report
     # where the truth lies: the regime fractions of the solved halos, A_etaM's place in its range
     # refinement waves between the emulator and the forecasts: held-out scores, counts that add up,
     # the training store left as it was
