@@ -51,6 +51,8 @@ __all__ = [
     "mc_moments",
     "extension_targets",
     "decide_interval",
+    "fold_decisions",
+    "VERDICT_OF_DECISION",
 ]
 
 
@@ -385,6 +387,19 @@ def decide_interval(value: float, se: float, low: float, high: float, z: float) 
     return "undecided"
 
 
+#: The verdict a folded decision gives.
+VERDICT_OF_DECISION = {"fail": "FAIL", "pass": "PASS", "undecided": "INCONCLUSIVE"}
+
+
+def fold_decisions(decisions) -> str:
+    """One decision from several ("pass" / "fail" / "undecided"): "fail" if any fails, "pass" if
+    all pass, "undecided" otherwise (per parameter -> criterion, criteria -> verdict)."""
+    decisions = list(decisions)
+    if "fail" in decisions:
+        return "fail"
+    return "pass" if all(v == "pass" for v in decisions) else "undecided"
+
+
 def _small_sample_z(z: float, ess: float) -> float:
     """``z`` normal standard errors as the same tail probability of a Student t with ESS - 1
     degrees of freedom: the MC standard errors of sets with a handful of effective draws are
@@ -561,17 +576,12 @@ def cross_validate(
         ],
         "width_ratio": [decide_interval(log_ratio[k], log_ratio_se[k], -bound, bound, z_sq[k]) for k in range(d)],
     }
-    combine = lambda ds: "fail" if "fail" in ds else ("pass" if all(v == "pass" for v in ds) else "undecided")  # noqa: E731
     decisions = {
-        "shift": combine(per_param["shift"]),
-        "width_ratio": combine(per_param["width_ratio"]),
+        "shift": fold_decisions(per_param["shift"]),
+        "width_ratio": fold_decisions(per_param["width_ratio"]),
         "auc": decide_interval(c2st.auc, auc_se, -np.inf, thresholds.max_auc, _small_sample_z(z, min(ess_auc))),
     }
-    verdict = (
-        "FAIL"
-        if "fail" in decisions.values()
-        else ("PASS" if all(v == "pass" for v in decisions.values()) else "INCONCLUSIVE")
-    )
+    verdict = VERDICT_OF_DECISION[fold_decisions(decisions.values())]
     labels = tuple(labels)
     needed = []
     for k in range(d):

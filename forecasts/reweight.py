@@ -40,7 +40,14 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from .crossval import CrossValidationReport, Thresholds, decide_interval, mc_moments
+from .crossval import (
+    VERDICT_OF_DECISION,
+    CrossValidationReport,
+    Thresholds,
+    decide_interval,
+    fold_decisions,
+    mc_moments,
+)
 from .forward import ForwardModel, log_likelihood_and_failures
 
 __all__ = ["ReweightedCheck", "reweighted_check", "pareto_khat", "combine"]
@@ -258,17 +265,8 @@ def reweighted_check(
         ],
         "width_ratio": [decide_interval(r, e, -bound, bound, z) for r, e in zip(log_ratio, log_ratio_se)],
     }
-    decisions = {
-        k: "fail" if "fail" in v else "pass" if all(x == "pass" for x in v) else "undecided" for k, v in per.items()
-    }
-    if not reliable:
-        verdict = "UNRELIABLE"
-    elif "fail" in decisions.values():
-        verdict = "FAIL"
-    elif all(v == "pass" for v in decisions.values()):
-        verdict = "PASS"
-    else:
-        verdict = "INCONCLUSIVE"
+    decisions = {k: fold_decisions(v) for k, v in per.items()}
+    verdict = VERDICT_OF_DECISION[fold_decisions(decisions.values())] if reliable else "UNRELIABLE"
     ratio = np.exp(log_ratio)
     return ReweightedCheck(
         names=tuple(reference.free_names),
