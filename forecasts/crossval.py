@@ -414,21 +414,41 @@ def _ess_needed(value, var, ess, low, high, z, labels) -> dict:
 
     ``var``, ``ess``: (reference, candidate) variance contributions to the statistic and the ESS
     they come from (each contribution scales as 1 / ESS).  The set with the larger contribution
-    is extended alone when that suffices, else both by the same factor."""
+    is extended alone when that suffices, else both by the same factor.  ``z`` is the normal
+    multiplier; the decision inflates it at small ESS (``_small_sample_z`` of the smaller ESS),
+    so the ask is the fixed point of that inflation at the extended ESS: without it a criterion
+    undecided at ESS 3 asked for ESS 2."""
     margin = min(abs(value - low), abs(value - high))
-    target = (margin / z) ** 2
     now = {lab: float(e) for lab, e in zip(labels, ess)}
-    if target <= 0.0:
+    if margin <= 0.0:
         return {"extend": list(labels), "ess_needed": {lab: None for lab in labels}, "ess_now": now}
+    ess = np.asarray(ess, dtype=float)
     big = int(np.argmax(var))
     other = 1 - big
-    if var[other] < 0.95 * target:
-        need = {labels[big]: float(np.ceil(ess[big] * var[big] / (target - var[other])))}
-        return {"extend": [labels[big]], "ess_needed": need, "ess_now": now}
-    factor = (var[0] + var[1]) / target
+
+    def extended(target):
+        """(labels extended, ESS of both sets after the extension) for a variance ``target``."""
+        if var[other] < 0.95 * target:
+            after = ess.copy()
+            after[big] = max(np.ceil(ess[big] * var[big] / (target - var[other])), ess[big])
+            return [labels[big]], after
+        return list(labels), np.maximum(np.ceil(ess * (var[0] + var[1]) / target), ess)
+
+    # Fixed-point iteration of "the ESS that decides with z inflated at the ESS reached"; an
+    # extension computed with the z of a smaller ESS than it reaches is sufficient: keep the
+    # smallest such one (the first always is).
+    best, after = None, ess
+    for _ in range(50):
+        extend, new = extended((margin / _small_sample_z(z, after.min())) ** 2)
+        if new.min() >= after.min() and (best is None or new.sum() < best[1].sum()):
+            best = (extend, new)
+        if np.array_equal(new, after):
+            break
+        after = new
+    extend, after = best
     return {
-        "extend": list(labels),
-        "ess_needed": {lab: float(np.ceil(e * factor)) for lab, e in zip(labels, ess)},
+        "extend": extend,
+        "ess_needed": {lab: float(after[list(labels).index(lab)]) for lab in extend},
         "ess_now": now,
     }
 

@@ -66,6 +66,28 @@ def test_short_autocorrelated_chains_are_inconclusive_and_say_what_to_run():
     assert cross_validate(ref.reshape(-1, 2), cand.reshape(-1, 2)).verdict == "INCONCLUSIVE"
 
 
+def test_the_ess_asked_for_decides_even_at_a_handful_of_draws():
+    """At ESS ~10 the decision's z is Student-t inflated (z = 2 -> ~2.3); the ask must use the same
+    z, at the ESS it reaches: always more than now, and (for a shift, both sets extended) enough
+    to decide if the estimate stayed.  Seed 5's classifier ask was 10 < ESS 10.7 with the normal z."""
+    from scipy.stats import norm, t
+
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        report = cross_validate(rng.normal(size=(1, 12, 2)), rng.normal(size=(1, 12, 2)), labels=("exact", "emulator"))
+        assert report.verdict == "INCONCLUSIVE" and report.needed
+        for item in report.needed:
+            for label in item["extend"]:
+                assert item["ess_needed"][label] > item["ess_now"][label], (seed, item)
+            if item["criterion"] == "shift" and len(item["extend"]) == 2:
+                need = item["ess_needed"]
+                shrink = max(item["ess_now"][lab] / need[lab] for lab in need)
+                z_then = t.ppf(norm.cdf(2.0), df=min(need.values()) - 1)
+                assert z_then * item["se"] * np.sqrt(shrink) <= 0.2 - abs(item["value"]) + 1e-9 or (
+                    z_then * item["se"] * np.sqrt(shrink) <= abs(item["value"]) - 0.2 + 1e-9
+                ), (seed, item)
+
+
 def test_a_half_sigma_shift_fails():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(4000, 2)), rng.normal(size=(4000, 2)) + np.array([0.5, 0.0])
