@@ -14,6 +14,7 @@ import sapphire
 from forecasts import quickstart
 from forecasts.hmc import HmcResult
 from sapphire.cli import main
+from training_sets.generate import model_from_attrs
 
 # one pytest-xdist worker runs every test of this file, so the session fixture is built once
 pytestmark = pytest.mark.xdist_group("quickstart_tiny")
@@ -73,6 +74,7 @@ def test_tiny_quickstart_end_to_end(quickstart_tiny):
     refined = training_sets.open_training_set(out / "refine" / "store.zarr")
     assert refined.n_points == sizes.n_train + sizes.refine_waves * sizes.refine_points
     assert training_sets.open_training_set(out / "train.zarr").n_points == sizes.n_train
+    assert model_from_attrs(refined.attrs).settings.solver == sizes.solver == "tsit5"  # the scale's exact model
     assert "Refinement waves" in report and (out / "refine" / "refine_report.md").exists()
     regime = summary["cgm_regime"]
     assert 0 <= regime["fraction_cooling"] <= 1 and regime["n_solved"] <= sizes.n_halos
@@ -154,7 +156,6 @@ def test_real_emulator_through_the_forecast_path(quickstart_tiny):
     from forecasts.crossval import cross_validate
     from forecasts.fisher import laplace
     from forecasts.forward import EmulatorForward, ExactForward
-    from training_sets.generate import model_from_attrs
 
     out, sizes = quickstart_tiny.out, quickstart.SCALES["tiny"]
     mock = sapphire.Observations.from_dict(json.loads((out / "mock_observations.json").read_text()))
