@@ -27,7 +27,7 @@ scored on posterior draws that neither has seen:
 
 Writes ``DIR/head_to_head.json`` and ``DIR/head_to_head.md``; the stores stay in ``DIR``.
 
-Status (2026-12-01): written for issue 21 and NOT YET RUN; no figure in docs comes from it.
+Status: run on 2026-12-06 (docs/design.md s.17, benchmarks/results/issue21_head_to_head/).
 """
 
 from __future__ import annotations
