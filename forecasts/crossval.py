@@ -448,7 +448,7 @@ def _ess_needed(value, var, ess, low, high, z, labels) -> dict:
     extend, after = best
     return {
         "extend": extend,
-        "ess_needed": {lab: float(after[list(labels).index(lab)]) for lab in extend},
+        "ess_needed": {lab: float(e) for lab, e in zip(labels, after) if lab in extend},
         "ess_now": now,
     }
 

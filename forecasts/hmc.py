@@ -600,7 +600,7 @@ def run_hmc(
     # seed and the starts (which live in the state), the block length and the state's layout: a
     # later call in this process with the same forward-model object and the same rest (a run
     # extended or resumed, e.g. by forecasts.decisive, or run with another seed) reuses its
-    # compilation (exact model, 8 halos: 47 s -> 16 s for another seed, design.md s.18).  The
+    # compilation (exact model, 8 halos: 47.3 s -> 20.8 s for another seed, design.md s.18).  The
     # cache holds the object, so its id is not reused while cached.
     kernel_settings = {k: v for k, v in settings.items() if k not in ("seed", "init")}
     compile_key = json.dumps([id(fm), fingerprint, kernel_settings, block_size, _state_layout(state)], sort_keys=True)
