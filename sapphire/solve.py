@@ -267,6 +267,10 @@ def theta_axis(theta: jax.Array) -> int | None:
     return 0 if theta.ndim == 2 else None
 
 
+# jit caches the traced batch solve: "auto" calls it with one signature up to three times (the
+# shape of a group's result, the group's explicit branch, the plain batch), and tracing the
+# sensitivity solve is a large part of its compile time (docs/design.md s.18).
+@functools.partial(jax.jit, static_argnames=("solver_name", "settings", "config", "with_sensitivity", "free"))
 def _solve_batch(theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free=None):
     return jax.vmap(_solve_halo, in_axes=(theta_axis(theta), 0, None, None, None, None, None, None, None))(
         theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free
@@ -350,6 +354,10 @@ def _solve_population(
         inverse = jnp.argsort(order[:n_halo])
         return jax.tree.map(lambda a: a[:n_halo][inverse], flat)
 
+    if n_groups == 1:
+        # One group: with no stiff halo it runs the explicit solver alone, as the plain vmap
+        # below would; not compiling that second copy of the explicit solve saves compile time.
+        return grouped_solve(None)
     # Ordinary batches (no stiff halo): one plain vmap of the explicit solver, faster than the
     # grouped path when nothing needs the implicit one.
     return jax.lax.cond(
