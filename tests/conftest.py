@@ -1,9 +1,49 @@
-"""Session fixtures shared by several test files: the tiny quickstart's run directory (real
-training and test stores, a trained emulator, the mock, exact and emulator HMC results)."""
+"""Session fixtures shared by several test files, and how xdist deals the files to workers.
+
+Scheduling: every test file is one xdist work unit (its ``xdist_group``, unless it names one),
+so a module's fixtures -- compiled solves, tiny stores -- are built by one worker, not by each
+worker that draws one of its tests.  Units start longest first (``LONGEST_FIRST``, measured in
+docs/design.md s.18) so that no long unit starts last while the other worker idles; xdist's own
+order (by number of tests) is switched off in pyproject.toml (``--no-loadscope-reorder``).
+"""
 
 import types
+from pathlib import Path
 
 import pytest
+
+#: Work units measured longest (docs/design.md s.18), in that order; the others follow in
+#: collection order.  A unit missing here only starts later: the order changes no result.
+LONGEST_FIRST = (
+    "quickstart_tiny",
+    "test_model_api",
+    "test_training_sets",
+    "test_engine_accuracy",
+    "test_notebooks",
+    "test_forecasts",
+    "test_likelihood",
+    "test_forecasts_modes_cli",
+    "test_forecasts_cli",
+    "test_emulator",
+    "test_refine",
+    "test_solver_choice",
+)
+
+
+def _work_unit(item: pytest.Item) -> str:
+    marks = [m for m in item.iter_markers("xdist_group")]
+    if marks:
+        return str(marks[0].args[0] if marks[0].args else marks[0].kwargs.get("name", "default"))
+    return Path(str(item.path)).stem
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist tags each node id with its group
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        if not any(True for _ in item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(_work_unit(item)))
+    items.sort(key=lambda item: rank.get(_work_unit(item), len(rank)))  # stable: files keep their order
 
 
 @pytest.fixture(scope="session")
