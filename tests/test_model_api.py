@@ -1,4 +1,9 @@
-"""Public API of the engine: shapes, histories, bad input, CLI."""
+"""Public API of the engine: shapes, histories, bad input, CLI.
+
+The API is the same for every solver, so these tests use Tsit5 alone, which compiles ~3x faster
+than the default "auto" (both solvers in every program).  "auto" keeps its own tests: reverse
+mode below, the 2-device stiff batch below, test_engine_accuracy (centre and stiff corner) and
+test_solver_choice."""
 
 import json
 import os
@@ -22,9 +27,12 @@ def halos():
     return sapphire.HaloPopulation.from_diffmah(N_HALOS, seed=3)
 
 
+SOLVER = "tsit5"
+
+
 @pytest.fixture(scope="module")
 def model():
-    return sapphire.Model()
+    return sapphire.Model(solver=SOLVER)
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +117,18 @@ def test_bad_halos_and_times(model, halos):
 
 
 def test_step_cap_is_flagged_not_returned(halos):
-    capped = sapphire.Model(max_steps=8)
+    capped = sapphire.Model(solver=SOLVER, max_steps=8)
     out = capped.evolve(sapphire.DEFAULT_PRIOR.centre, halos)
     assert not np.any(np.asarray(out.success))
     assert out.n_failed == N_HALOS
     assert np.all(np.isnan(out.log_state))
 
 
-def test_differentiable_inside_user_transformations(model, halos):
-    """jax.grad (reverse mode) and jax.jacfwd through the solve agree with model.jacobian."""
+def test_differentiable_inside_user_transformations(halos):
+    """jax.grad (reverse mode) through the default ("auto") solve agrees with model.jacobian."""
     from sapphire.solve import solve_population
 
+    model = sapphire.Model()
     forcing = halos.forcing()
     theta = np.asarray(sapphire.DEFAULT_PRIOR.centre)
 
@@ -134,25 +143,21 @@ def test_differentiable_inside_user_transformations(model, halos):
     np.testing.assert_allclose(grad, np.asarray(jac)[:, 0, :].sum(axis=0), rtol=1e-4, atol=1e-8)
 
 
-def test_cli_evolve(tmp_path):
+def test_cli_evolve(centre_run, tmp_path, capsys, monkeypatch):
+    """``sapphire evolve`` writes what the API returns for the same halos (in this process: the
+    compiled solve of ``centre_run`` serves both; a killed ``python -m sapphire.cli generate``
+    runs the module entry point in test_training_sets)."""
+    from sapphire.cli import main
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main sets the device count there
     out = tmp_path / "run.npz"
-    result = subprocess.run(
-        [sys.executable, "-m", "sapphire.cli", "evolve", "--halos", "4", "--jacobian", "--out", str(out), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "failed solves: 0" in result.stdout
+    argv = ["evolve", "--halos", str(N_HALOS), "--halo-seed", "3", "--solver", SOLVER, "--jacobian", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "failed solves: 0" in capsys.readouterr().out
     data = np.load(out)
-    assert data["log_state"].shape == (4, 7) and data["jacobian"].shape == (4, 7, 8)
-    bad = subprocess.run(
-        [sys.executable, "-m", "sapphire.cli", "evolve", "--theta", "9,0,0,0,0,0,0,0"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert bad.returncode != 0 and "outside the prior box" in bad.stderr
+    assert data["log_state"].shape == (N_HALOS, 7) and data["jacobian"].shape == (N_HALOS, 7, 8)
+    np.testing.assert_array_equal(data["log_state"], np.asarray(centre_run[0].log_state))
+    np.testing.assert_array_equal(data["jacobian"], np.asarray(centre_run[1]))
 
 
 def test_reverse_mode_finite_when_some_halos_fail(halos):
@@ -178,21 +183,28 @@ STIFF_CORNER = [2.0, -3.0, 0.0, -3.0, -2.0, 0.0, -0.5, 0.0]
 def test_stiff_batch_split_over_devices_matches_one_device():
     """Two host devices: a batch holding stiff halos is dealt to both devices by rank of
     stiffness (Model.evolve_placed) and must give the one-device answer, Jacobians and
-    summaries included, in the caller's halo order."""
+    summaries included, in the caller's halo order.  The one-device answer is solved in two
+    halves of three halos in the caller's order (a halo's result does not depend on its batch,
+    test_solver_choice.py): the halves reuse the program compiled for each device's share of
+    three, which saves one compilation of the 6-halo "auto" sensitivity solve (~40 s)."""
     script = f"""
 import os, json, numpy as np, jax, jax.numpy as jnp
 import sapphire
-from sapphire.evolution import evolve_population
-from sapphire.population_summaries import summaries_and_jacobian
+from sapphire.evolution import at_z0, evolve_population
+from sapphire.population_summaries import summaries_and_jacobian_from_solve
 assert jax.local_device_count() == 2
 model, theta = sapphire.Model(), jnp.asarray({STIFF_CORNER})
 halos = sapphire.HaloPopulation.from_diffmah(6, seed=0)
 obs = sapphire.Observations.default()
 ev, jac = model.evolve_with_jacobian(theta, halos)
 s, sjac = model.summaries_with_jacobian(theta, halos, obs)
-one = jax.device_put(halos.forcing(), jax.local_devices()[0])
-ref_state, _, ref_sol, _, ref_jac = evolve_population(theta, one, None, model.settings, model.config, True)
-ref_mean, _, _, ref_sjac, _ = summaries_and_jacobian(theta, one, model.settings, model.config, obs)
+# placed as evolve_placed places each share, so that its compiled program serves
+halves = [evolve_population(*jax.device_put((theta, jax.tree.map(lambda a: a[i : i + 3], halos.forcing())),
+                                           jax.local_devices()[0]), None, model.settings, model.config, True)
+          for i in (0, 3)]
+reference = jax.tree.map(lambda *parts: jnp.concatenate(parts), *halves)
+ref_state, _, ref_sol, _, ref_jac = reference
+ref_mean, _, _, ref_sjac, _ = summaries_and_jacobian_from_solve(at_z0(reference), obs, model.config)
 print(json.dumps(dict(
     implicit=np.asarray(ev.implicit).tolist(), ref_implicit=np.asarray(ref_sol.implicit).tolist(),
     success=bool(np.all(ev.success)),
