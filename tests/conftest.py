@@ -16,11 +16,11 @@ import pytest
 #: collection order.  A unit missing here only starts later: the order changes no result.
 LONGEST_FIRST = (
     "quickstart_tiny",
-    "test_model_api",
-    "test_training_sets",
     "test_engine_accuracy",
-    "test_notebooks",
+    "test_training_sets",
     "test_forecasts",
+    "test_model_api",
+    "test_notebooks",
     "test_likelihood",
     "test_forecasts_modes_cli",
     "test_forecasts_cli",
