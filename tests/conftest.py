@@ -31,7 +31,8 @@ LONGEST_FIRST = (
 
 
 def _work_unit(item: pytest.Item) -> str:
-    marks = [m for m in item.iter_markers("xdist_group")]
+    """The item's xdist group if it names one, else its file's name (``test_model_api``)."""
+    marks = list(item.iter_markers("xdist_group"))
     if marks:
         return str(marks[0].args[0] if marks[0].args else marks[0].kwargs.get("name", "default"))
     return Path(str(item.path)).stem
@@ -41,7 +42,7 @@ def _work_unit(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
+        if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(_work_unit(item)))
     items.sort(key=lambda item: rank.get(_work_unit(item), len(rank)))  # stable: files keep their order
 
