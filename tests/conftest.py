@@ -7,6 +7,10 @@ docs/design.md s.18) so that no long unit starts last while the other worker idl
 order (by number of tests) is switched off in pyproject.toml (``--no-loadscope-reorder``).
 """
 
+import os
+import shutil
+import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -28,6 +32,27 @@ LONGEST_FIRST = (
     "test_refine",
     "test_solver_choice",
 )
+
+
+def pytest_configure(config):
+    """One persistent JAX compilation cache per test run, in a fresh temporary folder shared by
+    the xdist workers and every process the tests start (they inherit the environment): a
+    program compiled twice in the run -- the same store solve by a killed CLI run and by its
+    resume, the same tiny exact model by two workers -- is compiled once and loaded after.
+    Nothing survives the run (pytest_unconfigure removes the folder), so every run compiles
+    from scratch; a folder the caller set in ``JAX_COMPILATION_CACHE_DIR`` is used as it is."""
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # a worker inherits the controller's folder; the caller's own folder stays theirs
+    folder = tempfile.mkdtemp(prefix="sapphire-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config._sapphire_jax_cache = folder
+    if "jax" in sys.modules:  # imported already (by a plugin): its config read the environment then
+        sys.modules["jax"].config.update("jax_compilation_cache_dir", folder)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_sapphire_jax_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _work_unit(item: pytest.Item) -> str:
