@@ -96,11 +96,13 @@ def batch_stiffness(theta, forcings, config):
 
 
 @functools.partial(jax.jit, static_argnames=("settings", "config", "with_jacobian", "free"))
-def evolve_population(theta, forcings, save_times, settings, config, with_jacobian, free=None):
+def evolve_population(theta, forcings, save_times, settings, config, with_jacobian, free):
     """The compiled solve of a stacked batch: (log_state (n, n_t, 7), log_mhalo (n, n_t),
     HaloSolution, diagnostics {name: (n, n_t)}, jacobian (n, n_t, 7, k) or None); entries of
     times before a halo's start, and of failed solves, are NaN.  ``save_times`` None: z = 0 only.
-    ``free`` (tuple of parameter indices, static): the Jacobian's k columns (None: all 8)."""
+    ``free`` (tuple of parameter indices, static): the Jacobian's k columns (None: all 8).  No
+    argument has a default: jit keys its cache on the call's signature, so a call that left
+    ``free`` out would compile the same program again (docs/design.md s.18)."""
     if with_jacobian:
         result = solve_population_with_jacobian(theta, forcings, save_times, settings, config, free)
         solution, jacobian = result.solution, result.jacobian

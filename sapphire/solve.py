@@ -269,9 +269,10 @@ def theta_axis(theta: jax.Array) -> int | None:
 
 # jit caches the traced batch solve: "auto" calls it with one signature up to three times (the
 # shape of a group's result, the group's explicit branch, the plain batch), and tracing the
-# sensitivity solve is a large part of its compile time (docs/design.md s.18).
+# sensitivity solve is a large part of its compile time (docs/design.md s.18).  ``free`` has no
+# default: a call that left it out would have another signature, so another trace.
 @functools.partial(jax.jit, static_argnames=("solver_name", "settings", "config", "with_sensitivity", "free"))
-def _solve_batch(theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free=None):
+def _solve_batch(theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free):
     return jax.vmap(_solve_halo, in_axes=(theta_axis(theta), 0, None, None, None, None, None, None, None))(
         theta, forcings, save_times, solver_name, settings, config, table, with_sensitivity, free
     )
